@@ -1,0 +1,4 @@
+//! Back ends shared by the helpers: the local store, and (as their issues
+//! land) the LDAP directory, the Asterisk AMI client and the CGP CLI client.
+
+pub mod store;

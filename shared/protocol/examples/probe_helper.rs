@@ -1,0 +1,59 @@
+//! A helper on the runtime whose commands exercise the runtime itself, for
+//! the transcript tests in `testdata/runtime/`:
+//! `SLEEP <ms>`, `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`.
+
+use cgp_protocol::data::{Value, parse_values};
+use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
+use cgp_protocol::{Reply, Request};
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Probe;
+
+impl Helper for Probe {
+    type Config = BasicConfig;
+
+    async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
+        Ok(Probe)
+    }
+
+    async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        let arg = || {
+            String::from_utf8_lossy(&req.rest)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        match req.command.as_str() {
+            "SLEEP" => {
+                tokio::time::sleep(Duration::from_millis(arg())).await;
+                Reply::ok()
+            }
+            "BIG" => Reply::ok().quoted(&vec![b'x'; arg() as usize]),
+            "PANIC" => panic!("probe asked to panic"),
+            "HANG" => std::future::pending().await,
+            "ECHO" => match parse_values(&req.rest) {
+                Ok(values) => Reply::ok().value(&Value::Array(values)),
+                Err(e) => Reply::error(&format!("bad arguments: {e}")),
+            },
+            "INTFVALUE" => Reply::ok().then(&ctx.intf().to_string()),
+            _ => Reply::error("unsupported command"),
+        }
+    }
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let info = HelperInfo {
+        name: "probe-helper",
+        version: env!("CARGO_PKG_VERSION"),
+        max_intf: 4,
+    };
+    run::<Probe>(info, &Cli::parse().common)
+}

@@ -1,0 +1,335 @@
+//! Configuration files: TOML, unknown keys rejected, errors that name the
+//! file, the key and the line without echoing the line itself (it may hold a
+//! password).
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings of the runtime itself, the `[runtime]` table of every helper.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Time a request may take before the helper answers its own timeout
+    /// reply. Keep it below the Time-out set for the helper in WebAdmin.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Requests processed at once; further requests wait (none is dropped).
+    pub max_in_flight: usize,
+    /// Longest request line read; longer lines are discarded and answered
+    /// with an error.
+    pub max_line_bytes: usize,
+    /// Period of the `* stats` line; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            deadline: Duration::from_secs(20),
+            max_in_flight: 256,
+            max_line_bytes: 64 * 1024,
+            stats_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where logs go: journald when its socket exists, else `file`, else nowhere.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub journald: bool,
+    pub file: Option<PathBuf>,
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            journald: true,
+            file: None,
+            level: "info".into(),
+        }
+    }
+}
+
+/// What every helper's configuration provides to the runtime.
+pub trait HelperConfig: DeserializeOwned + Default + Clone + Send + Sync + 'static {
+    fn runtime(&self) -> &RuntimeConfig;
+    fn log(&self) -> &LogConfig;
+    /// Checks that span several keys; single values are checked while they
+    /// are deserialized so that their errors carry a line number.
+    fn validate(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
+}
+
+/// A semantic error found after parsing, tied to a dotted key path.
+#[derive(Debug)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The configuration of a helper that has only the common sections.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BasicConfig {
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+}
+
+impl HelperConfig for BasicConfig {
+    fn runtime(&self) -> &RuntimeConfig {
+        &self.runtime
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+/// A configuration that could not be loaded; its Display is the message an
+/// administrator sees from `--check-config`.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads a configuration: the defaults when no file is named.
+pub fn load<C: HelperConfig>(path: Option<&Path>) -> Result<C, ConfigError> {
+    let Some(path) = path else {
+        let c = C::default();
+        check_common(&c, Path::new("(built-in defaults)"), "")?;
+        return Ok(c);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    let config: C = toml::from_str(&text).map_err(|e| {
+        let location = e
+            .span()
+            .map(|s| {
+                let (line, col) = line_col(&text, s.start);
+                format!("line {line}, column {col}: ")
+            })
+            .unwrap_or_default();
+        ConfigError(format!(
+            "{}: {location}{}",
+            path.display(),
+            redact(e.message().trim_end())
+        ))
+    })?;
+    check_common(&config, path, &text)?;
+    Ok(config)
+}
+
+fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), ConfigError> {
+    let rt = c.runtime();
+    let checks = [
+        (
+            rt.deadline.is_zero(),
+            "runtime.deadline",
+            "must be more than 0s",
+        ),
+        (
+            rt.max_in_flight == 0,
+            "runtime.max_in_flight",
+            "must be at least 1",
+        ),
+        (
+            rt.max_line_bytes < 1024,
+            "runtime.max_line_bytes",
+            "must be at least 1024",
+        ),
+        (
+            !matches!(
+                c.log().level.as_str(),
+                "error" | "warn" | "info" | "debug" | "trace"
+            ),
+            "log.level",
+            "must be one of error, warn, info, debug, trace",
+        ),
+    ];
+    let failed = checks
+        .iter()
+        .find(|(bad, _, _)| *bad)
+        .map(|(_, key, msg)| KeyError::new(*key, *msg));
+    match failed.map_or_else(|| c.validate(), Err) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let line = key_line(text, &e.key)
+                .map(|l| format!("line {l}, "))
+                .unwrap_or_default();
+            Err(ConfigError(format!(
+                "{}: {line}key `{}`: {}",
+                path.display(),
+                e.key,
+                e.message
+            )))
+        }
+    }
+}
+
+/// serde's "invalid type: string \"…\", expected …" quotes the offending
+/// value, which may be a password; keep only what was expected.
+fn redact(message: &str) -> String {
+    for kind in ["invalid type", "invalid value", "invalid length"] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            if let Some(pos) = rest.find(", expected ") {
+                return format!("{kind}{}", &rest[pos..]);
+            }
+        }
+    }
+    message.to_string()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
+    (line, col)
+}
+
+/// The line where a dotted key is set: the first `name =` line after the
+/// table header that holds it. Good enough to point an administrator at the
+/// right place; the key path in the message is authoritative.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let name = name.split('[').next().unwrap_or(name);
+    let table_head = table.split('[').next().unwrap_or(table);
+    let mut in_table = table_head.is_empty();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let head = t.trim_matches(|c| c == '[' || c == ']').trim();
+            in_table = head == table_head;
+            continue;
+        }
+        if in_table {
+            if let Some(rest) = t.strip_prefix(name) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    /// A tiny stand-in for a temp file, so the tests need no extra crate.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> TempPath {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "cgp-config-test-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c: BasicConfig = load(None).unwrap();
+        assert_eq!(c.runtime.deadline, Duration::from_secs(20));
+        assert_eq!(c.runtime.max_in_flight, 256);
+        assert_eq!(c.runtime.max_line_bytes, 65536);
+    }
+
+    #[test]
+    fn reads_durations_and_sizes() {
+        let f = write(
+            "[runtime]\ndeadline = \"2s 500ms\"\nmax_in_flight = 8\n[log]\nlevel = \"debug\"\n",
+        );
+        let c: BasicConfig = load(Some(&f.0)).unwrap();
+        assert_eq!(c.runtime.deadline, Duration::from_millis(2500));
+        assert_eq!(c.runtime.max_in_flight, 8);
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let f = write("[runtime]\ndeadline = \"2s\"\nmax_inflight = 8\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.starts_with(&f.0.display().to_string()), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_does_not_echo_the_line() {
+        let f = write("[runtime]\ndeadline = \"hunter2-secret\"\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_names_the_key_and_its_line() {
+        let f = write("# comment\n[runtime]\nmax_in_flight = 0\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3, key `runtime.max_in_flight`: must be at least 1"),
+            "{e}"
+        );
+        let f = write("[log]\nlevel = \"loud\"\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.contains("line 2, key `log.level`"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_do_not_echo_the_value() {
+        let f = write("[log]\nlevel = 1234567\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("expected a string"),
+            "{e}"
+        );
+        assert!(!e.contains("1234567"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = load::<BasicConfig>(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/x.toml: cannot read")
+        );
+    }
+}

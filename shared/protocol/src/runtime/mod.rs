@@ -1,0 +1,469 @@
+//! The helper runtime: everything between CGP's pipes and a helper's request
+//! handler, so that the Helper protocol contract holds for every helper by
+//! construction.
+//!
+//! - exactly one reply per request: handler errors, panics and deadline
+//!   expiry all turn into the helper's own reply;
+//! - replies in any order through one writer, one whole line per write,
+//!   never over 4096 bytes;
+//! - INTF, KEY and QUIT handled here; QUIT, end of input and SIGTERM drain the
+//!   requests in flight before exit 0; SIGHUP reloads the configuration.
+
+pub mod config;
+pub mod io;
+pub mod logging;
+pub mod stats;
+
+use crate::request::{LineError, Reply, Request, sequence_token};
+use config::{ConfigError, HelperConfig, RuntimeConfig};
+use io::{Input, MAX_REPLY_LINE, Writer};
+use stats::Stats;
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use config::{BasicConfig, KeyError, LogConfig};
+
+/// Names a helper binary for logs and the start-up line.
+#[derive(Clone, Copy, Debug)]
+pub struct HelperInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// The highest INTF version the helper speaks.
+    pub max_intf: u32,
+}
+
+/// A helper's request handling. The runtime owns the protocol; a helper only
+/// turns one request into one reply.
+pub trait Helper: Send + Sync + Sized + 'static {
+    type Config: HelperConfig;
+
+    /// Builds the helper from its configuration, at start and on SIGHUP.
+    /// On reload `previous` is the running instance, so state that must not
+    /// be opened twice (stores, connection pools) can be carried over.
+    fn build(
+        config: Self::Config,
+        previous: Option<Arc<Self>>,
+    ) -> impl Future<Output = Result<Self, String>> + Send;
+
+    /// Answers one request other than INTF, KEY and QUIT.
+    fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> impl Future<Output = Reply> + Send;
+
+    /// The reply when the deadline passes before `handle` finishes.
+    fn timeout_reply(&self, _command: &str) -> Reply {
+        Reply::failure("timeout")
+    }
+
+    /// The reply when `handle` panics.
+    fn panic_reply(&self, _command: &str) -> Reply {
+        Reply::failure("internal error")
+    }
+
+    /// The reply that replaces one whose line would pass 4096 bytes.
+    fn oversize_reply(&self, _command: &str) -> Reply {
+        Reply::failure("reply too long")
+    }
+}
+
+/// What a handler may know about its request's context.
+#[derive(Clone)]
+pub struct Ctx {
+    intf: Arc<AtomicU32>,
+    deadline: Instant,
+    writer: Writer,
+}
+
+impl Ctx {
+    /// The negotiated interface version; 0 before INTF.
+    pub fn intf(&self) -> u32 {
+        self.intf.load(Ordering::Relaxed)
+    }
+
+    /// When the runtime will answer the timeout reply instead.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Sends a `*` line to the CGP log.
+    pub fn info(&self, text: &str) {
+        self.writer.info(text);
+    }
+}
+
+/// The command-line options every helper binary has.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Configuration file (TOML). Without it, built-in defaults apply.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, print the result and exit (0 when valid).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Log to stderr, for running the helper by hand. Never use it under CGP:
+    /// CGP reads stderr only after the helper exits.
+    #[arg(long)]
+    pub log_stderr: bool,
+}
+
+/// Runs a helper binary: configuration check, logging, then the protocol
+/// loop on stdin/stdout until QUIT, end of input or SIGTERM.
+pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
+    let config = match config::load::<H::Config>(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // The one permitted stderr write: the reason for a failed start.
+            eprintln!("{}: {e}", info.name);
+            return ExitCode::from(1);
+        }
+    };
+    if args.check_config {
+        let what = args
+            .config
+            .as_ref()
+            .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+        println!("{what}: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let target = match logging::init(info.name, config.log(), args.log_stderr) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", info.name);
+            return ExitCode::from(1);
+        }
+    };
+    // A panic must never print to stderr (the default hook does).
+    std::panic::set_hook(Box::new(
+        |p| tracing::error!(panic = %p, "handler panicked"),
+    ));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", info.name);
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(serve::<H>(info, args.config.clone(), config, target));
+    // Leave without waiting for the reader thread, which may be blocked on
+    // stdin for ever.
+    std::process::exit(code)
+}
+
+struct Shared<H> {
+    helper: RwLock<Arc<H>>,
+    runtime: RwLock<RuntimeConfig>,
+    intf: Arc<AtomicU32>,
+    in_flight: Mutex<HashSet<Vec<u8>>>,
+    stats: Stats,
+    writer: Writer,
+    info: HelperInfo,
+}
+
+enum Step {
+    Continue,
+    Quit(Vec<u8>),
+}
+
+async fn serve<H: Helper>(
+    info: HelperInfo,
+    path: Option<PathBuf>,
+    config: H::Config,
+    target: logging::LogTarget,
+) -> i32 {
+    let (writer, writer_thread) = io::spawn_writer(std::io::stdout());
+    writer.info(&format!("{} {} started", info.name, info.version));
+    tracing::info!(name = info.name, version = info.version, logs = ?target, "started");
+    let runtime_cfg = config.runtime().clone();
+    let helper = match H::build(config, None).await {
+        Ok(h) => h,
+        Err(e) => {
+            writer.info(&format!("{} cannot start: {e}", info.name));
+            tracing::error!(error = %e, "cannot start");
+            drop(writer);
+            let _ = writer_thread.join();
+            eprintln!("{}: {e}", info.name);
+            return 1;
+        }
+    };
+    let max_in_flight = runtime_cfg.max_in_flight;
+    let (tx, mut rx) = mpsc::channel(1024);
+    io::spawn_reader(std::io::stdin(), runtime_cfg.max_line_bytes, tx);
+    let shared = Arc::new(Shared {
+        helper: RwLock::new(Arc::new(helper)),
+        runtime: RwLock::new(runtime_cfg),
+        intf: Arc::new(AtomicU32::new(0)),
+        in_flight: Mutex::new(HashSet::new()),
+        stats: Stats::default(),
+        writer,
+        info,
+    });
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        _ => {
+            eprintln!("{}: cannot install signal handlers", info.name);
+            return 1;
+        }
+    };
+    let stats_every = read(&shared.runtime).stats_interval;
+    let mut stats_tick = tokio::time::interval(if stats_every.is_zero() {
+        Duration::from_secs(u64::from(u32::MAX))
+    } else {
+        stats_every
+    });
+    stats_tick.reset();
+
+    let quit = loop {
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(Input::Line(line)) => {
+                    if let Step::Quit(seq) = dispatch(&shared, &permits, &line).await {
+                        break Some(seq);
+                    }
+                }
+                Some(Input::TooLong { prefix }) => too_long(&shared, &prefix),
+                None => break None,
+            },
+            _ = term.recv() => {
+                shared.writer.info("SIGTERM received, finishing requests in flight");
+                break None;
+            }
+            _ = hup.recv() => reload(&shared, path.as_ref()).await,
+            _ = stats_tick.tick(), if !stats_every.is_zero() => {
+                shared.writer.info(&shared.stats.line());
+            }
+        }
+    };
+
+    // Drain: every request in flight holds a permit until its reply is
+    // queued, and each is bounded by its deadline.
+    let drain_limit = read(&shared.runtime).deadline + Duration::from_secs(2);
+    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain_limit, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::error!("requests still in flight after the drain limit");
+    }
+    shared.writer.info(&shared.stats.line());
+    if let Some(seq) = quit {
+        shared.writer.reply(&seq, &Reply::ok());
+    }
+    tracing::info!("stopped");
+    drop(shared);
+    let _ = writer_thread.join();
+    0
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn too_long<H>(shared: &Shared<H>, prefix: &[u8]) {
+    let max = read(&shared.runtime).max_line_bytes;
+    match sequence_token(prefix) {
+        Some(seq) => {
+            shared.stats.request();
+            shared.stats.reply("ERROR", Duration::ZERO);
+            shared
+                .writer
+                .reply(seq, &Reply::error("request line too long"));
+        }
+        None => shared.writer.info(&format!(
+            "request line over {max} bytes without a sequence number discarded"
+        )),
+    }
+}
+
+async fn dispatch<H: Helper>(
+    shared: &Arc<Shared<H>>,
+    permits: &Arc<Semaphore>,
+    line: &[u8],
+) -> Step {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Step::Continue;
+    }
+    let req = match Request::parse(line) {
+        Ok(r) => r,
+        Err(LineError::NoSequence) => {
+            let shown: String = String::from_utf8_lossy(&line[..line.len().min(40)]).into();
+            shared.writer.info(&format!(
+                "line without a sequence number discarded: {shown:?}"
+            ));
+            return Step::Continue;
+        }
+        Err(LineError::NoCommand { seq }) => {
+            answer_now(shared, &seq, Reply::error("missing command"));
+            return Step::Continue;
+        }
+    };
+    match req.command.as_str() {
+        "INTF" => {
+            let reply = match req.args().ok().as_deref() {
+                Some([v, ..]) => match v.as_str().and_then(|s| s.parse::<u32>().ok()) {
+                    Some(server) => {
+                        let agreed = server.min(shared.info.max_intf);
+                        shared.intf.store(agreed, Ordering::Relaxed);
+                        Reply::word("INTF").then(&agreed.to_string())
+                    }
+                    None => Reply::error("INTF needs a version number"),
+                },
+                _ => Reply::error("INTF needs a version number"),
+            };
+            answer_now(shared, &req.seq, reply);
+            Step::Continue
+        }
+        "KEY" => {
+            answer_now(shared, &req.seq, Reply::ok());
+            Step::Continue
+        }
+        "QUIT" => Step::Quit(req.seq),
+        _ => {
+            spawn_request(shared, permits, req).await;
+            Step::Continue
+        }
+    }
+}
+
+fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
+    shared.stats.request();
+    shared.stats.reply(reply.kind(), Duration::ZERO);
+    shared.writer.reply(seq, &reply);
+}
+
+async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semaphore>, req: Request) {
+    // A token already in flight would make two replies CGP cannot tell apart.
+    let fresh = shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(req.seq.clone());
+    if !fresh {
+        shared.writer.info(&format!(
+            "request {} dropped: its sequence number is already in flight",
+            req.seq_str()
+        ));
+        return;
+    }
+    // Waiting here holds back further input: the in-flight bound queues
+    // requests in the pipe instead of dropping them.
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return;
+    };
+    shared.stats.request();
+    let helper = shared
+        .helper
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let deadline = read(&shared.runtime).deadline;
+    let started = Instant::now();
+    let ctx = Ctx {
+        intf: shared.intf.clone(),
+        deadline: started + deadline,
+        writer: shared.writer.clone(),
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let Request { seq, command, .. } = &req;
+        let (seq, command) = (seq.clone(), command.clone());
+        let mut task = tokio::spawn(helper.clone().handle(ctx, req));
+        let mut reply = match tokio::time::timeout(deadline, &mut task).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => helper.panic_reply(&command),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "deadline passed");
+                helper.timeout_reply(&command)
+            }
+        };
+        if reply.line_len(&seq) > MAX_REPLY_LINE {
+            tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "reply over 4096 bytes replaced");
+            reply = helper.oversize_reply(&command);
+            if reply.line_len(&seq) > MAX_REPLY_LINE {
+                reply = Reply::failure("reply too long");
+            }
+        }
+        let latency = started.elapsed();
+        shared.stats.reply(reply.kind(), latency);
+        tracing::debug!(seq = %String::from_utf8_lossy(&seq), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
+        shared.writer.reply(&seq, &reply);
+        shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+        drop(permit);
+    });
+}
+
+async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
+    let loaded: Result<H::Config, ConfigError> = config::load(path.map(|p| p.as_path()));
+    let result = match loaded {
+        Ok(cfg) => {
+            let new_runtime = cfg.runtime().clone();
+            let old = shared
+                .helper
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            H::build(cfg, Some(old)).await.map(|h| (h, new_runtime))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok((helper, new_runtime)) => {
+            let old_runtime = read(&shared.runtime);
+            if new_runtime.max_in_flight != old_runtime.max_in_flight
+                || new_runtime.max_line_bytes != old_runtime.max_line_bytes
+            {
+                shared.writer.info(
+                    "runtime.max_in_flight and runtime.max_line_bytes take effect after a restart",
+                );
+            }
+            *shared.helper.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(helper);
+            *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = new_runtime;
+            shared.writer.info("configuration reloaded");
+            tracing::info!("configuration reloaded");
+        }
+        Err(e) => {
+            shared.writer.info(&format!(
+                "configuration reload refused, old configuration kept: {e}"
+            ));
+            tracing::warn!(error = %e, "configuration reload refused");
+        }
+    }
+}
+
+/// A helper that answers every command other than INTF, KEY and QUIT with
+/// `ERROR "unsupported command"`.
+pub struct Unsupported;
+
+impl Helper for Unsupported {
+    type Config = BasicConfig;
+
+    async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
+        Ok(Unsupported)
+    }
+
+    async fn handle(self: Arc<Self>, _: Ctx, _: Request) -> Reply {
+        Reply::error("unsupported command")
+    }
+}

@@ -1,0 +1,8 @@
+//! Every transcript case under testdata/, per helper.
+
+use cgp_tests::{bin, transcript::run_all};
+
+#[test]
+fn runtime_cases_on_the_probe_helper() {
+    run_all(&bin("probe_helper"), "runtime");
+}
