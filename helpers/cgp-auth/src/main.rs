@@ -1,16 +1,11 @@
 //! `cgp-auth`: External authenticator for CommuniGate Pro (VRFY, SASL, READPLAIN, NEW).
 
-use cgp_protocol::runtime::{CommonArgs, HelperInfo, Unsupported, run};
+use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
 use clap::Parser;
+use cli::Cli;
 use std::process::ExitCode;
 
-/// External authenticator for CommuniGate Pro (VRFY, SASL, READPLAIN, NEW).
-#[derive(Parser)]
-#[command(name = "cgp-auth", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

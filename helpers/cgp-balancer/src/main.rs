@@ -1,16 +1,11 @@
 //! `cgp-balancer`: Load-balancer helper for a CommuniGate Pro Dynamic Cluster.
 
-use cgp_protocol::runtime::{CommonArgs, HelperInfo, Unsupported, run};
+use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
 use clap::Parser;
+use cli::Cli;
 use std::process::ExitCode;
 
-/// Load-balancer helper for a CommuniGate Pro Dynamic Cluster.
-#[derive(Parser)]
-#[command(name = "cgp-balancer", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

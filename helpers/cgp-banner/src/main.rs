@@ -1,16 +1,11 @@
 //! `cgp-banner`: Banner helper for CommuniGate Pro XIMSS and WebUser clients.
 
-use cgp_protocol::runtime::{CommonArgs, HelperInfo, Unsupported, run};
+use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
 use clap::Parser;
+use cli::Cli;
 use std::process::ExitCode;
 
-/// Banner helper for CommuniGate Pro XIMSS and WebUser clients.
-#[derive(Parser)]
-#[command(name = "cgp-banner", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,16 +1,11 @@
 //! `cgp-filter`: Content filter for CommuniGate Pro mail rules (ExternalFilter).
 
-use cgp_protocol::runtime::{CommonArgs, HelperInfo, Unsupported, run};
+use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
 use clap::Parser;
+use cli::Cli;
 use std::process::ExitCode;
 
-/// Content filter for CommuniGate Pro mail rules (ExternalFilter).
-#[derive(Parser)]
-#[command(name = "cgp-filter", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

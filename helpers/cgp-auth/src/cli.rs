@@ -1,0 +1,14 @@
+//! The command line of `cgp-auth`, kept in its own module so that the man
+//! page generator (`packaging/manpages`) renders this very definition.
+//! Keep it self-contained: it may use only `clap` and `cgp_protocol`.
+
+use cgp_protocol::runtime::CommonArgs;
+use clap::Parser;
+
+/// External authenticator for CommuniGate Pro (VRFY, SASL, READPLAIN, NEW).
+#[derive(Parser)]
+#[command(name = "cgp-auth", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
