@@ -1,0 +1,266 @@
+//! Writes the suite's man pages, one per binary (plus one per subcommand),
+//! from each binary's own clap definition, so that the pages cannot drift
+//! from the options the binaries really take. Run at package build time:
+//!
+//! ```text
+//! cargo run -p cgp-manpages -- OUT_DIR [EXAMPLES_DIR]
+//! ```
+//!
+//! Each helper page gets a CONFIGURATION section: the `[runtime]` and `[log]`
+//! keys every helper shares, with their defaults read from the runtime
+//! itself, and the helper's example configuration from `EXAMPLES_DIR`
+//! (default `packaging/examples`) when one exists.
+
+use cgp_protocol::runtime::config::{LogConfig, RuntimeConfig};
+use clap::{Command, CommandFactory};
+use roff::{Roff, bold, italic, roman};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+// The binaries' own command-line modules, compiled here as they are compiled
+// into each binary. The generator reads only the clap definitions, never
+// parsed values, hence the dead-code allowance.
+#[allow(dead_code)]
+#[path = "../../../helpers/cgp-auth/src/cli.rs"]
+mod auth;
+#[allow(dead_code)]
+#[path = "../../../helpers/cgp-balancer/src/cli.rs"]
+mod balancer;
+#[allow(dead_code)]
+#[path = "../../../helpers/cgp-banner/src/cli.rs"]
+mod banner;
+#[allow(dead_code)]
+#[path = "../../../helpers/cgp-filter/src/cli.rs"]
+mod filter;
+
+/// One helper binary and the short name its example configuration and its
+/// store directory use.
+struct Helper {
+    command: Command,
+    short: &'static str,
+}
+
+fn helpers() -> Vec<Helper> {
+    vec![
+        Helper {
+            command: auth::Cli::command(),
+            short: "auth",
+        },
+        Helper {
+            command: filter::Cli::command(),
+            short: "filter",
+        },
+        Helper {
+            command: banner::Cli::command(),
+            short: "banner",
+        },
+        Helper {
+            command: balancer::Cli::command(),
+            short: "balancer",
+        },
+    ]
+}
+
+const MANUAL: &str = "CommuniGate Pro helpers";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (out, examples) = match args.as_slice() {
+        [out] => (PathBuf::from(out), default_examples()),
+        [out, examples] => (PathBuf::from(out), PathBuf::from(examples)),
+        _ => {
+            eprintln!("usage: cgp-manpages OUT_DIR [EXAMPLES_DIR]");
+            return ExitCode::from(2);
+        }
+    };
+    match write_all(&out, &examples) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cgp-manpages: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn default_examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Writes every page into `out` and returns the files written.
+fn write_all(out: &Path, examples: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out)?;
+    let all = helpers();
+    let names: Vec<String> = all
+        .iter()
+        .map(|h| h.command.get_name().to_string())
+        .chain(["cgp-helper-sim".to_string()])
+        .collect();
+    let mut written = Vec::new();
+    for helper in all {
+        let mut cmd = helper.command.disable_help_subcommand(true);
+        // Gives subcommands their `parent-sub` display names.
+        cmd.build();
+        let name = cmd.get_name().to_string();
+        let example = find_example(examples, helper.short, &name)?;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .manual(MANUAL)
+            .render(&mut page)?;
+        let extra = extra_sections(&name, helper.short, example.as_deref(), &names);
+        page.extend_from_slice(extra.to_roff().as_bytes());
+        let path = out.join(format!("{name}.1"));
+        std::fs::write(&path, page)?;
+        written.push(path);
+        write_subcommands(&cmd, out, &mut written)?;
+    }
+    Ok(written)
+}
+
+/// Pages for subcommands such as `cgp-banner announce`, named the way
+/// clap_mangen names them (`cgp-banner-announce.1`).
+fn write_subcommands(cmd: &Command, out: &Path, written: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        written.push(
+            clap_mangen::Man::new(sub.clone())
+                .manual(MANUAL)
+                .generate_to(out)?,
+        );
+        write_subcommands(sub, out, written)?;
+    }
+    Ok(())
+}
+
+/// The helper's example configuration: `<short>.toml` or `<binary>.toml`.
+fn find_example(dir: &Path, short: &str, name: &str) -> std::io::Result<Option<String>> {
+    for file in [format!("{short}.toml"), format!("{name}.toml")] {
+        match std::fs::read_to_string(dir.join(&file)) {
+            Ok(text) => return Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// CONFIGURATION, FILES, EXIT STATUS and SEE ALSO.
+fn extra_sections(name: &str, short: &str, example: Option<&str>, all: &[String]) -> Roff {
+    let rt = RuntimeConfig::default();
+    let log = LogConfig::default();
+    let mut r = Roff::new();
+    r.control("SH", ["CONFIGURATION"]).text([
+        roman("The configuration is a TOML file named with "),
+        bold("--config"),
+        roman(". Without it the built-in defaults apply. Unknown keys are refused; "),
+        bold("--check-config"),
+        roman(
+            " reports the file, the key and the line of the first error and exits 1. \
+             SIGHUP reloads the file; a file that does not load is refused and the running \
+             configuration kept.",
+        ),
+    ]);
+    r.control("SS", ["Common keys"]);
+    let keys: [(&str, String, &str); 7] = [
+        (
+            "runtime.deadline",
+            secs(rt.deadline),
+            "time a request may take before the helper answers its timeout reply; keep it below the Time-out set in WebAdmin",
+        ),
+        (
+            "runtime.max_in_flight",
+            rt.max_in_flight.to_string(),
+            "requests processed at once; further requests wait, none is dropped",
+        ),
+        (
+            "runtime.max_line_bytes",
+            rt.max_line_bytes.to_string(),
+            "longest request line read; a longer line is discarded and answered with an error",
+        ),
+        (
+            "runtime.stats_interval",
+            secs(rt.stats_interval),
+            "period of the * stats line in the CGP log; 0s turns it off",
+        ),
+        (
+            "log.journald",
+            log.journald.to_string(),
+            "log to journald when its socket exists",
+        ),
+        (
+            "log.file",
+            "unset".to_string(),
+            "log file used when journald is off or absent (created mode 0600)",
+        ),
+        (
+            "log.level",
+            log.level.clone(),
+            "error, warn, info, debug or trace",
+        ),
+    ];
+    for (key, default, what) in keys {
+        r.control("TP", [])
+            .text([bold(key), roman(format!(" (default {default})"))])
+            .text([roman(what)]);
+    }
+    r.control("SS", ["Example"]);
+    match example {
+        Some(text) => {
+            r.text([roman(format!(
+                "The example shipped as /usr/share/doc/cgp-helpers/examples/{short}.toml:"
+            ))]);
+            r.control("PP", []).control("nf", []).control("RS", ["4"]);
+            for line in text.lines() {
+                r.text([roman(line)]);
+            }
+            r.control("RE", []).control("fi", []);
+        }
+        None => {
+            r.text([roman(
+                "See /usr/share/doc/cgp-helpers/examples/ for example configurations.",
+            )]);
+        }
+    }
+    r.control("SH", ["FILES"]);
+    for (path, what) in [
+        (
+            format!("/etc/cgp-helpers/{name}.toml"),
+            "the configuration named with --config in WebAdmin (mode 0640, group cgp-helpers)",
+        ),
+        (
+            format!("/var/lib/cgp-helpers/{short}/"),
+            "the helper's local store, when it keeps one",
+        ),
+        (
+            "/usr/share/doc/cgp-helpers/".to_string(),
+            "deployment guide, troubleshooting guide and example configurations",
+        ),
+    ] {
+        r.control("TP", []).text([italic(path)]).text([roman(what)]);
+    }
+    r.control("SH", ["EXIT STATUS"]).text([roman(
+        "0 after QUIT, end of input or SIGTERM once the requests in flight are answered, \
+         and for a valid --check-config; 1 when the configuration cannot be loaded or the \
+         helper cannot start (the reason is the one line written to stderr).",
+    )]);
+    let mut see: Vec<_> = all
+        .iter()
+        .filter(|n| n.as_str() != name)
+        .map(|n| format!("{n}(1)"))
+        .collect();
+    see.sort();
+    r.control("SH", ["SEE ALSO"])
+        .text([roman(see.join(", "))])
+        .text([roman(
+            "; /usr/share/doc/cgp-helpers/deployment.md and troubleshooting.md.",
+        )]);
+    r
+}
