@@ -2,6 +2,7 @@
 //! running a helper on a transcript and checking the Helper protocol contract
 //! on everything it wrote.
 
+pub mod fake_ami;
 pub mod transcript;
 
 use std::path::{Path, PathBuf};
