@@ -3,6 +3,7 @@
 //! on everything it wrote.
 
 pub mod fake_ami;
+pub mod slapd;
 pub mod transcript;
 
 use std::path::{Path, PathBuf};

@@ -2,4 +2,5 @@
 //! land) the LDAP directory, the Asterisk AMI client and the CGP CLI client.
 
 pub mod ami;
+pub mod ldap;
 pub mod store;

@@ -1,0 +1,241 @@
+// Usage: `let slapd = Slapd::start(&testdata("ldap").join("directory.ldif"));`
+// then point a helper at `slapd.uri()`; `stop()`/`start_again()`, `freeze()`/
+// `thaw()` inject faults; dropping it kills slapd and removes its directory.
+
+//! A real OpenLDAP slapd (Debian `slapd` package) on a free loopback port,
+//! loaded from an LDIF, run as `nobody` when the tests run as root.
+//! The configuration follows the recipe in ecosystem.md §D.1, plus the
+//! ppolicy overlay so that locked and expired accounts can be tested.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The service account in `testdata/ldap/directory.ldif`.
+pub const SERVICE_DN: &str = "cn=cgp-helper,ou=services,dc=example,dc=org";
+pub const SERVICE_PASSWORD: &str = "helperpw";
+pub const BASE: &str = "dc=example,dc=org";
+
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// uid and gid of `nobody`, when running as root.
+fn unprivileged() -> Option<(u32, u32)> {
+    // SAFETY: getuid has no preconditions; getpwnam gets a NUL-terminated
+    // name and its result is only read before the next call.
+    unsafe {
+        if libc::getuid() != 0 {
+            return None;
+        }
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        assert!(!pw.is_null(), "no user nobody");
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown fixture");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read fixture dir") {
+            chown_tree(&e.expect("dir entry").path(), uid, gid);
+        }
+    }
+}
+
+fn config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+include {d}/asterisk.schema
+pidfile {d}/slapd.pid
+argsfile {d}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload ppolicy
+database mdb
+maxsize 104857600
+suffix "{BASE}"
+rootdn "cn=admin,{BASE}"
+rootpw secret
+directory {d}/db
+index objectClass eq
+index uid,mail,AstAccountName eq
+overlay ppolicy
+ppolicy_default "cn=default,ou=policies,{BASE}"
+ppolicy_use_lockout
+access to attrs=userPassword,AstAccountSecret,AstAccountRealmedPassword,AstMD5secret
+  by dn.exact="{SERVICE_DN}" read
+  by anonymous auth
+  by self write
+  by * none
+access to * by * read
+"#
+    )
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Slapd {
+    /// Loads `ldif` into a fresh database and starts slapd on a free port.
+    pub fn start(ldif: &Path) -> Slapd {
+        let dir = tempfile::Builder::new()
+            .prefix("cgp-slapd-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir(dir.path().join("db")).expect("db dir");
+        std::fs::copy(
+            crate::testdata("ldap").join("asterisk.schema"),
+            dir.path().join("asterisk.schema"),
+        )
+        .expect("copy schema");
+        let conf = dir.path().join("slapd.conf");
+        std::fs::write(&conf, config(dir.path())).expect("write slapd.conf");
+        run_ok(
+            Command::new("slapadd")
+                .arg("-f")
+                .arg(&conf)
+                .arg("-l")
+                .arg(ldif),
+            "slapadd",
+        );
+        if let Some((uid, gid)) = unprivileged() {
+            chown_tree(dir.path(), uid, gid);
+        }
+        let mut slapd = Slapd {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        slapd.start_again();
+        slapd
+    }
+
+    /// Starts slapd with the LDIF every suite shares.
+    pub fn start_default() -> Slapd {
+        Slapd::start(&crate::testdata("ldap").join("directory.ldif"))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn uri(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// slapd's own log (stderr at debug level 0).
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("slapd.log")
+    }
+
+    /// (Re)starts slapd on the same port with the same data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "slapd is already running");
+        let log = std::fs::File::create(self.log()).expect("slapd log");
+        if let Some((uid, gid)) = unprivileged() {
+            std::os::unix::fs::chown(self.log(), Some(uid), Some(gid)).expect("chown log");
+        }
+        let mut cmd = Command::new("slapd");
+        cmd.arg("-f")
+            .arg(self.dir.path().join("slapd.conf"))
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .args(["-d", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((uid, gid)) = unprivileged() {
+            cmd.uid(uid).gid(gid);
+        }
+        self.child = Some(cmd.spawn().expect("spawn slapd"));
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "slapd exited with {status}: {}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "slapd did not listen on port {} within 20s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Stops slapd (the port stays reserved for `start_again`).
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            let started = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if started.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Suspends slapd with SIGSTOP: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Resumes a frozen slapd.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
