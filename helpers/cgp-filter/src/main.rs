@@ -1,18 +1,77 @@
-//! `cgp-filter`: Content filter for CommuniGate Pro mail rules (ExternalFilter).
+//! `cgp-filter`: a rule-driven content filter for CommuniGate Pro mail rules
+//! (`ExternalFilter`), with directory facts about the sender.
 
-use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
+use cgp_protocol::runtime::{Ctx, Helper, HelperInfo, run};
+use cgp_protocol::{Reply, Request};
 use clap::Parser;
 use cli::Cli;
+use config::FilterConfig;
+use filter::Filter;
+use ldap::LdapPeople;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod cli;
+mod config;
+mod directory;
+mod filter;
+mod ldap;
+mod message;
+mod patterns;
+mod queue;
+mod reply;
+mod rules;
+
+struct FilterHelper {
+    filter: Filter<LdapPeople>,
+    /// The `*` line about left-out modifiers is written once per process.
+    warned_modifiers: AtomicBool,
+}
+
+impl Helper for FilterHelper {
+    type Config = FilterConfig;
+
+    async fn build(cfg: FilterConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
+        let rules =
+            rules::RuleSet::compile(&cfg).map_err(|e| format!("{}: {}", e.key, e.message))?;
+        let directory = match &cfg.directory {
+            Some(d) => Some(LdapPeople::new(
+                d,
+                rules.attributes.iter().cloned(),
+                rules.needs_groups,
+            )?),
+            None => None,
+        };
+        Ok(FilterHelper {
+            filter: Filter::new(&cfg, rules, directory)?,
+            warned_modifiers: AtomicBool::new(false),
+        })
+    }
+
+    async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        let (reply, notes) = self.filter.answer(ctx.intf(), &req).await;
+        if notes.dropped_modifiers && !self.warned_modifiers.swap(true, Ordering::Relaxed) {
+            ctx.info("MIRRORTO/ADDROUTE rules matched but the server speaks INTF 3 or lower: they are left out (set filter.dialect = \"v4\" if the server takes them)");
+        }
+        reply
+    }
+
+    fn timeout_reply(&self, _: &str) -> Reply {
+        self.filter.timeout_reply()
+    }
+
+    fn oversize_reply(&self, _: &str) -> Reply {
+        self.filter.oversize_reply()
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let info = HelperInfo {
         name: "cgp-filter",
         version: env!("CARGO_PKG_VERSION"),
-        max_intf: 3,
+        max_intf: 4,
     };
-    run::<Unsupported>(info, &cli.common)
+    run::<FilterHelper>(info, &cli.common)
 }

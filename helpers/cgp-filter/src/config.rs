@@ -1,0 +1,263 @@
+//! The configuration file of `cgp-filter`: general settings, the failure
+//! policy, the directory and the ordered rules.
+//!
+//! Single values (regexes, addresses, CIDRs, header fields, templates) are
+//! checked while they are deserialized, so their errors carry a line number;
+//! what spans several keys (list files, rules that need the directory) is
+//! checked by compiling the rules in `validate()`.
+
+use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
+use crate::reply::{Dialect, HeaderTemplate, Template};
+use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    pub filter: Settings,
+    pub failure: FailureConfig,
+    pub directory: Option<DirectoryConfig>,
+    /// `[[rule]]` tables, evaluated in order.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl HelperConfig for FilterConfig {
+    fn runtime(&self) -> &RuntimeConfig {
+        &self.runtime
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+    fn validate(&self) -> Result<(), KeyError> {
+        if let Some(d) = &self.directory {
+            d.ldap.validate("directory.ldap")?;
+        }
+        crate::rules::RuleSet::compile(self).map(|_| ())
+    }
+}
+
+/// The `[filter]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The CGP base directory that `FILE` paths are relative to; the working
+    /// directory (where CGP starts helpers) when not set.
+    pub base_dir: Option<PathBuf>,
+    /// `auto` follows the negotiated INTF (4 and up: modifiers then `OK`;
+    /// 3 and below: a bare `ADDHEADER`), `v3` and `v4` force one form.
+    pub dialect: Dialect,
+    /// Domains whose recipients are local; entries may be `file:PATH`.
+    pub local_domains: Vec<AddressPattern>,
+    /// The envelope is read up to this many bytes (many recipients).
+    pub max_envelope_bytes: usize,
+    /// The header is read up to this many bytes; the rest is not looked at.
+    pub max_header_bytes: usize,
+    /// Attachment conditions look at the body up to this many bytes.
+    pub scan_limit: usize,
+    /// The reply used when the computed one would pass 4096 bytes.
+    pub oversize: Fallback,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            base_dir: None,
+            dialect: Dialect::Auto,
+            local_domains: Vec::new(),
+            max_envelope_bytes: 4 << 20,
+            max_header_bytes: 1 << 20,
+            scan_limit: 1 << 20,
+            oversize: Fallback {
+                action: Policy::Pass,
+                text: "message filter reply too long".into(),
+            },
+        }
+    }
+}
+
+/// What to answer when the filter cannot decide.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// `OK`: the message goes on unfiltered.
+    Pass,
+    /// `REJECTED "<text>"`: the message stays queued and is retried.
+    Rejected,
+    /// `FAILURE "<text>"`: the helper reports its own failure.
+    Failure,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    pub action: Policy,
+    #[serde(default = "default_failure_text")]
+    pub text: String,
+}
+
+fn default_failure_text() -> String {
+    "message filter temporarily unavailable".into()
+}
+
+/// The `[failure]` table: the failure policy of this rule set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureConfig {
+    /// When the directory does not answer.
+    pub directory_down: Policy,
+    /// When the queue file cannot be opened or read.
+    pub unreadable: Policy,
+    /// The text of `REJECTED` and `FAILURE` replies of this policy.
+    pub text: String,
+    /// A queue file older than this is no longer rejected temporarily: the
+    /// `after_max_age` policy applies instead, so no message loops for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub after_max_age: Policy,
+}
+
+impl Default for FailureConfig {
+    fn default() -> Self {
+        FailureConfig {
+            directory_down: Policy::Rejected,
+            unreadable: Policy::Rejected,
+            text: default_failure_text(),
+            max_age: Duration::from_secs(4 * 3600),
+            after_max_age: Policy::Pass,
+        }
+    }
+}
+
+/// The `[directory]` table: who the sender is in LDAP.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Connection settings (URIs, service account, timeouts, failover).
+    #[serde(default)]
+    pub ldap: cgp_lookup::ldap::LdapConfig,
+    /// Where people are searched.
+    pub base: String,
+    /// `{address}`, `{local}` and `{domain}` are replaced by the sender's
+    /// address and its parts, escaped for an LDAP filter.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// Attributes holding the addresses of a person (for `from_is_own`).
+    #[serde(default = "default_address_attributes")]
+    pub address_attributes: Vec<String>,
+    /// Where groups are searched.
+    pub group_base: Option<String>,
+    /// `{dn}` is replaced by the person's DN, `{address}` by the address.
+    #[serde(default = "default_group_filter")]
+    pub group_filter: String,
+    /// The attribute that names a group in `member_of`.
+    #[serde(default = "default_group_name")]
+    pub group_name_attribute: String,
+    /// How long an answer (a person, or "no such person") is reused.
+    #[serde(with = "humantime_serde", default = "default_cache_ttl")]
+    pub cache_ttl: Duration,
+    /// Recipients found in the directory count as local even when their
+    /// domain is not in `filter.local_domains`.
+    #[serde(default)]
+    pub local_recipients: bool,
+}
+
+fn default_user_filter() -> String {
+    "(mail={address})".into()
+}
+fn default_address_attributes() -> Vec<String> {
+    vec!["mail".into()]
+}
+fn default_group_filter() -> String {
+    "(&(objectClass=groupOfNames)(member={dn}))".into()
+}
+fn default_group_name() -> String {
+    "cn".into()
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// What a matching rule does to the message.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let it through (with the header fields, mirrors and routes collected).
+    #[default]
+    Accept,
+    /// Drop it silently (`DISCARD`).
+    Discard,
+    /// Refuse it for good with `text` (`ERROR`, the sender gets a bounce).
+    Bounce,
+    /// Refuse it for now with `text` (`REJECTED`, it stays queued).
+    Reject,
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// Every condition given must hold.
+    #[serde(default)]
+    pub when: Conditions,
+    /// The rule does not match when every condition given here holds.
+    pub unless: Option<Conditions>,
+    #[serde(default)]
+    pub action: Action,
+    /// Ends rule processing; implied by discard, bounce and reject.
+    pub stop: Option<bool>,
+    /// The text of a bounce or reject; `{sender}`, `{user}`, `{rule}`,
+    /// `{queue_id}` and `{attr:NAME}` are replaced.
+    pub text: Option<Template>,
+    /// Header fields to add (`Name: value`, templates as in `text`); a field
+    /// whose `{attr:NAME}` has no value is left out.
+    #[serde(default)]
+    pub add_header: Vec<HeaderTemplate>,
+    /// Addresses that get a copy (`MIRRORTO`, INTF 4 only).
+    #[serde(default)]
+    pub mirror_to: Vec<MailAddress>,
+    /// Recipients to add (`ADDROUTE`, INTF 4 only).
+    #[serde(default)]
+    pub add_route: Vec<MailAddress>,
+}
+
+/// The conditions of a rule; absent ones are not checked.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conditions {
+    /// The component tag of the `S` envelope line (SMTP, XIMSS, DSN…).
+    pub source: Option<Vec<String>>,
+    /// Generated by CGP itself (`[0.0.0.0]`, DSN/GROUP/LIST/PBX/PIPE/RULE).
+    pub self_generated: Option<bool>,
+    /// Submitted by an authenticated user.
+    pub authenticated: Option<bool>,
+    /// The envelope sender matches one of these.
+    pub sender: Option<Vec<AddressPattern>>,
+    /// Some recipient matches one of these.
+    pub recipient: Option<Vec<AddressPattern>>,
+    /// Some recipient is outside the local domains.
+    pub external_recipient: Option<bool>,
+    /// The client IP is in one of these networks.
+    pub client_ip: Option<Vec<IpPattern>>,
+    /// Header field name → regex on its decoded value (any occurrence).
+    pub header: BTreeMap<String, Regex>,
+    /// Message size in bytes (header and body).
+    pub size_over: Option<u64>,
+    pub size_under: Option<u64>,
+    /// Some attachment's file name matches (body read up to the scan limit).
+    pub attachment_name: Option<Regex>,
+    /// Some attachment's `type/subtype` matches.
+    pub attachment_type: Option<Regex>,
+    /// The sender belongs to one of these directory groups.
+    pub member_of: Option<Vec<String>>,
+    /// Directory attribute → regex on one of its values.
+    pub attribute: BTreeMap<String, Regex>,
+    /// Every From address belongs to the authenticated user.
+    pub from_is_own: Option<bool>,
+}

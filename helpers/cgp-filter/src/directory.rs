@@ -1,0 +1,189 @@
+//! Directory facts about a sender, behind a small trait so that the rule
+//! engine can be tested without a server, with a short cache in front.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A person found in the directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Person {
+    pub dn: String,
+    /// Lower-case attribute name → values.
+    pub attributes: HashMap<String, Vec<String>>,
+    /// Lower-case names of the groups the person belongs to.
+    pub groups: Vec<String>,
+}
+
+impl Person {
+    pub fn values(&self, attribute: &str) -> &[String] {
+        self.attributes
+            .get(&attribute.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Why the directory gave no answer (down, timed out, refused the bind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+/// What the rules ask the directory.
+pub trait Directory: Send + Sync + 'static {
+    /// The person with this address, `None` when there is none.
+    fn person(
+        &self,
+        address: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Person>>, Unavailable>> + Send;
+}
+
+/// Keeps answers (found or not found) for `ttl`; failures are not kept, so
+/// the next request asks again.
+pub struct Cached<D> {
+    inner: D,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, Answer>>,
+}
+
+/// When an answer was had, and the answer.
+type Answer = (Instant, Option<Arc<Person>>);
+
+/// A bound on the cache: past it, expired entries are dropped, and if that
+/// is not enough the cache starts over (answers are cheap to get again).
+const MAX_ENTRIES: usize = 100_000;
+
+impl<D: Directory> Cached<D> {
+    pub fn new(inner: D, ttl: Duration) -> Cached<D> {
+        Cached {
+            inner,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Option<Option<Arc<Person>>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn keep(&self, key: String, answer: Option<Arc<Person>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (Instant::now(), answer));
+    }
+}
+
+impl<D: Directory> Directory for Cached<D> {
+    async fn person(&self, address: &str) -> Result<Option<Arc<Person>>, Unavailable> {
+        let key = address.to_lowercase();
+        if let Some(hit) = self.lookup(&key) {
+            return Ok(hit);
+        }
+        let answer = self.inner.person(&key).await?;
+        self.keep(key, answer.clone());
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! An in-memory directory for the rule engine's tests.
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    pub struct Fake {
+        pub people: HashMap<String, Arc<Person>>,
+        pub down: AtomicBool,
+        pub calls: AtomicUsize,
+    }
+
+    impl Fake {
+        pub fn with(mut self, address: &str, groups: &[&str], attrs: &[(&str, &str)]) -> Fake {
+            let mut attributes: HashMap<String, Vec<String>> = HashMap::new();
+            for (k, v) in attrs {
+                attributes
+                    .entry(k.to_ascii_lowercase())
+                    .or_default()
+                    .push(v.to_string());
+            }
+            let p = Person {
+                dn: format!("uid={address},ou=people"),
+                attributes,
+                groups: groups.iter().map(|g| g.to_lowercase()).collect(),
+            };
+            self.people.insert(address.to_string(), Arc::new(p));
+            self
+        }
+    }
+
+    impl Directory for Fake {
+        async fn person(&self, address: &str) -> Result<Option<Arc<Person>>, Unavailable> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.down.load(Ordering::Relaxed) {
+                return Err(Unavailable("directory down".into()));
+            }
+            Ok(self.people.get(address).cloned())
+        }
+    }
+
+    impl Directory for Arc<Fake> {
+        async fn person(&self, address: &str) -> Result<Option<Arc<Person>>, Unavailable> {
+            self.as_ref().person(address).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::Fake;
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn cache_keeps_answers_not_failures() {
+        let fake = Arc::new(Fake::default().with("alice@example.test", &["staff"], &[]));
+        let cached = Cached::new(fake.clone(), Duration::from_secs(60));
+        let a = cached.person("Alice@Example.test").await.unwrap().unwrap();
+        assert_eq!(a.groups, ["staff"]);
+        assert!(cached.person("alice@example.test").await.unwrap().is_some());
+        assert!(
+            cached
+                .person("nobody@example.test")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            cached
+                .person("nobody@example.test")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 2);
+        fake.down.store(true, Ordering::Relaxed);
+        assert!(cached.person("alice@example.test").await.unwrap().is_some());
+        assert!(cached.person("carol@example.test").await.is_err());
+        assert!(cached.person("carol@example.test").await.is_err());
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let fake = Arc::new(Fake::default());
+        let cached = Cached::new(fake.clone(), Duration::ZERO);
+        cached.person("x@example.test").await.unwrap();
+        cached.person("x@example.test").await.unwrap();
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 2);
+    }
+}

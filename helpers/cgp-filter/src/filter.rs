@@ -1,0 +1,185 @@
+//! One `FILE` request from start to reply: the path check, the read, the
+//! rules, the failure policy and the reply dialect.
+
+use crate::config::{FailureConfig, FilterConfig, Policy, Settings};
+use crate::directory::{Cached, Directory};
+use crate::queue::{Limits, OpenError, QueueFile, resolve};
+use crate::reply::Verdict;
+use crate::rules::RuleSet;
+use cgp_protocol::data::Value;
+use cgp_protocol::{Reply, Request};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Filter<D> {
+    rules: Arc<RuleSet>,
+    settings: Settings,
+    failure: FailureConfig,
+    /// The canonical base directory.
+    base: PathBuf,
+    directory: Option<Cached<D>>,
+}
+
+/// What the handler reports besides the reply, for `*` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub dropped_modifiers: bool,
+}
+
+impl<D: Directory> Filter<D> {
+    /// Builds the filter from a configuration and its compiled rules;
+    /// `directory` is the back end for `[directory]`, when there is one.
+    pub fn new(
+        cfg: &FilterConfig,
+        rules: RuleSet,
+        directory: Option<D>,
+    ) -> Result<Filter<D>, String> {
+        let base = match &cfg.filter.base_dir {
+            Some(b) => b.clone(),
+            None => std::env::current_dir().map_err(|e| format!("working directory: {e}"))?,
+        };
+        let base = base
+            .canonicalize()
+            .map_err(|e| format!("filter.base_dir {}: {e}", base.display()))?;
+        let ttl = cfg
+            .directory
+            .as_ref()
+            .map(|d| d.cache_ttl)
+            .unwrap_or_default();
+        Ok(Filter {
+            rules: Arc::new(rules),
+            settings: cfg.filter.clone(),
+            failure: cfg.failure.clone(),
+            base,
+            directory: directory.map(|d| Cached::new(d, ttl)),
+        })
+    }
+
+    /// Answers one request other than INTF, KEY and QUIT.
+    pub async fn answer(&self, intf: u32, req: &Request) -> (Reply, Notes) {
+        if req.command != "FILE" {
+            // protocol.md §7 row 9: filters answer FAILURE to what they do not know.
+            return (Reply::failure("unsupported command"), Notes::default());
+        }
+        let name = match req.args().as_deref() {
+            Ok([Value::Str(name), rest @ ..]) => {
+                if !rest.is_empty()
+                    && !matches!(rest, [h] if h.as_str().is_some_and(|s| s.eq_ignore_ascii_case("HEADERS")))
+                {
+                    tracing::debug!(args = rest.len(), "extra FILE arguments ignored");
+                }
+                name.clone()
+            }
+            _ => return (Reply::failure("FILE needs a file name"), Notes::default()),
+        };
+        let verdict = self.verdict(OsStr::from_bytes(&name)).await;
+        let (reply, dropped) = verdict.reply(self.settings.dialect.modifiers(intf));
+        if dropped {
+            tracing::warn!("MIRRORTO/ADDROUTE left out: the negotiated dialect has no modifiers");
+        }
+        (
+            reply,
+            Notes {
+                dropped_modifiers: dropped,
+            },
+        )
+    }
+
+    async fn verdict(&self, name: &OsStr) -> Verdict {
+        let shown = name.to_string_lossy().into_owned();
+        let path = match resolve(&self.base, name) {
+            Ok(p) => p,
+            Err(OpenError::Escapes) => {
+                tracing::warn!(file = %shown, base = %self.base.display(), "FILE outside the base directory refused");
+                return Verdict::Failure("file outside the base directory".into());
+            }
+            Err(OpenError::Unreadable(e)) => {
+                tracing::warn!(file = %shown, error = %e, "queue file cannot be opened");
+                return self.policy(self.failure.unreadable, None);
+            }
+        };
+        let limits = Limits {
+            envelope: self.settings.max_envelope_bytes,
+            header: self.settings.max_header_bytes,
+            body: if self.rules.needs_body {
+                self.settings.scan_limit
+            } else {
+                0
+            },
+        };
+        let read_path = path.clone();
+        let read = tokio::task::spawn_blocking(move || QueueFile::read(&read_path, limits)).await;
+        let qf = match read {
+            Ok(Ok(qf)) => qf,
+            Ok(Err(e)) => {
+                tracing::warn!(file = %shown, error = %e, "queue file cannot be read");
+                let age = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                return self.policy(self.failure.unreadable, age);
+            }
+            Err(e) => {
+                tracing::error!(file = %shown, error = %e, "queue file reader failed");
+                return self.policy(self.failure.unreadable, None);
+            }
+        };
+        if qf.header_truncated {
+            tracing::info!(queue_id = %qf.queue_id, limit = self.settings.max_header_bytes, "header longer than the limit; the rest is not looked at");
+        }
+        let verdict = match self.rules.evaluate(&qf, self.directory.as_ref()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(queue_id = %qf.queue_id, error = %e.0, "directory unavailable");
+                return self.policy(self.failure.directory_down, Some(qf.age));
+            }
+        };
+        tracing::debug!(queue_id = %qf.queue_id, ?verdict, "filtered");
+        self.not_for_ever(verdict, Some(qf.age))
+    }
+
+    /// The verdict of a failure policy.
+    fn policy(&self, policy: Policy, age: Option<std::time::Duration>) -> Verdict {
+        let v = policy_verdict(policy, &self.failure.text);
+        self.not_for_ever(v, age)
+    }
+
+    /// A temporary reject of a file older than `failure.max_age` becomes the
+    /// `after_max_age` verdict, so no message stays queued for ever.
+    fn not_for_ever(&self, v: Verdict, age: Option<std::time::Duration>) -> Verdict {
+        match (&v, age) {
+            (Verdict::Reject(_), Some(age)) if age > self.failure.max_age => {
+                tracing::info!(
+                    age_s = age.as_secs(),
+                    "queue file past failure.max_age: not rejected again"
+                );
+                policy_verdict(self.failure.after_max_age, &self.failure.text)
+            }
+            _ => v,
+        }
+    }
+
+    /// The reply when the deadline passes: most likely a directory that
+    /// stopped answering, so its policy applies.
+    pub fn timeout_reply(&self) -> Reply {
+        policy_verdict(self.failure.directory_down, &self.failure.text)
+            .reply(true)
+            .0
+    }
+
+    pub fn oversize_reply(&self) -> Reply {
+        policy_verdict(self.settings.oversize.action, &self.settings.oversize.text)
+            .reply(true)
+            .0
+    }
+}
+
+fn policy_verdict(policy: Policy, text: &str) -> Verdict {
+    match policy {
+        Policy::Pass => Verdict::pass(),
+        Policy::Rejected => Verdict::Reject(text.to_string()),
+        Policy::Failure => Verdict::Failure(text.to_string()),
+    }
+}

@@ -1,0 +1,373 @@
+//! CGP queue files (protocol.md §3.5): where `FILE` may point, and reading
+//! the envelope, the header and a bounded prefix of the body.
+//!
+//! The file is opened read-only and read front to back through a bounded
+//! buffer: the envelope and the header up to their configured limits, the
+//! body only when a rule needs it and only up to the scan limit, so memory
+//! stays bounded whatever the message size.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Component tags of messages CGP generates itself (besides any source at
+/// `[0.0.0.0]`), as rspamd's CGP helper recognises them.
+const SELF_TAGS: [&str; 6] = ["DSN", "GROUP", "LIST", "PBX", "PIPE", "RULE"];
+
+/// The `S` envelope line: which component submitted the message, as whom,
+/// from where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    pub tag: String,
+    pub auth_user: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The return-path; empty for `<>`.
+    pub sender: Option<String>,
+    pub recipients: Vec<String>,
+    pub source: Option<Source>,
+    /// Every envelope line verbatim, unknown prefixes included.
+    pub lines: Vec<String>,
+}
+
+impl Envelope {
+    /// Parses envelope lines given in any order.
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Envelope {
+        let mut env = Envelope::default();
+        for line in lines {
+            let line = line.trim_end_matches(['\r', '\n']);
+            match line.split_at_checked(2) {
+                Some(("P ", rest)) => env.sender = angle_address(rest),
+                Some(("R ", rest)) => env.recipients.extend(angle_address(rest)),
+                Some(("S ", rest)) => env.source = Some(parse_source(rest)),
+                _ => {}
+            }
+            env.lines.push(line.to_string());
+        }
+        env
+    }
+
+    pub fn auth_user(&self) -> Option<&str> {
+        self.source.as_ref().and_then(|s| s.auth_user.as_deref())
+    }
+
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.source.as_ref().and_then(|s| s.ip)
+    }
+
+    /// Whether CGP generated the message itself.
+    pub fn self_generated(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| {
+            s.ip.is_some_and(|ip| ip.is_unspecified())
+                || SELF_TAGS.iter().any(|t| s.tag.eq_ignore_ascii_case(t))
+        })
+    }
+}
+
+/// The last `<…>` of a line; `Some("")` for `<>`.
+fn angle_address(rest: &str) -> Option<String> {
+    let open = rest.rfind('<')?;
+    let close = rest[open..].find('>')? + open;
+    Some(rest[open + 1..close].trim().to_string())
+}
+
+/// `[<user>] TAG [ip] …`
+fn parse_source(rest: &str) -> Source {
+    let mut rest = rest.trim();
+    let mut src = Source::default();
+    if rest.starts_with('<') {
+        if let Some(close) = rest.find('>') {
+            let user = rest[1..close].trim();
+            src.auth_user = (!user.is_empty()).then(|| user.to_string());
+            rest = rest[close + 1..].trim_start();
+        }
+    }
+    let mut words = rest.split_whitespace();
+    src.tag = words
+        .next()
+        .filter(|w| !w.starts_with('['))
+        .unwrap_or("")
+        .to_string();
+    if let Some(open) = rest.find('[') {
+        if let Some(close) = rest[open..].find(']') {
+            src.ip = rest[open + 1..open + close].parse().ok();
+        }
+    }
+    src
+}
+
+/// Why a `FILE` path was not opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The path leads outside the base directory (`..`, an absolute path
+    /// elsewhere, a symlink): refused, never opened.
+    Escapes,
+    /// The file cannot be opened or read (missing, permissions, I/O).
+    Unreadable(std::io::Error),
+}
+
+/// Resolves a `FILE` argument against the base directory (canonical) and
+/// refuses anything that leads out of it.
+pub fn resolve(base: &Path, name: impl AsRef<Path>) -> Result<PathBuf, OpenError> {
+    let joined = base.join(name);
+    // Lexical check first, so that a missing file reached through `..` is
+    // still refused rather than reported as unreadable.
+    let mut normal = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    if !normal.starts_with(base) || normal == base {
+        return Err(OpenError::Escapes);
+    }
+    // Then the real path: symlinks anywhere on the way must stay inside too.
+    let real = normal.canonicalize().map_err(OpenError::Unreadable)?;
+    if !real.starts_with(base) {
+        return Err(OpenError::Escapes);
+    }
+    Ok(real)
+}
+
+/// Limits of one read.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub envelope: usize,
+    pub header: usize,
+    /// Body bytes to read; 0 when no rule looks at the body.
+    pub body: usize,
+}
+
+/// What the filter knows about one queue file.
+#[derive(Debug, Default)]
+pub struct QueueFile {
+    /// The file name without `.msg`, as rspamd's Queue-ID.
+    pub queue_id: String,
+    pub envelope: Envelope,
+    /// The RFC 5322 header, ending with its empty line when complete.
+    pub header: Vec<u8>,
+    pub header_truncated: bool,
+    /// The start of the body, up to `Limits::body` bytes.
+    pub body: Vec<u8>,
+    /// Size of the message (header and body) in bytes.
+    pub size: u64,
+    /// Time since the file was last written.
+    pub age: Duration,
+}
+
+impl QueueFile {
+    /// Reads `path` (already resolved) within `limits`.
+    pub fn read(path: &Path, limits: Limits) -> std::io::Result<QueueFile> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let mut r = BufReader::with_capacity(64 * 1024, file);
+        let mut line = Vec::new();
+        let mut env_lines = Vec::new();
+        let mut env_bytes = 0usize;
+        loop {
+            line.clear();
+            let n = read_line(&mut r, &mut line, limits.envelope.saturating_sub(env_bytes))?;
+            if n == 0 {
+                break;
+            }
+            env_bytes += n;
+            if is_blank(&line) {
+                break;
+            }
+            if env_bytes >= limits.envelope {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("envelope longer than {} bytes", limits.envelope),
+                ));
+            }
+            env_lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        let envelope = Envelope::parse(env_lines.iter().map(String::as_str));
+        let mut qf = QueueFile {
+            queue_id: path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .map(|n| n.strip_suffix(".msg").unwrap_or(&n).to_string())
+                .unwrap_or_default(),
+            envelope,
+            size: meta.len().saturating_sub(env_bytes as u64),
+            age: SystemTime::now()
+                .duration_since(meta.modified()?)
+                .unwrap_or_default(),
+            ..QueueFile::default()
+        };
+        loop {
+            let room = limits.header.saturating_sub(qf.header.len());
+            if room == 0 {
+                qf.header_truncated = true;
+                break;
+            }
+            let start = qf.header.len();
+            if read_line(&mut r, &mut qf.header, room)? == 0 {
+                break;
+            }
+            if is_blank(&qf.header[start..]) {
+                break;
+            }
+        }
+        if limits.body > 0 && !qf.header_truncated {
+            (&mut r)
+                .take(limits.body as u64)
+                .read_to_end(&mut qf.body)?;
+        }
+        Ok(qf)
+    }
+}
+
+/// Appends one line (LF included) of at most `max` bytes; returns its length.
+fn read_line(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+    r.take(max as u64).read_until(b'\n', out)
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    matches!(line, b"\n" | b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_in_any_order_with_unknown_lines() {
+        let env = Envelope::parse([
+            "R W 26-04-2019 15:57:14 0000 ____ _FY_ <bob@example.test>\r",
+            "S <alice@example.test> SMTP [192.0.2.10]",
+            "X something new",
+            "A client.example.test [192.0.2.10]",
+            "O L",
+            "P I 26-04-2019 15:57:14 0000 ____ ____ <alice@example.test>",
+            "R W 26-04-2019 15:57:14 0000 ____ _FY_ <carol@example.test>",
+        ]);
+        assert_eq!(env.sender.as_deref(), Some("alice@example.test"));
+        assert_eq!(env.recipients, ["bob@example.test", "carol@example.test"]);
+        assert_eq!(env.auth_user(), Some("alice@example.test"));
+        assert_eq!(env.client_ip(), Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(env.source.as_ref().unwrap().tag, "SMTP");
+        assert_eq!(env.lines.len(), 7);
+        assert_eq!(
+            env.lines[0],
+            "R W 26-04-2019 15:57:14 0000 ____ _FY_ <bob@example.test>"
+        );
+        assert!(!env.self_generated());
+    }
+
+    #[test]
+    fn self_generated_sources() {
+        for s in [
+            "S DSN [0.0.0.0]",
+            "S RULE [0.0.0.0]",
+            "S WEBUSER [0.0.0.0]",
+            "S PIPE [127.0.0.1]",
+        ] {
+            assert!(Envelope::parse([s]).self_generated(), "{s}");
+        }
+        let anon = Envelope::parse(["S SMTP [198.51.100.3]", "P I x <>"]);
+        assert!(!anon.self_generated());
+        assert_eq!(anon.auth_user(), None);
+        assert_eq!(anon.sender.as_deref(), Some(""));
+    }
+
+    fn base() -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("base");
+        std::fs::create_dir_all(base.join("Queue")).unwrap();
+        std::fs::write(
+            base.join("Queue/1.msg"),
+            "S SMTP [192.0.2.1]\n\nSubject: x\n\nbody\n",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("secret.msg"), "x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret.msg"), base.join("Queue/link.msg"))
+            .unwrap();
+        (root, base.canonicalize().unwrap())
+    }
+
+    #[test]
+    fn paths_stay_inside_the_base_directory() {
+        let (root, base) = base();
+        assert!(resolve(&base, "Queue/1.msg").is_ok());
+        assert!(resolve(&base, "./Queue/../Queue/1.msg").is_ok());
+        let abs = base.join("Queue/1.msg");
+        assert!(resolve(&base, abs.to_str().unwrap()).is_ok());
+        for bad in [
+            "../secret.msg",
+            "Queue/../../secret.msg",
+            "/etc/passwd",
+            "Queue/link.msg",
+            "..",
+            "",
+        ] {
+            assert!(
+                matches!(resolve(&base, bad), Err(OpenError::Escapes)),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            resolve(&base, "../nope.msg"),
+            Err(OpenError::Escapes)
+        ));
+        assert!(matches!(
+            resolve(&base, "Queue/nope.msg"),
+            Err(OpenError::Unreadable(_))
+        ));
+        drop(root);
+    }
+
+    #[test]
+    fn reads_within_limits() {
+        let (root, base) = base();
+        let path = base.join("Queue/big.msg");
+        let mut text =
+            String::from("S <a@example.test> XIMSS [192.0.2.5]\r\nR W x <b@example.test>\r\n\r\n");
+        text.push_str("Subject: hello\r\n\tworld\r\nX-A: 1\r\n\r\n");
+        text.push_str(&"0123456789".repeat(1000));
+        std::fs::write(&path, &text).unwrap();
+        let limits = Limits {
+            envelope: 1024,
+            header: 1024,
+            body: 100,
+        };
+        let qf = QueueFile::read(&path, limits).unwrap();
+        assert_eq!(qf.queue_id, "big");
+        assert_eq!(qf.envelope.recipients, ["b@example.test"]);
+        assert_eq!(qf.header, b"Subject: hello\r\n\tworld\r\nX-A: 1\r\n\r\n");
+        assert_eq!(qf.body.len(), 100);
+        let envelope_len = text.find("\r\n\r\n").unwrap() + 4;
+        assert_eq!(qf.size, (text.len() - envelope_len) as u64);
+        let no_body = QueueFile::read(&path, Limits { body: 0, ..limits }).unwrap();
+        assert!(no_body.body.is_empty());
+        let short = QueueFile::read(
+            &path,
+            Limits {
+                header: 20,
+                ..limits
+            },
+        )
+        .unwrap();
+        assert!(short.header_truncated && short.header.len() == 20);
+        let e = QueueFile::read(
+            &path,
+            Limits {
+                envelope: 40,
+                ..limits
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        drop(root);
+    }
+}

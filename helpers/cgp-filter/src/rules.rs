@@ -1,0 +1,885 @@
+//! The rule engine: rules compiled once per configuration, evaluated in
+//! order against one queue file. The first matching rule that stops decides;
+//! the header fields, copies and routes of the matching rules before it
+//! accumulate.
+//!
+//! Conditions are checked cheapest first (envelope, then header, body and
+//! directory), and the header, the attachments and the sender's directory
+//! entry are each worked out at most once per message, and only when a rule
+//! reaches a condition that needs them.
+
+use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
+use crate::directory::{Directory, Person, Unavailable};
+use crate::message::{Attachment, Headers, attachments};
+use crate::patterns::{AddressSet, IpSet};
+use crate::queue::QueueFile;
+use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
+use cgp_protocol::runtime::config::KeyError;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A configuration's rules, ready to run.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    local: AddressSet,
+    /// Every header regex of every rule, one set per field name, so each
+    /// field value is scanned once whatever the number of rules.
+    header_sets: Vec<(String, regex::RegexSet)>,
+    /// Some rule looks at attachments: the body prefix must be read.
+    pub needs_body: bool,
+    /// Directory attributes some rule or template reads.
+    pub attributes: BTreeSet<String>,
+    /// Some rule asks about groups.
+    pub needs_groups: bool,
+    /// Attributes holding a person's addresses (`from_is_own`).
+    address_attributes: Vec<String>,
+    local_by_directory: bool,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    when: Cond,
+    unless: Option<Cond>,
+    action: Action,
+    stop: bool,
+    text: Template,
+    headers: Vec<HeaderTemplate>,
+    mirror_to: Vec<String>,
+    add_route: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Cond {
+    source: Option<Vec<String>>,
+    self_generated: Option<bool>,
+    authenticated: Option<bool>,
+    sender: Option<AddressSet>,
+    recipient: Option<AddressSet>,
+    external_recipient: Option<bool>,
+    client_ip: Option<IpSet>,
+    size_over: Option<u64>,
+    size_under: Option<u64>,
+    /// (header set, pattern in the set)
+    header: Vec<(usize, usize)>,
+    attachment_name: Option<regex::Regex>,
+    attachment_type: Option<regex::Regex>,
+    member_of: Option<Vec<String>>,
+    attribute: Vec<(String, regex::Regex)>,
+    from_is_own: Option<bool>,
+}
+
+impl Cond {
+    fn uses_directory(&self) -> bool {
+        self.member_of.is_some() || !self.attribute.is_empty() || self.from_is_own.is_some()
+    }
+}
+
+/// Collects header regexes into per-name lists while rules compile.
+#[derive(Default)]
+struct HeaderSets(Vec<(String, Vec<String>)>);
+
+impl HeaderSets {
+    fn add(&mut self, name: &str, regex: &str) -> (usize, usize) {
+        let name = name.to_ascii_lowercase();
+        let set = match self.0.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                self.0.push((name, Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        self.0[set].1.push(regex.to_string());
+        (set, self.0[set].1.len() - 1)
+    }
+}
+
+impl RuleSet {
+    pub fn compile(cfg: &FilterConfig) -> Result<RuleSet, KeyError> {
+        if cfg.failure.after_max_age == crate::config::Policy::Rejected {
+            return Err(KeyError::new(
+                "failure.after_max_age",
+                "must be pass or failure: rejecting again would keep the message queued for ever",
+            ));
+        }
+        if cfg.failure.max_age.is_zero() {
+            return Err(KeyError::new("failure.max_age", "must be more than 0s"));
+        }
+        let mut sets = HeaderSets::default();
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        for (i, r) in cfg.rules.iter().enumerate() {
+            rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut sets)?);
+        }
+        let header_sets = sets
+            .0
+            .into_iter()
+            .map(|(name, sources)| {
+                regex::RegexSet::new(&sources)
+                    .map(|s| (name, s))
+                    .map_err(|e| KeyError::new("rule", format!("header regexes: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut attributes = BTreeSet::new();
+        let mut needs_groups = false;
+        let mut needs_body = false;
+        for r in &rules {
+            for c in std::iter::once(&r.when).chain(&r.unless) {
+                attributes.extend(c.attribute.iter().map(|(a, _)| a.clone()));
+                needs_groups |= c.member_of.is_some();
+                needs_body |= c.attachment_name.is_some() || c.attachment_type.is_some();
+            }
+            for t in r.headers.iter().map(|h| &h.value).chain([&r.text]) {
+                attributes.extend(t.attributes().map(str::to_ascii_lowercase));
+            }
+        }
+        let dir = cfg.directory.as_ref();
+        let address_attributes: Vec<String> = dir
+            .map(|d| {
+                d.address_attributes
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rules.iter().any(|r| {
+            r.when.from_is_own.is_some()
+                || r.unless.as_ref().is_some_and(|u| u.from_is_own.is_some())
+        }) {
+            attributes.extend(address_attributes.iter().cloned());
+        }
+        if needs_groups && dir.is_some_and(|d| d.group_base.is_none()) {
+            return Err(KeyError::new(
+                "directory.group_base",
+                "is needed by the member_of conditions",
+            ));
+        }
+        Ok(RuleSet {
+            rules,
+            local: AddressSet::compile(&cfg.filter.local_domains, "filter.local_domains")?,
+            header_sets,
+            needs_body,
+            attributes,
+            needs_groups,
+            address_attributes,
+            local_by_directory: dir.is_some_and(|d| d.local_recipients),
+        })
+    }
+
+    /// Runs the rules on one message. `Err` when a condition or template
+    /// needed the directory and it did not answer.
+    pub async fn evaluate<D: Directory>(
+        &self,
+        qf: &QueueFile,
+        dir: Option<&D>,
+    ) -> Result<Verdict, Unavailable> {
+        let mut facts = Facts {
+            set: self,
+            qf,
+            dir,
+            headers: None,
+            header_hits: vec![None; self.header_sets.len()],
+            attachments: None,
+            person: None,
+            external: None,
+        };
+        let mut m = Modifiers::default();
+        for rule in &self.rules {
+            if !facts.holds(&rule.when).await? {
+                continue;
+            }
+            if let Some(unless) = &rule.unless {
+                if facts.holds(unless).await? {
+                    continue;
+                }
+            }
+            tracing::debug!(rule = %rule.name, queue_id = %qf.queue_id, "rule matched");
+            if rule.action == Action::Accept {
+                for h in &rule.headers {
+                    let person = facts.person_for(&h.value).await?;
+                    if let Some(field) = h.render(|v| facts.var(v, rule, person.as_deref())) {
+                        m.headers.push(field);
+                    }
+                }
+                m.mirror_to.extend(rule.mirror_to.iter().cloned());
+                m.add_route.extend(rule.add_route.iter().cloned());
+            }
+            if !rule.stop {
+                continue;
+            }
+            let person = facts.person_for(&rule.text).await?;
+            let text = rule
+                .text
+                .expand(|v| Some(facts.var(v, rule, person.as_deref()).unwrap_or_default()))
+                .unwrap_or_default();
+            return Ok(match rule.action {
+                Action::Accept => Verdict::Accept(m),
+                Action::Discard => Verdict::Discard,
+                Action::Bounce => Verdict::Bounce(text),
+                Action::Reject => Verdict::Reject(text),
+            });
+        }
+        Ok(Verdict::Accept(m))
+    }
+}
+
+fn compile_rule(
+    cfg: &FilterConfig,
+    r: &RuleConfig,
+    key: &str,
+    sets: &mut HeaderSets,
+) -> Result<Rule, KeyError> {
+    let when = compile_cond(&r.when, &format!("{key}.when"), sets)?;
+    let unless = match &r.unless {
+        Some(u) => Some(compile_cond(u, &format!("{key}.unless"), sets)?),
+        None => None,
+    };
+    let terminal = r.action != Action::Accept;
+    let stop = r.stop.unwrap_or(terminal);
+    if terminal && !stop {
+        return Err(KeyError::new(
+            format!("{key}.stop"),
+            "discard, bounce and reject end rule processing; stop cannot be false",
+        ));
+    }
+    if terminal && !(r.add_header.is_empty() && r.mirror_to.is_empty() && r.add_route.is_empty()) {
+        return Err(KeyError::new(
+            format!("{key}.action"),
+            "header fields, mirrors and routes only go with accept",
+        ));
+    }
+    let uses_directory = when.uses_directory()
+        || unless.as_ref().is_some_and(Cond::uses_directory)
+        || r.add_header
+            .iter()
+            .any(|h| h.value.attributes().next().is_some())
+        || r.text
+            .as_ref()
+            .is_some_and(|t| t.attributes().next().is_some());
+    if uses_directory && cfg.directory.is_none() {
+        return Err(KeyError::new(
+            key.to_string(),
+            "uses directory facts but there is no [directory] table",
+        ));
+    }
+    if cfg.filter.dialect == crate::reply::Dialect::V3
+        && !(r.mirror_to.is_empty() && r.add_route.is_empty())
+    {
+        return Err(KeyError::new(
+            format!("{key}.mirror_to"),
+            "MIRRORTO and ADDROUTE need the v4 dialect (filter.dialect = \"v3\")",
+        ));
+    }
+    let default_text = match r.action {
+        Action::Reject => "message temporarily refused by rule {rule}",
+        _ => "message refused by rule {rule}",
+    };
+    Ok(Rule {
+        name: r.name.clone(),
+        when,
+        unless,
+        action: r.action,
+        stop,
+        text: r
+            .text
+            .clone()
+            .unwrap_or_else(|| Template::parse(default_text).unwrap_or_default()),
+        headers: r.add_header.clone(),
+        mirror_to: r.mirror_to.iter().map(|a| a.0.clone()).collect(),
+        add_route: r.add_route.iter().map(|a| a.0.clone()).collect(),
+    })
+}
+
+fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond, KeyError> {
+    let addresses = |list: &Option<Vec<_>>, name: &str| {
+        list.as_ref()
+            .map(|l: &Vec<_>| AddressSet::compile(l, &format!("{key}.{name}")))
+            .transpose()
+    };
+    if let (Some(over), Some(under)) = (c.size_over, c.size_under) {
+        if over >= under {
+            return Err(KeyError::new(
+                format!("{key}.size_under"),
+                "must be more than size_over",
+            ));
+        }
+    }
+    Ok(Cond {
+        source: c
+            .source
+            .as_ref()
+            .map(|l| l.iter().map(|s| s.to_ascii_uppercase()).collect()),
+        self_generated: c.self_generated,
+        authenticated: c.authenticated,
+        sender: addresses(&c.sender, "sender")?,
+        recipient: addresses(&c.recipient, "recipient")?,
+        external_recipient: c.external_recipient,
+        client_ip: c
+            .client_ip
+            .as_ref()
+            .map(|l| IpSet::compile(l, &format!("{key}.client_ip")))
+            .transpose()?,
+        size_over: c.size_over,
+        size_under: c.size_under,
+        header: c
+            .header
+            .iter()
+            .map(|(name, re)| sets.add(name, re.0.as_str()))
+            .collect(),
+        attachment_name: c.attachment_name.as_ref().map(|r| r.0.clone()),
+        attachment_type: c.attachment_type.as_ref().map(|r| r.0.clone()),
+        member_of: c
+            .member_of
+            .as_ref()
+            .map(|l| l.iter().map(|g| g.to_lowercase()).collect()),
+        attribute: c
+            .attribute
+            .iter()
+            .map(|(a, r)| (a.to_ascii_lowercase(), r.0.clone()))
+            .collect(),
+        from_is_own: c.from_is_own,
+    })
+}
+
+/// What is known about one message, worked out on first use.
+struct Facts<'a, D> {
+    set: &'a RuleSet,
+    qf: &'a QueueFile,
+    dir: Option<&'a D>,
+    headers: Option<Headers>,
+    header_hits: Vec<Option<Vec<bool>>>,
+    attachments: Option<Vec<Attachment>>,
+    person: Option<Option<Arc<Person>>>,
+    external: Option<bool>,
+}
+
+impl<D: Directory> Facts<'_, D> {
+    /// The address directory facts are about: the authenticated user, else
+    /// the envelope sender.
+    fn identity(&self) -> Option<String> {
+        let env = &self.qf.envelope;
+        env.auth_user()
+            .or(env.sender.as_deref())
+            .filter(|a| !a.is_empty())
+            .map(str::to_lowercase)
+    }
+
+    async fn person(&mut self) -> Result<Option<Arc<Person>>, Unavailable> {
+        if let Some(p) = &self.person {
+            return Ok(p.clone());
+        }
+        let p = match (self.dir, self.identity()) {
+            (Some(dir), Some(who)) => dir.person(&who).await?,
+            _ => None,
+        };
+        self.person = Some(p.clone());
+        Ok(p)
+    }
+
+    /// The sender's entry when `t` reads attributes, else nothing.
+    async fn person_for(&mut self, t: &Template) -> Result<Option<Arc<Person>>, Unavailable> {
+        if t.attributes().next().is_some() {
+            self.person().await
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn var(&self, v: &Var, rule: &Rule, person: Option<&Person>) -> Option<String> {
+        let env = &self.qf.envelope;
+        match v {
+            Var::Sender => Some(env.sender.clone().unwrap_or_default()),
+            Var::User => Some(env.auth_user().unwrap_or_default().to_string()),
+            Var::Rule => Some(rule.name.clone()),
+            Var::QueueId => Some(self.qf.queue_id.clone()),
+            Var::Attr(a) => person?.values(a).first().cloned(),
+        }
+    }
+
+    fn headers(&mut self) -> &Headers {
+        self.headers
+            .get_or_insert_with(|| Headers::parse(&self.qf.header))
+    }
+
+    fn header_hit(&mut self, set: usize, pattern: usize) -> bool {
+        if self.header_hits[set].is_none() {
+            let (name, regexes) = &self.set.header_sets[set];
+            let mut hits = vec![false; regexes.len()];
+            for value in self.headers().values(name) {
+                for i in regexes.matches(value).iter() {
+                    hits[i] = true;
+                }
+            }
+            self.header_hits[set] = Some(hits);
+        }
+        self.header_hits[set].as_ref().is_some_and(|h| h[pattern])
+    }
+
+    fn attachments(&mut self) -> &[Attachment] {
+        self.attachments
+            .get_or_insert_with(|| attachments(&self.qf.header, &self.qf.body))
+    }
+
+    async fn has_external_recipient(&mut self) -> Result<bool, Unavailable> {
+        if let Some(e) = self.external {
+            return Ok(e);
+        }
+        let mut external = false;
+        for rcpt in &self.qf.envelope.recipients {
+            // `<postmaster>` and other bare names are local by definition.
+            let Some((_, domain)) = rcpt.rsplit_once('@') else {
+                continue;
+            };
+            if self.set.local.has_domain(domain) {
+                continue;
+            }
+            if self.set.local_by_directory {
+                if let Some(dir) = self.dir {
+                    if dir.person(rcpt).await?.is_some() {
+                        continue;
+                    }
+                }
+            }
+            external = true;
+            break;
+        }
+        self.external = Some(external);
+        Ok(external)
+    }
+
+    /// Whether every condition given in `c` holds.
+    async fn holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
+        let env = &self.qf.envelope;
+        let tag = env.source.as_ref().map_or("", |s| s.tag.as_str());
+        let checks = [
+            c.source
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|t| t.eq_ignore_ascii_case(tag))),
+            c.self_generated
+                .is_none_or(|want| env.self_generated() == want),
+            c.authenticated
+                .is_none_or(|want| env.auth_user().is_some() == want),
+            c.sender
+                .as_ref()
+                .is_none_or(|s| s.matches(env.sender.as_deref().unwrap_or(""))),
+            c.recipient
+                .as_ref()
+                .is_none_or(|s| env.recipients.iter().any(|r| s.matches(r))),
+            c.client_ip
+                .as_ref()
+                .is_none_or(|s| env.client_ip().is_some_and(|ip| s.contains(ip))),
+            c.size_over.is_none_or(|n| self.qf.size > n),
+            c.size_under.is_none_or(|n| self.qf.size < n),
+        ];
+        if checks.contains(&false) {
+            return Ok(false);
+        }
+        if let Some(want) = c.external_recipient {
+            if self.has_external_recipient().await? != want {
+                return Ok(false);
+            }
+        }
+        for &(set, pattern) in &c.header {
+            if !self.header_hit(set, pattern) {
+                return Ok(false);
+            }
+        }
+        if let Some(re) = &c.attachment_name {
+            let names = self.attachments().iter().filter_map(|a| a.name.as_deref());
+            if !names.clone().any(|n| re.is_match(n)) {
+                return Ok(false);
+            }
+        }
+        if let Some(re) = &c.attachment_type {
+            if !self
+                .attachments()
+                .iter()
+                .any(|a| re.is_match(&a.content_type))
+            {
+                return Ok(false);
+            }
+        }
+        if c.uses_directory() {
+            return self.directory_holds(c).await;
+        }
+        Ok(true)
+    }
+
+    async fn directory_holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
+        if let Some(want) = c.from_is_own {
+            if self.sends_as_self().await? != want {
+                return Ok(false);
+            }
+        }
+        let person = self.person().await?;
+        if let Some(groups) = &c.member_of {
+            let member = person
+                .as_ref()
+                .is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
+            if !member {
+                return Ok(false);
+            }
+        }
+        for (attr, re) in &c.attribute {
+            let found = person
+                .as_ref()
+                .is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v)));
+            if !found {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every From address is the authenticated user's: the login itself or
+    /// one of the addresses the directory lists for them.
+    async fn sends_as_self(&mut self) -> Result<bool, Unavailable> {
+        let Some(user) = self.qf.envelope.auth_user().map(str::to_lowercase) else {
+            return Ok(false);
+        };
+        let from = self.headers().from.clone();
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let person = self.person().await?;
+        let own = |addr: &String| {
+            *addr == user
+                || person.as_ref().is_some_and(|p| {
+                    self.set
+                        .address_attributes
+                        .iter()
+                        .flat_map(|a| p.values(a))
+                        .any(|v| v.eq_ignore_ascii_case(addr))
+                })
+        };
+        Ok(from.iter().all(own))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::fake::Fake;
+    use crate::queue::Envelope;
+    use std::sync::atomic::Ordering;
+
+    fn config(toml_text: &str) -> FilterConfig {
+        toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const DIRECTORY: &str = "[directory]\nbase = \"ou=people,dc=example,dc=org\"\ngroup_base = \"ou=groups,dc=example,dc=org\"\n";
+
+    fn message(env: &[&str], header: &str) -> QueueFile {
+        QueueFile {
+            queue_id: "42".into(),
+            envelope: Envelope::parse(env.iter().copied()),
+            header: header.as_bytes().to_vec(),
+            size: header.len() as u64,
+            ..QueueFile::default()
+        }
+    }
+
+    fn alice_out() -> QueueFile {
+        message(
+            &[
+                "S <alice@example.test> SMTP [192.0.2.10]",
+                "P I x <alice@example.test>",
+                "R W x <bob@example.test>",
+                "R W x <partner@elsewhere.test>",
+            ],
+            "From: Alice <alice@example.test>\r\nSubject: Quarterly report\r\n\r\n",
+        )
+    }
+
+    fn fake() -> Fake {
+        Fake::default()
+            .with(
+                "alice@example.test",
+                &["outbound", "staff"],
+                &[
+                    ("departmentNumber", "Research"),
+                    ("mail", "alice@example.test"),
+                    ("mail", "a.liddell@example.test"),
+                    ("AstAccountCallerID", "Alice <1001>"),
+                ],
+            )
+            .with(
+                "bob@example.test",
+                &["staff"],
+                &[("mail", "bob@example.test"), ("departmentNumber", "Sales")],
+            )
+    }
+
+    const OUTBOUND: &str = r#"
+[filter]
+local_domains = ["example.test"]
+[[rule]]
+name = "outbound"
+when = { authenticated = true, external_recipient = true }
+unless = { member_of = ["outbound"] }
+action = "bounce"
+text = "{user} may not send outside the organisation"
+"#;
+
+    async fn run(cfg: &str, qf: &QueueFile, dir: &Fake) -> Result<Verdict, Unavailable> {
+        let set =
+            RuleSet::compile(&config(cfg)).unwrap_or_else(|e| panic!("{}: {}", e.key, e.message));
+        set.evaluate(qf, Some(dir)).await
+    }
+
+    #[tokio::test]
+    async fn outbound_restriction_by_group() {
+        let cfg = format!("{OUTBOUND}{DIRECTORY}");
+        let dir = fake();
+        assert_eq!(run(&cfg, &alice_out(), &dir).await, Ok(Verdict::pass()));
+        let mut bob = alice_out();
+        bob.envelope = Envelope::parse([
+            "S <bob@example.test> SMTP [192.0.2.11]",
+            "R W x <x@elsewhere.test>",
+        ]);
+        assert_eq!(
+            run(&cfg, &bob, &dir).await,
+            Ok(Verdict::Bounce(
+                "bob@example.test may not send outside the organisation".into()
+            ))
+        );
+        bob.envelope = Envelope::parse([
+            "S <bob@example.test> SMTP [192.0.2.11]",
+            "R W x <alice@EXAMPLE.test>",
+            "R W x <postmaster>",
+        ]);
+        assert_eq!(run(&cfg, &bob, &dir).await, Ok(Verdict::pass()));
+        dir.down.store(true, Ordering::Relaxed);
+        bob.envelope = Envelope::parse([
+            "S <bob@example.test> SMTP [192.0.2.11]",
+            "R W x <x@elsewhere.test>",
+        ]);
+        assert!(run(&cfg, &bob, &dir).await.is_err());
+        // Local-only mail never asks the directory, so it passes while it is down.
+        bob.envelope = Envelope::parse([
+            "S <bob@example.test> SMTP [192.0.2.11]",
+            "R W x <alice@example.test>",
+        ]);
+        assert_eq!(run(&cfg, &bob, &dir).await, Ok(Verdict::pass()));
+    }
+
+    #[tokio::test]
+    async fn actions_accumulate_until_a_stop_rule() {
+        let cfg = format!(
+            r#"
+[[rule]]
+name = "tag"
+add_header = ["X-Filtered: yes", "X-Queue: {{queue_id}}"]
+[[rule]]
+name = "journal"
+when = {{ sender = ["@example.test"] }}
+mirror_to = ["journal@example.test"]
+add_header = ["X-Department: {{attr:departmentNumber}}", "X-Caller: {{attr:AstAccountCallerID}}", "X-Missing: {{attr:title}}"]
+[[rule]]
+name = "audit"
+when = {{ header = {{ subject = "(?i)report" }} }}
+add_route = ["audit@example.test"]
+stop = true
+[[rule]]
+name = "never reached"
+action = "discard"
+{DIRECTORY}"#
+        );
+        let v = run(&cfg, &alice_out(), &fake()).await.unwrap();
+        assert_eq!(
+            v,
+            Verdict::Accept(Modifiers {
+                headers: vec![
+                    "X-Filtered: yes".into(),
+                    "X-Queue: 42".into(),
+                    "X-Department: Research".into(),
+                    "X-Caller: Alice <1001>".into()
+                ],
+                mirror_to: vec!["journal@example.test".into()],
+                add_route: vec!["audit@example.test".into()],
+            })
+        );
+        let mut other = alice_out();
+        other.header = b"Subject: hello\r\n\r\n".to_vec();
+        assert_eq!(run(&cfg, &other, &fake()).await, Ok(Verdict::Discard));
+    }
+
+    #[tokio::test]
+    async fn envelope_conditions() {
+        let cfg = r#"
+[[rule]]
+name = "cgp"
+when = { self_generated = true }
+stop = true
+[[rule]]
+name = "nets"
+when = { client_ip = ["198.51.100.0/24"], source = ["smtp"], authenticated = false }
+action = "reject"
+text = "try later"
+[[rule]]
+name = "big"
+when = { size_over = 1000 }
+action = "bounce"
+[[rule]]
+name = "rcpt"
+when = { recipient = ["/^spamtrap@/"], sender = ["@spam.test"] }
+action = "discard"
+"#;
+        let dir = Fake::default();
+        let dsn = message(
+            &[
+                "S DSN [0.0.0.0]",
+                "P I x <>",
+                "R W x <spamtrap@example.test>",
+            ],
+            "Subject: x\n\n",
+        );
+        assert_eq!(run(cfg, &dsn, &dir).await, Ok(Verdict::pass()));
+        let anon = message(
+            &["S SMTP [198.51.100.9]", "R W x <a@example.test>"],
+            "Subject: x\n\n",
+        );
+        assert_eq!(
+            run(cfg, &anon, &dir).await,
+            Ok(Verdict::Reject("try later".into()))
+        );
+        let mut big = message(&["S SMTP [192.0.2.9]"], "Subject: x\n\n");
+        big.size = 5000;
+        assert_eq!(
+            run(cfg, &big, &dir).await,
+            Ok(Verdict::Bounce("message refused by rule big".into()))
+        );
+        let trap = message(
+            &[
+                "S SMTP [192.0.2.9]",
+                "P I x <x@SPAM.test>",
+                "R W x <Spamtrap@example.test>",
+            ],
+            "S: x\n\n",
+        );
+        assert_eq!(run(cfg, &trap, &dir).await, Ok(Verdict::Discard));
+        let authed = message(
+            &["S <a@example.test> SMTP [198.51.100.9]"],
+            "Subject: x\n\n",
+        );
+        assert_eq!(run(cfg, &authed, &dir).await, Ok(Verdict::pass()));
+    }
+
+    #[tokio::test]
+    async fn from_address_must_belong_to_the_user() {
+        let cfg = format!(
+            r#"
+[[rule]]
+name = "from"
+when = {{ authenticated = true }}
+unless = {{ from_is_own = true }}
+action = "bounce"
+text = "{{user}} may not send as someone else"
+{DIRECTORY}"#
+        );
+        let dir = fake();
+        let mut m = alice_out();
+        assert_eq!(run(&cfg, &m, &dir).await, Ok(Verdict::pass()));
+        m.header = b"From: \"Al\" <A.Liddell@example.test>\r\n\r\n".to_vec();
+        assert_eq!(run(&cfg, &m, &dir).await, Ok(Verdict::pass()));
+        m.header = b"From: Bob <bob@example.test>\r\n\r\n".to_vec();
+        assert_eq!(
+            run(&cfg, &m, &dir).await,
+            Ok(Verdict::Bounce(
+                "alice@example.test may not send as someone else".into()
+            ))
+        );
+        m.header = b"Subject: no from\r\n\r\n".to_vec();
+        assert!(matches!(run(&cfg, &m, &dir).await, Ok(Verdict::Bounce(_))));
+    }
+
+    #[tokio::test]
+    async fn attributes_and_attachments() {
+        let cfg = format!(
+            r#"
+[[rule]]
+name = "research exe"
+when = {{ attribute = {{ departmentNumber = "^Research$" }}, attachment_name = "(?i)\\.exe$" }}
+action = "bounce"
+[[rule]]
+name = "pdf"
+when = {{ attachment_type = "^application/pdf$" }}
+add_header = ["X-PDF: yes"]
+{DIRECTORY}"#
+        );
+        let set = RuleSet::compile(&config(&cfg)).unwrap();
+        assert!(set.needs_body);
+        assert!(set.attributes.contains("departmentnumber"));
+        let mut m = alice_out();
+        m.header = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        m.body = b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=Setup.EXE\r\n\r\nMZ\r\n--b--\r\n".to_vec();
+        let dir = fake();
+        assert!(matches!(
+            set.evaluate(&m, Some(&dir)).await,
+            Ok(Verdict::Bounce(_))
+        ));
+        m.envelope = Envelope::parse(["S <bob@example.test> SMTP [192.0.2.1]"]);
+        assert_eq!(set.evaluate(&m, Some(&dir)).await, Ok(Verdict::pass()));
+        m.body =
+            b"--b\r\nContent-Type: application/pdf; name=a.pdf\r\n\r\n%PDF\r\n--b--\r\n".to_vec();
+        let Ok(Verdict::Accept(mods)) = set.evaluate(&m, Some(&dir)).await else {
+            panic!()
+        };
+        assert_eq!(mods.headers, ["X-PDF: yes"]);
+    }
+
+    #[test]
+    fn configuration_errors_name_the_key() {
+        let cases = [
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n",
+                "rule[0]",
+                "no [directory]",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\naction = \"bounce\"\nstop = false\n",
+                "rule[0].stop",
+                "cannot be false",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\naction = \"discard\"\nadd_header = [\"X: y\"]\n",
+                "rule[0].action",
+                "only go with accept",
+            ),
+            (
+                "[filter]\ndialect = \"v3\"\n[[rule]]\nname = \"a\"\nmirror_to = [\"j@x.test\"]\n",
+                "rule[0].mirror_to",
+                "v4",
+            ),
+            (
+                "[failure]\nafter_max_age = \"rejected\"\n",
+                "failure.after_max_age",
+                "for ever",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { size_over = 10, size_under = 5 }\n",
+                "rule[0].when.size_under",
+                "more than",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n[directory]\nbase = \"dc=x\"\n",
+                "directory.group_base",
+                "member_of",
+            ),
+        ];
+        for (text, key, msg) in cases {
+            let e = RuleSet::compile(&config(text)).unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+            assert!(e.message.contains(msg), "{text}: {}", e.message);
+        }
+        for bad in [
+            "[[rule]]\nname = \"a\"\nwhen = { header = { subject = \"(\" } }\n",
+            "[[rule]]\nname = \"a\"\nwhen = { client_ip = [\"10.0.0.0/33\"] }\n",
+            "[[rule]]\nname = \"a\"\nadd_header = [\"Bad Name: x\"]\n",
+            "[[rule]]\nname = \"a\"\ntext = \"{nope}\"\n",
+            "[[rule]]\nname = \"a\"\nwhen = { colour = \"red\" }\n",
+        ] {
+            assert!(toml::from_str::<FilterConfig>(bad).is_err(), "{bad}");
+        }
+    }
+}
