@@ -6,3 +6,8 @@ use cgp_tests::{bin, transcript::run_all};
 fn runtime_cases_on_the_probe_helper() {
     run_all(&bin("probe_helper"), "runtime");
 }
+
+#[test]
+fn filter_cases() {
+    run_all(&bin("cgp-filter"), "filter");
+}

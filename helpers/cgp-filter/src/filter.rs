@@ -26,6 +26,8 @@ pub struct Filter<D> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Notes {
     pub dropped_modifiers: bool,
+    /// A `FILE` path refused because it leads out of the base directory.
+    pub refused: Option<String>,
 }
 
 impl<D: Directory> Filter<D> {
@@ -74,32 +76,38 @@ impl<D: Directory> Filter<D> {
             }
             _ => return (Reply::failure("FILE needs a file name"), Notes::default()),
         };
-        let verdict = self.verdict(OsStr::from_bytes(&name)).await;
-        let (reply, dropped) = verdict.reply(self.settings.dialect.modifiers(intf));
-        if dropped {
-            tracing::warn!("MIRRORTO/ADDROUTE left out: the negotiated dialect has no modifiers");
-        }
-        (
-            reply,
-            Notes {
-                dropped_modifiers: dropped,
-            },
-        )
-    }
-
-    async fn verdict(&self, name: &OsStr) -> Verdict {
+        let name = OsStr::from_bytes(&name);
         let shown = name.to_string_lossy().into_owned();
         let path = match resolve(&self.base, name) {
             Ok(p) => p,
             Err(OpenError::Escapes) => {
                 tracing::warn!(file = %shown, base = %self.base.display(), "FILE outside the base directory refused");
-                return Verdict::Failure("file outside the base directory".into());
+                let notes = Notes {
+                    refused: Some(shown),
+                    ..Notes::default()
+                };
+                return (Reply::failure("file outside the base directory"), notes);
             }
             Err(OpenError::Unreadable(e)) => {
                 tracing::warn!(file = %shown, error = %e, "queue file cannot be opened");
-                return self.policy(self.failure.unreadable, None);
+                let v = self.policy(self.failure.unreadable, None);
+                return (v.reply(true).0, Notes::default());
             }
         };
+        let verdict = self.verdict(path, &shown).await;
+        let (reply, dropped) = verdict.reply(self.settings.dialect.modifiers(intf));
+        if dropped {
+            tracing::warn!("MIRRORTO/ADDROUTE left out: the negotiated dialect has no modifiers");
+        }
+        let notes = Notes {
+            dropped_modifiers: dropped,
+            ..Notes::default()
+        };
+        (reply, notes)
+    }
+
+    /// The verdict on a queue file inside the base directory.
+    async fn verdict(&self, path: PathBuf, shown: &str) -> Verdict {
         let limits = Limits {
             envelope: self.settings.max_envelope_bytes,
             header: self.settings.max_header_bytes,

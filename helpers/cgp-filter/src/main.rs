@@ -54,6 +54,11 @@ impl Helper for FilterHelper {
         if notes.dropped_modifiers && !self.warned_modifiers.swap(true, Ordering::Relaxed) {
             ctx.info("MIRRORTO/ADDROUTE rules matched but the server speaks INTF 3 or lower: they are left out (set filter.dialect = \"v4\" if the server takes them)");
         }
+        if let Some(path) = notes.refused {
+            ctx.info(&format!(
+                "FILE {path:?} refused: it leads outside the base directory"
+            ));
+        }
         reply
     }
 
