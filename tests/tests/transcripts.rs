@@ -11,3 +11,8 @@ fn runtime_cases_on_the_probe_helper() {
 fn filter_cases() {
     run_all(&bin("cgp-filter"), "filter");
 }
+
+#[test]
+fn banner_cases() {
+    run_all(&bin("cgp-banner"), "banner");
+}

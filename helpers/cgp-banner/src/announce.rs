@@ -1,0 +1,288 @@
+//! Administrators' announcements: kept in the local store (sled), changed
+//! through a spool directory so that `cgp-banner announce …` works while the
+//! helper runs.
+//!
+//! sled locks its store for one process, and the running helper holds it. So
+//! the subcommand never writes the store of a running helper: it drops one
+//! small file per change (`add` or `remove`) into the spool, written under a
+//! temporary name and renamed, so a reader never sees half of it. Whoever
+//! holds the store imports the spool: the helper every `spool_poll`, or the
+//! subcommand itself when no helper runs (it then takes the lock for a
+//! moment). After each import the holder writes `snapshot.json` next to the
+//! spool files, which is what `announce list` shows while a helper runs.
+
+use cgp_lookup::store::Store;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const TREE: &str = "announcements";
+const SNAPSHOT: &str = "snapshot.json";
+const OP_PREFIX: &str = "op-";
+
+/// Who sees an announcement: `all`, `domain:<domain>` or `group:<group>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Target {
+    All,
+    Domain(String),
+    Group(String),
+}
+
+impl TryFrom<String> for Target {
+    type Error = String;
+    fn try_from(s: String) -> Result<Target, String> {
+        match s.split_once(':') {
+            None if s == "all" => Ok(Target::All),
+            Some(("domain", d)) if !d.is_empty() => Ok(Target::Domain(d.to_lowercase())),
+            Some(("group", g)) if !g.is_empty() => Ok(Target::Group(g.to_string())),
+            _ => Err(format!(
+                "target {s:?}: use all, domain:<domain> or group:<group>"
+            )),
+        }
+    }
+}
+
+impl From<Target> for String {
+    fn from(t: Target) -> String {
+        match t {
+            Target::All => "all".into(),
+            Target::Domain(d) => format!("domain:{d}"),
+            Target::Group(g) => format!("group:{g}"),
+        }
+    }
+}
+
+/// One announcement. Times are Unix seconds; the window is `[from, until)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub id: String,
+    pub text: String,
+    pub target: Target,
+    pub from: u64,
+    pub until: u64,
+    /// Banner types it shows in; empty: all.
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+impl Announcement {
+    /// Whether it shows now in a banner of `kind` for a user of `domain` in
+    /// `groups`.
+    pub fn applies(&self, now: u64, kind: &str, domain: Option<&str>, groups: &[String]) -> bool {
+        let in_window = self.from <= now && now < self.until;
+        let type_ok = self.types.is_empty() || self.types.iter().any(|t| t == kind);
+        let target_ok = match &self.target {
+            Target::All => true,
+            Target::Domain(d) => domain == Some(d.as_str()),
+            Target::Group(g) => groups.iter().any(|x| x == g),
+        };
+        in_window && type_ok && target_ok
+    }
+}
+
+/// One change waiting in the spool.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Add(Announcement),
+    Remove { id: String },
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh identifier: time-ordered, unique across processes.
+pub fn new_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut salt = [0u8; 2];
+    // Without randomness the pid still separates concurrent writers.
+    let _ = getrandom::fill(&mut salt);
+    format!(
+        "{:x}{:04x}{:04x}",
+        nanos / 1_000_000,
+        std::process::id() & 0xffff,
+        u16::from_le_bytes(salt)
+    )
+}
+
+/// The spool directory and the store it feeds.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    pub fn new(dir: &Path) -> Spool {
+        Spool {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn ensure_dir(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+    }
+
+    /// Writes `bytes` to `name` in the spool, atomically and mode 0600.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.ensure_dir()?;
+        let tmp = self.dir.join(format!(".tmp-{name}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))
+    }
+
+    /// Queues a change.
+    pub fn push(&self, op: &Op) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(op).map_err(std::io::Error::other)?;
+        self.write_atomic(&format!("{OP_PREFIX}{}.json", new_id()), &bytes)
+    }
+
+    /// The queued changes in the order they were made, with their files.
+    pub fn pending(&self) -> Vec<(PathBuf, Op)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(OP_PREFIX) && n.ends_with(".json"))
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|p| {
+                let op = std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                if op.is_none() {
+                    tracing::warn!(file = %p.display(), "unreadable spool file skipped");
+                }
+                op.map(|op| (p, op))
+            })
+            .collect()
+    }
+
+    /// Applies the queued changes to the store, removes their files and
+    /// writes the snapshot. Returns every announcement in the store.
+    pub fn import(&self, store: &Store) -> Result<Vec<Announcement>, String> {
+        let tree = store.tree(TREE).map_err(|e| e.to_string())?;
+        let pending = self.pending();
+        for (_, op) in &pending {
+            let done = match op {
+                Op::Add(a) => serde_json::to_vec(a)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| tree.insert(a.id.as_bytes(), v).map_err(|e| e.to_string())),
+                Op::Remove { id } => tree.remove(id.as_bytes()).map_err(|e| e.to_string()),
+            };
+            done.map(|_| ())?;
+        }
+        if !pending.is_empty() {
+            store.flush().map_err(|e| e.to_string())?;
+            for (path, _) in &pending {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let all: Vec<Announcement> = tree
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .collect();
+        if !pending.is_empty() || !self.dir.join(SNAPSHOT).exists() {
+            let bytes = serde_json::to_vec_pretty(&all).map_err(|e| e.to_string())?;
+            self.write_atomic(SNAPSHOT, &bytes)
+                .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+        }
+        Ok(all)
+    }
+
+    /// The last snapshot a store holder wrote.
+    pub fn snapshot(&self) -> Vec<Announcement> {
+        std::fs::read(self.dir.join(SNAPSHOT))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(id: &str, target: Target) -> Announcement {
+        Announcement {
+            id: id.into(),
+            text: format!("text {id}"),
+            target,
+            from: 100,
+            until: 200,
+            types: vec![],
+        }
+    }
+
+    #[test]
+    fn targets_round_trip_and_bad_ones_are_refused() {
+        for s in ["all", "domain:example.com", "group:staff"] {
+            let t = Target::try_from(s.to_string()).unwrap();
+            assert_eq!(String::from(t), s);
+        }
+        assert!(Target::try_from("domain:".to_string()).is_err());
+        assert!(Target::try_from("everyone".to_string()).is_err());
+    }
+
+    #[test]
+    fn window_type_and_target_decide() {
+        let mut a = ann("1", Target::Domain("example.com".into()));
+        assert!(a.applies(150, "WebUserTop", Some("example.com"), &[]));
+        assert!(!a.applies(99, "WebUserTop", Some("example.com"), &[]));
+        assert!(!a.applies(200, "WebUserTop", Some("example.com"), &[]));
+        assert!(!a.applies(150, "WebUserTop", Some("other.test"), &[]));
+        assert!(!a.applies(150, "WebUserTop", None, &[]));
+        a.types = vec!["XIMSSLogin".into()];
+        assert!(!a.applies(150, "WebUserTop", Some("example.com"), &[]));
+        let g = ann("2", Target::Group("staff".into()));
+        assert!(g.applies(150, "x", None, &["staff".into()]));
+        assert!(!g.applies(150, "x", None, &["sales".into()]));
+    }
+
+    #[test]
+    fn spool_changes_reach_the_store_in_order_and_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("state"), Duration::from_secs(1)).unwrap();
+        let spool = Spool::new(&dir.path().join("spool"));
+        spool.push(&Op::Add(ann("a", Target::All))).unwrap();
+        spool.push(&Op::Add(ann("b", Target::All))).unwrap();
+        spool.push(&Op::Remove { id: "a".into() }).unwrap();
+        assert_eq!(spool.pending().len(), 3);
+        let all = spool.import(&store).unwrap();
+        assert_eq!(all, vec![ann("b", Target::All)]);
+        assert!(spool.pending().is_empty());
+        assert_eq!(spool.snapshot(), all);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("spool")), 0o700);
+        assert_eq!(mode(&dir.path().join("spool").join(SNAPSHOT)), 0o600);
+        // Importing again changes nothing: the same state, idempotently.
+        assert_eq!(spool.import(&store).unwrap(), all);
+    }
+
+    use std::time::Duration;
+}

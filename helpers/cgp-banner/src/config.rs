@@ -1,0 +1,286 @@
+//! The configuration file of `cgp-banner` (reference in `docs/banner.md`).
+
+use crate::announce::{Announcement, Target};
+use crate::directory::Person;
+use crate::template::{Format, Template};
+use cgp_lookup::ami::AmiConfig;
+use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BannerConfig {
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    /// Returned when a rule's data cannot be had (back end down or slow,
+    /// user unknown) and the rule has no `default` of its own. Unset: the
+    /// answer is `ERROR "no banner"`.
+    pub default_banner: Option<String>,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub ami: AmiConfig,
+    pub directory: DirectoryConfig,
+    /// Banner rules; the first that matches a request answers it.
+    #[serde(rename = "banner")]
+    pub banners: Vec<Rule>,
+    /// Announcements fixed in the configuration, shown next to those of the
+    /// store (standing policy notices, or a demo without a store).
+    #[serde(rename = "announcement")]
+    pub announcements: Vec<FixedAnnouncement>,
+}
+
+/// An `[[announcement]]` of the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedAnnouncement {
+    pub text: String,
+    #[serde(default = "target_all")]
+    pub target: Target,
+    /// RFC 3339; unset: always started.
+    pub from: Option<Rfc3339>,
+    /// RFC 3339; unset: never ends.
+    pub until: Option<Rfc3339>,
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+fn target_all() -> Target {
+    Target::All
+}
+
+impl FixedAnnouncement {
+    pub fn to_announcement(&self, index: usize) -> Announcement {
+        Announcement {
+            id: format!("config-{index}"),
+            text: self.text.clone(),
+            target: self.target.clone(),
+            from: self.from.map_or(0, |t| t.0),
+            until: self.until.map_or(u64::MAX, |t| t.0),
+            types: self.types.clone(),
+        }
+    }
+}
+
+/// A point in time written in RFC 3339, as Unix seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339(pub u64);
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s)
+            .map(|t| Rfc3339(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{e} (use RFC 3339, e.g. 2026-11-23T08:00:00Z)"))
+            })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The sled store of announcements. Unset: announcements are off.
+    pub path: Option<PathBuf>,
+    /// Where `cgp-banner announce` queues changes; `<path>.spool` when unset.
+    pub spool: Option<PathBuf>,
+    /// How often the running helper imports the spool.
+    #[serde(with = "humantime_serde")]
+    pub spool_poll: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: None,
+            spool: None,
+            spool_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        self.spool.clone().or_else(|| {
+            self.path.as_ref().map(|p| {
+                let mut s = p.clone().into_os_string();
+                s.push(".spool");
+                PathBuf::from(s)
+            })
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long PBX data (voicemail counts, extension state) is reused
+    /// without an event refreshing it.
+    #[serde(with = "humantime_serde")]
+    pub pbx_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            pbx_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// Static entries keyed by `user@domain`.
+    pub users: HashMap<String, Person>,
+}
+
+/// One banner rule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Banner type (`WebUserTop`, `XIMSSLogin`…); `*` or unset: any.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Domain pattern (`*` wildcards); unset: any, including no user.
+    #[serde(default)]
+    pub domain: Option<Pattern>,
+    /// `user@domain` pattern (`*` wildcards); unset: any.
+    #[serde(default)]
+    pub account: Option<Pattern>,
+    #[serde(default)]
+    pub format: Format,
+    pub template: Template,
+    /// Answer when the template's data cannot be had.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+impl Rule {
+    pub fn matches(&self, kind: &str, account: Option<&str>, domain: Option<&str>) -> bool {
+        let kind_ok = self.kind.as_deref().is_none_or(|k| k == "*" || k == kind);
+        let field_ok = |p: &Option<Pattern>, v: Option<&str>| {
+            p.as_ref()
+                .is_none_or(|p| v.is_some_and(|v| p.0.is_match(v)))
+        };
+        kind_ok && field_ok(&self.domain, domain) && field_ok(&self.account, account)
+    }
+}
+
+/// A case-insensitive wildcard pattern: `*` stands for any run of characters.
+#[derive(Clone, Debug)]
+pub struct Pattern(Regex);
+
+impl TryFrom<String> for Pattern {
+    type Error = String;
+    fn try_from(glob: String) -> Result<Pattern, String> {
+        let body = glob
+            .split('*')
+            .map(regex::escape)
+            .collect::<Vec<_>>()
+            .join(".*");
+        Regex::new(&format!("(?i)^{body}$"))
+            .map(Pattern)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Pattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl HelperConfig for BannerConfig {
+    fn runtime(&self) -> &RuntimeConfig {
+        &self.runtime
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+    fn validate(&self) -> Result<(), KeyError> {
+        self.ami.check().map_err(|(k, m)| KeyError::new(k, m))?;
+        if self.cache.pbx_ttl.is_zero() {
+            return Err(KeyError::new("cache.pbx_ttl", "must be more than 0s"));
+        }
+        if self.store.spool_poll.is_zero() {
+            return Err(KeyError::new("store.spool_poll", "must be more than 0s"));
+        }
+        if self.store.spool.is_some() && self.store.path.is_none() {
+            return Err(KeyError::new("store.spool", "needs store.path"));
+        }
+        let names: Vec<&str> = self.ami.servers.iter().map(|s| s.name.as_str()).collect();
+        for (account, p) in &self.directory.users {
+            if let Some(pbx) = &p.pbx {
+                if !names.contains(&pbx.as_str()) {
+                    return Err(KeyError::new(
+                        format!("directory.users.\"{account}\".pbx"),
+                        format!("no [[ami.servers]] is named {pbx:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<BannerConfig, String> {
+        let c: BannerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()
+            .map_err(|e| format!("{}: {}", e.key, e.message))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn rules_match_type_domain_and_account_patterns() {
+        let c = parse(
+            r#"
+            [[banner]]
+            type = "WebUserTop"
+            domain = "*.example.com"
+            account = "a*@*"
+            template = "x"
+            "#,
+        )
+        .unwrap();
+        let r = &c.banners[0];
+        assert!(r.matches(
+            "WebUserTop",
+            Some("alice@sales.example.com"),
+            Some("sales.example.com")
+        ));
+        assert!(!r.matches(
+            "XIMSSLogin",
+            Some("alice@sales.example.com"),
+            Some("sales.example.com")
+        ));
+        assert!(!r.matches(
+            "WebUserTop",
+            Some("bob@sales.example.com"),
+            Some("sales.example.com")
+        ));
+        assert!(!r.matches("WebUserTop", None, None));
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let e = parse("[[banner]]\ntemplate = \"{secret}\"\n").unwrap_err();
+        assert!(
+            e.contains("unknown placeholder") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = parse("[[banner]]\ntemplate = \"x\"\nfromat = \"html\"\n").unwrap_err();
+        assert!(e.contains("fromat"), "{e}");
+        let e = parse("[directory.users.\"a@b\"]\npbx = \"nope\"\n").unwrap_err();
+        assert!(e.starts_with("directory.users.\"a@b\".pbx"), "{e}");
+        let e = parse("[store]\nspool = \"/tmp/x\"\n").unwrap_err();
+        assert!(e.starts_with("store.spool"), "{e}");
+    }
+}

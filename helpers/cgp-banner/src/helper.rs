@@ -1,0 +1,347 @@
+//! The banner helper: picks the first rule that matches a request, gathers
+//! what its template needs (directory, PBX, announcements) within the
+//! request's deadline, and answers the rendered banner, or the rule's
+//! default banner when any of that cannot be had.
+
+use crate::announce::{Announcement, Spool};
+use crate::config::{BannerConfig, Rule};
+use crate::directory::{Directory, Person, StaticDirectory};
+use crate::pbx::Pbx;
+use crate::template::{Filled, Format, Var, push_escaped};
+use crate::wire::{self, BannerRequest};
+use cgp_lookup::ami::{Ami, extension_state_words};
+use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
+use cgp_protocol::data::encode_quoted;
+use cgp_protocol::runtime::{Ctx, Helper};
+use cgp_protocol::{Reply, Request};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+/// Kept back from the request deadline so that the default banner is sent
+/// before the runtime's own timeout reply would be.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Longest reply line CGP accepts, end of line included.
+const MAX_LINE: usize = 4096;
+
+pub struct Banner {
+    config: BannerConfig,
+    /// `[[announcement]]`s of the configuration.
+    fixed: Vec<Announcement>,
+    directory: Arc<dyn Directory>,
+    pbx: Option<Arc<Pbx>>,
+    announcements: Option<Arc<Announcements>>,
+    extra_logged: AtomicBool,
+}
+
+impl Helper for Banner {
+    type Config = BannerConfig;
+
+    async fn build(config: BannerConfig, previous: Option<Arc<Self>>) -> Result<Self, String> {
+        // Keep what is expensive or exclusive when its settings did not
+        // change: PBX connections with their cache, and the store's lock.
+        let pbx = match previous.as_ref().filter(|p| p.config.ami == config.ami) {
+            Some(p) => p.pbx.clone(),
+            None if config.ami.servers.is_empty() => None,
+            None => {
+                let names: Vec<String> =
+                    config.ami.servers.iter().map(|s| s.name.clone()).collect();
+                Some(Pbx::start(
+                    Ami::start(&config.ami),
+                    config.cache.pbx_ttl,
+                    &names,
+                ))
+            }
+        };
+        let announcements = match previous.as_ref().filter(|p| p.config.store == config.store) {
+            Some(p) => p.announcements.clone(),
+            None => Announcements::open(&config).await?,
+        };
+        Ok(Banner {
+            fixed: config
+                .announcements
+                .iter()
+                .enumerate()
+                .map(|(i, a)| a.to_announcement(i))
+                .collect(),
+            directory: Arc::new(StaticDirectory::new(&config.directory.users)),
+            config,
+            pbx,
+            announcements,
+            extra_logged: AtomicBool::new(false),
+        })
+    }
+
+    async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        let br = match wire::parse(&req) {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        if br.extra > 0 && !self.extra_logged.swap(true, Ordering::Relaxed) {
+            ctx.info("BANNER requests carry arguments after <parameters>; they are ignored");
+        }
+        let Some(rule) = self
+            .config
+            .banners
+            .iter()
+            .find(|r| r.matches(&br.kind, br.account.as_deref(), br.domain()))
+        else {
+            return wire::no_banner();
+        };
+        let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
+        let rendered = tokio::time::timeout(budget, self.render(rule, &br)).await;
+        match rendered {
+            Ok(Some(text)) if text.trim().is_empty() => wire::no_banner(),
+            Ok(Some(text)) => {
+                fit(&req.seq, text, rule.format).unwrap_or_else(|| self.fallback(Some(rule)))
+            }
+            Ok(None) | Err(_) => self.fallback(Some(rule)),
+        }
+    }
+
+    fn timeout_reply(&self, _: &str) -> Reply {
+        self.fallback(None)
+    }
+
+    fn panic_reply(&self, _: &str) -> Reply {
+        self.fallback(None)
+    }
+
+    fn oversize_reply(&self, _: &str) -> Reply {
+        self.fallback(None)
+    }
+}
+
+impl Banner {
+    /// The rule's default banner, else the global one, else no banner.
+    fn fallback(&self, rule: Option<&Rule>) -> Reply {
+        rule.and_then(|r| r.default.as_deref())
+            .or(self.config.default_banner.as_deref())
+            .map_or_else(wire::no_banner, wire::banner)
+    }
+
+    /// The banner text, or `None` when some value it needs is unavailable.
+    async fn render(&self, rule: &Rule, br: &BannerRequest) -> Option<String> {
+        let t = &rule.template;
+        let wants_person = [
+            Var::RealName,
+            Var::Department,
+            Var::VmNew,
+            Var::VmOld,
+            Var::ExtState,
+        ]
+        .into_iter()
+        .any(|v| t.uses(v));
+        let wants_groups = t.uses(Var::Announcements);
+        let person = match &br.account {
+            Some(a) if wants_person || wants_groups => match self.directory.lookup(a).await {
+                Ok(p) => p,
+                // Announcements for everyone can still be shown; the
+                // person's own values cannot.
+                Err(e) if !wants_person => {
+                    tracing::warn!(error = %e, "directory lookup failed");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory lookup failed");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let (vm, ext) = tokio::join!(
+            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person.as_ref()),
+            self.extension(t.uses(Var::ExtState), person.as_ref()),
+        );
+        let announcements = t
+            .uses(Var::Announcements)
+            .then(|| self.announcements_text(br, person.as_ref(), rule.format));
+        t.render(rule.format, |v| {
+            let raw = match v {
+                Var::Account => br.account.clone(),
+                Var::User => br.user().map(str::to_string),
+                Var::Domain => br.domain().map(str::to_string),
+                Var::Type => Some(br.kind.clone()),
+                Var::RealName => person.as_ref()?.real_name.clone(),
+                Var::Department => person.as_ref()?.department.clone(),
+                Var::VmNew => vm.map(|(n, _)| n.to_string()),
+                Var::VmOld => vm.map(|(_, o)| o.to_string()),
+                Var::ExtState => ext.map(|s| extension_state_words(s).to_string()),
+                Var::Announcements => return announcements.clone().map(Filled::Escaped),
+            };
+            raw.map(Filled::Raw)
+        })
+    }
+
+    async fn voicemail(&self, wanted: bool, person: Option<&Person>) -> Option<(u32, u32)> {
+        if !wanted {
+            return None;
+        }
+        let (pbx, p) = (self.pbx.as_ref()?, person?);
+        match pbx.mailbox(p.pbx.as_deref(), p.mailbox.as_deref()?).await {
+            Ok(c) => Some((c.new, c.old)),
+            Err(e) => {
+                tracing::debug!(error = %e, "voicemail count unavailable");
+                None
+            }
+        }
+    }
+
+    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<i32> {
+        if !wanted {
+            return None;
+        }
+        let (pbx, p) = (self.pbx.as_ref()?, person?);
+        match pbx
+            .extension(p.pbx.as_deref(), p.extension.as_deref()?, &p.context)
+            .await
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "extension state unavailable");
+                None
+            }
+        }
+    }
+
+    /// The announcements that apply, escaped for the format and joined one
+    /// per line.
+    fn announcements_text(
+        &self,
+        br: &BannerRequest,
+        person: Option<&Person>,
+        format: Format,
+    ) -> String {
+        let stored = self
+            .announcements
+            .as_ref()
+            .map(|a| a.current())
+            .unwrap_or_default();
+        let groups = person.map(|p| p.groups.as_slice()).unwrap_or_default();
+        let now = crate::announce::now();
+        let separator = match format {
+            Format::Text => "\n",
+            Format::Html => "<br>",
+        };
+        let mut out = String::new();
+        for ann in self
+            .fixed
+            .iter()
+            .chain(stored.iter())
+            .filter(|x| x.applies(now, &br.kind, br.domain(), groups))
+        {
+            if !out.is_empty() {
+                out.push_str(separator);
+            }
+            push_escaped(&mut out, &ann.text, format);
+        }
+        out
+    }
+}
+
+/// The reply for a rendered banner, within the 4096-byte line. Text banners
+/// too long are cut (ending in `…`); an HTML banner cannot be cut safely, so
+/// `None` (the caller sends the default banner).
+fn fit(seq: &[u8], text: String, format: Format) -> Option<Reply> {
+    let whole = wire::banner(&text);
+    if whole.line_len(seq) <= MAX_LINE {
+        return Some(whole);
+    }
+    if format == Format::Html {
+        return None;
+    }
+    let budget = MAX_LINE - wire::banner("…").line_len(seq);
+    let (mut used, mut end) = (0, 0);
+    for (i, c) in text.char_indices() {
+        let mut buf = [0u8; 4];
+        // Escapes make some characters longer on the wire than in the text.
+        let width = encode_quoted(c.encode_utf8(&mut buf).as_bytes()).len() - 2;
+        if used + width > budget {
+            break;
+        }
+        used += width;
+        end = i + c.len_utf8();
+    }
+    Some(wire::banner(&format!("{}…", &text[..end])))
+}
+
+/// The announcements the helper shows: read from the store at start and
+/// after each spool import, kept in memory for requests.
+pub struct Announcements {
+    store: Store,
+    spool: Spool,
+    current: RwLock<Arc<Vec<Announcement>>>,
+}
+
+impl Announcements {
+    /// Opens the store, imports the spool and starts the poller. `None` when
+    /// no store is configured. A store that cannot be opened stops the start:
+    /// announcements would silently be missing otherwise.
+    async fn open(config: &BannerConfig) -> Result<Option<Arc<Announcements>>, String> {
+        let (Some(path), Some(spool_dir)) = (config.store.path.clone(), config.store.spool_dir())
+        else {
+            return Ok(None);
+        };
+        let poll = config.store.spool_poll;
+        let opened = tokio::task::spawn_blocking(move || {
+            let (store, how) = Store::open(&path, LOCK_WAIT)?;
+            if let Opened::Replaced { moved_to } = how {
+                tracing::error!(moved_to = %moved_to.display(), "unreadable store replaced; announcements must be added again");
+            }
+            let spool = Spool::new(&spool_dir);
+            let all = spool.import(&store)?;
+            Ok::<_, String>(Announcements {
+                store,
+                spool,
+                current: RwLock::new(Arc::new(all)),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let a = Arc::new(opened);
+        tokio::spawn(poll_spool(Arc::downgrade(&a), poll));
+        Ok(Some(a))
+    }
+
+    fn current(&self) -> Arc<Vec<Announcement>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Imports the spool every `every` for as long as the announcements live.
+async fn poll_spool(a: Weak<Announcements>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(a) = a.upgrade() else { return };
+        let result = tokio::task::spawn_blocking(move || {
+            let all = a.spool.import(&a.store)?;
+            *a.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+            Ok::<_, String>(())
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "announcement spool import failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_banners_are_cut_to_the_line_limit_and_html_ones_refused() {
+        let long = "ab\"\n".repeat(3000);
+        let r = fit(b"123", long.clone(), Format::Text).unwrap();
+        let len = r.line_len(b"123");
+        assert!(len <= MAX_LINE && len > MAX_LINE - 4, "{len}");
+        assert!(r.body().ends_with("…\"".as_bytes()));
+        assert!(fit(b"123", long, Format::Html).is_none());
+        let short = fit(b"1", "hi".into(), Format::Html).unwrap();
+        assert_eq!(short.body(), br#"OK "hi""#);
+    }
+}
