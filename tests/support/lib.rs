@@ -3,6 +3,7 @@
 //! on everything it wrote.
 
 pub mod fake_ami;
+pub mod fake_cli;
 pub mod slapd;
 pub mod transcript;
 

@@ -11,4 +11,15 @@ use clap::Parser;
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Read a password from stdin (one line), print its hash in this scheme
+    /// for a `[[static.users]]` entry, and exit.
+    #[arg(long, value_name = "SCHEME")]
+    pub hash_password: Option<HashScheme>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum HashScheme {
+    Ssha512,
+    Bcrypt,
+    Argon2,
 }

@@ -1,18 +1,309 @@
-//! `cgp-auth`: External authenticator for CommuniGate Pro (VRFY, SASL, READPLAIN, NEW).
+//! `cgp-auth`: External authenticator for CommuniGate Pro (VRFY, SASL,
+//! READPLAIN, NEW) with a static or LDAP back end, a verdict cache and
+//! throttling in sled, and account provisioning through the CGP CLI.
 
-use cgp_protocol::runtime::{HelperInfo, Unsupported, run};
+use args::{Account, Vrfy};
+use backend::{Backend, Verdict};
+use cgp_lookup::cgp_cli::{CliClient, CliError};
+use cgp_lookup::ldap::LdapError;
+use cgp_protocol::runtime::{Ctx, Helper, HelperInfo, run};
+use cgp_protocol::{Reply, Request};
 use clap::Parser;
 use cli::Cli;
+use config::AuthConfig;
+use state::{Cached, State};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+mod args;
+mod backend;
 mod cli;
+mod config;
+mod hash;
+mod provision;
+mod state;
+
+/// Time kept back from the deadline for the back end when a throttling
+/// delay would eat into it.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+struct Auth {
+    config: Arc<AuthConfig>,
+    backend: Backend,
+    state: Arc<State>,
+    cli: Option<Arc<CliClient>>,
+}
+
+const INVALID: &str = "invalid credentials";
+const UNAVAILABLE: &str = "directory unavailable";
+
+fn usage(text: &str) -> Reply {
+    Reply::error(text)
+}
+
+impl Auth {
+    fn refusal(&self, v: Verdict) -> Reply {
+        if self.config.detailed_errors {
+            Reply::error(v.reason())
+        } else {
+            Reply::error(INVALID)
+        }
+    }
+
+    async fn vrfy(&self, ctx: &Ctx, req: &Request) -> Reply {
+        let Vrfy {
+            account,
+            password,
+            ip,
+        } = match Vrfy::parse(&req.rest) {
+            Ok(v) => v,
+            Err(e) => return usage(e),
+        };
+        let address = account.address();
+        let cfg = &self.config;
+        let fp = self.state.fingerprint(&address, &password);
+        let delay = self.state.delay(&cfg.throttle, &address, ip);
+        if !delay.is_zero() {
+            let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
+            tracing::debug!(account = %address, ?ip, ?delay, "throttled");
+            tokio::time::sleep(delay.min(budget)).await;
+        }
+        if let Some(hit) = self.state.cached(&cfg.cache, &address, &fp, Duration::ZERO) {
+            return self.finish(&address, ip, &fp, hit.into(), "cache");
+        }
+        match self.backend.verify(&account, &password).await {
+            Ok(v) => {
+                match v {
+                    Verdict::Ok => self.state.remember(&cfg.cache, &address, &fp, Cached::Ok),
+                    Verdict::Invalid => {
+                        self.state
+                            .remember(&cfg.cache, &address, &fp, Cached::Invalid)
+                    }
+                    _ => {}
+                }
+                self.finish(&address, ip, &fp, v, "directory")
+            }
+            Err(e) => {
+                let stale = (!cfg.cache.stale_window.is_zero())
+                    .then(|| {
+                        self.state
+                            .cached(&cfg.cache, &address, &fp, cfg.cache.stale_window)
+                    })
+                    .flatten();
+                match stale {
+                    Some(hit) => {
+                        tracing::warn!(account = %address, error = %e, "directory failed; answered from the stale cache");
+                        self.finish(&address, ip, &fp, hit.into(), "stale cache")
+                    }
+                    None => {
+                        tracing::warn!(account = %address, ?ip, error = %e, "VRFY failed");
+                        Reply::failure(directory_failure(&e))
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        address: &str,
+        ip: Option<std::net::IpAddr>,
+        fp: &state::Fingerprint,
+        v: Verdict,
+        source: &str,
+    ) -> Reply {
+        tracing::info!(account = %address, ?ip, verdict = v.reason(), source, "VRFY");
+        if v == Verdict::Ok {
+            self.state.succeeded(address);
+            Reply::ok()
+        } else {
+            self.state.failed(&self.config.throttle, address, ip, fp);
+            self.refusal(v)
+        }
+    }
+
+    async fn readplain(&self, req: &Request) -> Reply {
+        if !self.config.readplain {
+            return Reply::failure("not supported");
+        }
+        let account = match args::single_account(&req.rest, "expected: READPLAIN user@domain") {
+            Ok(a) => a,
+            Err(e) => return usage(e),
+        };
+        match self.backend.secret(&account).await {
+            Ok(Some(Some(secret))) => Reply::ok().quoted(secret.as_bytes()),
+            Ok(Some(None)) => Reply::error("no plain password available"),
+            Ok(None) => Reply::error("unknown user"),
+            Err(e) => {
+                tracing::warn!(account = %account.address(), error = %e, "READPLAIN failed");
+                Reply::failure(directory_failure(&e))
+            }
+        }
+    }
+
+    async fn new_account(&self, req: &Request) -> Reply {
+        let account = match args::single_account(&req.rest, "expected: NEW user@domain") {
+            Ok(a) => a,
+            Err(e) => return usage(e),
+        };
+        let (Some(cli), true) = (&self.cli, self.config.provision.enabled) else {
+            return Reply::error("account creation is disabled");
+        };
+        let reply = self.provision(cli, &account).await;
+        tracing::info!(account = %account.address(), reply = %String::from_utf8_lossy(reply.body()), "NEW");
+        reply
+    }
+
+    async fn provision(&self, cli: &CliClient, account: &Account) -> Reply {
+        let p = &self.config.provision;
+        let mut attrs: Vec<&str> = p.settings.values().map(String::as_str).collect();
+        attrs.extend(p.aliases_attribute.as_deref());
+        let found = match self.backend.find(account, &attrs).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Reply::error("no such user in directory"),
+            Err(e) => {
+                tracing::warn!(account = %account.address(), error = %e, "NEW: directory failed");
+                return Reply::failure(directory_failure(&e));
+            }
+        };
+        if !found.permitted {
+            return Reply::error("not permitted");
+        }
+        let settings = provision::settings(p, &found.entry);
+        let aliases = provision::aliases(p, account, &found.entry);
+        match provision::create(cli, account, &settings, &aliases).await {
+            Ok(_) => Reply::ok(),
+            Err(CliError::Unavailable(e)) => {
+                tracing::warn!(account = %account.address(), error = %e, "NEW: CLI unavailable");
+                Reply::failure("account server unavailable")
+            }
+            Err(CliError::Refused { code, text }) => {
+                tracing::warn!(account = %account.address(), code, %text, "NEW: CLI refused");
+                Reply::error("cannot create the account")
+            }
+        }
+    }
+}
+
+fn directory_failure(e: &LdapError) -> &'static str {
+    match e {
+        LdapError::Unavailable(_) => UNAVAILABLE,
+        LdapError::Other(_) => "directory error",
+    }
+}
+
+impl From<Cached> for Verdict {
+    fn from(c: Cached) -> Self {
+        match c {
+            Cached::Ok => Verdict::Ok,
+            Cached::Invalid => Verdict::Invalid,
+        }
+    }
+}
+
+impl Helper for Auth {
+    type Config = AuthConfig;
+
+    async fn build(config: AuthConfig, previous: Option<Arc<Self>>) -> Result<Self, String> {
+        let config = Arc::new(config);
+        let backend = Backend::new(&config, previous.as_ref().map(|p| &p.backend))?;
+        let state = match &previous {
+            // The store stays open across a reload: sled locks it.
+            Some(p) => p.state.clone(),
+            None => {
+                let path = config.store.path.clone();
+                let state = tokio::task::spawn_blocking(move || State::open(path.as_deref()))
+                    .await
+                    .map_err(|e| format!("opening the store: {e}"))?;
+                tracing::info!(store = %state.opened, "state ready");
+                let state = Arc::new(state);
+                spawn_sweeper(&state, &config);
+                state
+            }
+        };
+        let cli = if config.provision.enabled {
+            Some(Arc::new(CliClient::new(&config.provision.cli)?))
+        } else {
+            None
+        };
+        Ok(Auth {
+            config,
+            backend,
+            state,
+            cli,
+        })
+    }
+
+    async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        match req.command.as_str() {
+            "VRFY" => self.vrfy(&ctx, &req).await,
+            "SASL" => Reply::error("unsupported SASL method"),
+            "READPLAIN" => self.readplain(&req).await,
+            "NEW" => self.new_account(&req).await,
+            _ => Reply::error("unsupported command"),
+        }
+    }
+
+    fn timeout_reply(&self, command: &str) -> Reply {
+        match command {
+            "VRFY" | "READPLAIN" | "NEW" => Reply::failure(UNAVAILABLE),
+            _ => Reply::failure("timeout"),
+        }
+    }
+}
+
+/// Expired entries are dropped in the background, so a flood of random
+/// passwords cannot grow the store without bound.
+fn spawn_sweeper(state: &Arc<State>, config: &Arc<AuthConfig>) {
+    let weak = Arc::downgrade(state);
+    let (cache, throttle) = (config.cache.clone(), config.throttle.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            let (c, t) = (cache.clone(), throttle.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                state.sweep(&c, &t);
+                state.flush();
+            })
+            .await;
+        }
+    });
+}
+
+/// `--hash-password`: not the protocol loop, so it may print.
+fn print_hash(scheme: cli::HashScheme) -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("cgp-auth: cannot read the password from stdin");
+        return ExitCode::from(1);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    match hash::make(scheme, password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cgp-auth: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(scheme) = cli.hash_password {
+        return print_hash(scheme);
+    }
     let info = HelperInfo {
         name: "cgp-auth",
         version: env!("CARGO_PKG_VERSION"),
         max_intf: 3,
     };
-    run::<Unsupported>(info, &cli.common)
+    run::<Auth>(info, &cli.common)
 }

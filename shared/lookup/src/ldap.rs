@@ -182,6 +182,14 @@ impl LdapConfig {
     }
 }
 
+/// Checks that a search filter is well formed (RFC 4515), for configuration
+/// checks before any server sees it.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    ldap3::parse_filter(filter)
+        .map(drop)
+        .map_err(|_| format!("{filter:?} is not a valid LDAP filter"))
+}
+
 /// Search scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {

@@ -2,5 +2,6 @@
 //! land) the LDAP directory, the Asterisk AMI client and the CGP CLI client.
 
 pub mod ami;
+pub mod cgp_cli;
 pub mod ldap;
 pub mod store;

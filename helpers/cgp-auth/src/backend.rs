@@ -1,0 +1,346 @@
+//! Where users live: the static list in the configuration file, or an LDAP
+//! directory.
+
+use crate::args::Account;
+use crate::config::{AuthConfig, BackendKind, GroupCheck, Lookup, Mode};
+use crate::hash::{self, Stored};
+use cgp_lookup::ldap::{BindOutcome, Directory, Entry, LdapError, Scope, escape_dn, escape_filter};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The back end's verdict on a password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// Wrong password or no such user (never told apart to the client).
+    Invalid,
+    Locked,
+    Expired,
+    MustChange,
+    Disabled,
+    NotPermitted,
+}
+
+impl Verdict {
+    /// The ERROR text when details may be shown.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Invalid => "invalid credentials",
+            Verdict::Locked => "account locked",
+            Verdict::Expired => "password expired",
+            Verdict::MustChange => "password must be changed",
+            Verdict::Disabled => "account disabled",
+            Verdict::NotPermitted => "not permitted",
+        }
+    }
+}
+
+impl From<BindOutcome> for Verdict {
+    fn from(b: BindOutcome) -> Self {
+        match b {
+            BindOutcome::Ok => Verdict::Ok,
+            BindOutcome::InvalidCredentials => Verdict::Invalid,
+            BindOutcome::Locked => Verdict::Locked,
+            BindOutcome::Expired => Verdict::Expired,
+            BindOutcome::MustChange => Verdict::MustChange,
+            BindOutcome::Disabled => Verdict::Disabled,
+            BindOutcome::NotPermitted => Verdict::NotPermitted,
+        }
+    }
+}
+
+/// A user found for NEW or READPLAIN, with whether the access rules let
+/// them in.
+pub struct Found {
+    pub entry: Entry,
+    pub permitted: bool,
+}
+
+pub struct StaticUser {
+    stored: Stored,
+    disabled: bool,
+    secret: Option<String>,
+    entry: Entry,
+}
+
+pub enum Backend {
+    Static(HashMap<String, StaticUser>),
+    Ldap(Box<LdapBackend>),
+}
+
+pub struct LdapBackend {
+    dir: Directory,
+    config: Arc<AuthConfig>,
+}
+
+impl Backend {
+    pub fn new(config: &Arc<AuthConfig>, previous: Option<&Backend>) -> Result<Backend, String> {
+        match config.backend {
+            BackendKind::Static => {
+                let mut users = HashMap::new();
+                for u in &config.static_users.users {
+                    let stored = Stored::parse(&u.password, config.static_users.allow_plaintext)
+                        .map_err(|e| format!("static user {}: {e}", u.name))?;
+                    let attrs = u
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    users.insert(
+                        u.name.clone(),
+                        StaticUser {
+                            stored,
+                            disabled: u.disabled,
+                            secret: u.secret.clone(),
+                            entry: Entry::new(u.name.clone(), attrs),
+                        },
+                    );
+                }
+                Ok(Backend::Static(users))
+            }
+            BackendKind::Ldap => {
+                // Keep the pools (and their warm connections) over a reload
+                // that leaves the connection settings alone.
+                let dir = match previous {
+                    Some(Backend::Ldap(old))
+                        if format!("{:?}", old.config.ldap) == format!("{:?}", config.ldap) =>
+                    {
+                        old.dir.clone()
+                    }
+                    _ => Directory::new(&config.ldap)?,
+                };
+                Ok(Backend::Ldap(Box::new(LdapBackend {
+                    dir,
+                    config: config.clone(),
+                })))
+            }
+        }
+    }
+
+    pub async fn verify(&self, account: &Account, password: &[u8]) -> Result<Verdict, LdapError> {
+        match self {
+            Backend::Static(users) => {
+                let Some(u) = users.get(&account.address()) else {
+                    return Ok(Verdict::Invalid);
+                };
+                if !hash::verify(u.stored.clone(), password.to_vec()).await {
+                    return Ok(Verdict::Invalid);
+                }
+                Ok(if u.disabled {
+                    Verdict::Disabled
+                } else {
+                    Verdict::Ok
+                })
+            }
+            Backend::Ldap(l) => l.verify(account, password).await,
+        }
+    }
+
+    /// The user's entry for NEW; `None` when not in the directory.
+    pub async fn find(
+        &self,
+        account: &Account,
+        attrs: &[&str],
+    ) -> Result<Option<Found>, LdapError> {
+        match self {
+            Backend::Static(users) => Ok(users.get(&account.address()).map(|u| Found {
+                entry: u.entry.clone(),
+                permitted: !u.disabled,
+            })),
+            Backend::Ldap(l) => l.find(account, attrs).await,
+        }
+    }
+
+    /// The clear secret for READPLAIN: `Ok(None)` for an unknown or not
+    /// permitted user, `Ok(Some(None))` when the user has none.
+    pub async fn secret(&self, account: &Account) -> Result<Option<Option<String>>, LdapError> {
+        match self {
+            Backend::Static(users) => Ok(users
+                .get(&account.address())
+                .filter(|u| !u.disabled)
+                .map(|u| u.secret.clone())),
+            Backend::Ldap(l) => {
+                let lookup = l.config.lookup_for(&account.domain);
+                let Some(attr) = lookup.readplain_attribute.as_deref() else {
+                    return Ok(Some(None));
+                };
+                Ok(l.find(account, &[attr])
+                    .await?
+                    .filter(|f| f.permitted)
+                    .map(|f| f.entry.first(attr).map(str::to_string)))
+            }
+        }
+    }
+}
+
+/// Fills `{user}`, `{domain}` and `{email}` with escaped values.
+fn fill(template: &str, account: &Account, escape: fn(&str) -> String) -> String {
+    template
+        .replace("{user}", &escape(&account.user))
+        .replace("{domain}", &escape(&account.domain))
+        .replace("{email}", &escape(&account.address()))
+}
+
+impl LdapBackend {
+    async fn search_user(
+        &self,
+        lookup: &Lookup,
+        account: &Account,
+        attrs: &[&str],
+    ) -> Result<Option<Entry>, LdapError> {
+        let filter = fill(&lookup.filter, account, escape_filter);
+        let mut wanted: Vec<&str> = attrs.to_vec();
+        if lookup.group_check == GroupCheck::MemberOf && !lookup.groups.is_empty() {
+            wanted.push(&lookup.member_of_attribute);
+        }
+        if wanted.is_empty() {
+            // "1.1": no attributes (RFC 4511 §4.5.1.8).
+            wanted.push("1.1");
+        }
+        let mut entries = self
+            .dir
+            .search(&lookup.base, lookup.scope, &filter, &wanted)
+            .await?;
+        match entries.len() {
+            0 => Ok(None),
+            1 => Ok(entries.pop()),
+            n => {
+                // An ambiguous name must never log in as "one of them".
+                tracing::warn!(account = %account.address(), entries = n, "filter matches several entries; refused");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the entry passes the access filter and the group rule.
+    async fn permitted(&self, lookup: &Lookup, entry: &Entry) -> Result<bool, LdapError> {
+        if let Some(f) = &lookup.access_filter {
+            let hits = self.dir.search(&entry.dn, Scope::Base, f, &["1.1"]).await?;
+            if hits.is_empty() {
+                return Ok(false);
+            }
+        }
+        if lookup.groups.is_empty() {
+            return Ok(true);
+        }
+        match lookup.group_check {
+            GroupCheck::MemberOf => {
+                let member_of = if entry
+                    .attrs
+                    .contains_key(&lookup.member_of_attribute.to_ascii_lowercase())
+                {
+                    entry.all(&lookup.member_of_attribute).to_vec()
+                } else {
+                    // The fast path has no entry attributes yet.
+                    let e = self
+                        .dir
+                        .search(
+                            &entry.dn,
+                            Scope::Base,
+                            "(objectClass=*)",
+                            &[&lookup.member_of_attribute],
+                        )
+                        .await?;
+                    e.first()
+                        .map(|e| e.all(&lookup.member_of_attribute).to_vec())
+                        .unwrap_or_default()
+                };
+                Ok(lookup
+                    .groups
+                    .iter()
+                    .any(|g| member_of.iter().any(|m| same_dn(m, g))))
+            }
+            GroupCheck::Search => {
+                let filter = lookup
+                    .group_filter
+                    .replace("{dn}", &escape_filter(&entry.dn));
+                for g in &lookup.groups {
+                    match self.dir.search(g, Scope::Base, &filter, &["1.1"]).await {
+                        Ok(hits) if !hits.is_empty() => return Ok(true),
+                        Ok(_) => {}
+                        // A group that does not exist has no members.
+                        Err(LdapError::Other(e)) => {
+                            tracing::warn!(group = %g, error = %e, "group search failed")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn verify(&self, account: &Account, password: &[u8]) -> Result<Verdict, LdapError> {
+        let lookup = self.config.lookup_for(&account.domain);
+        let (entry, verdict) = match (lookup.mode, &lookup.dn_template) {
+            (Mode::Bind, Some(template)) => {
+                let dn = fill(template, account, escape_dn);
+                let v = Verdict::from(self.dir.check_password(&dn, password).await?);
+                (Entry::new(dn, HashMap::new()), v)
+            }
+            (Mode::Bind, None) => {
+                let Some(entry) = self.search_user(lookup, account, &[]).await? else {
+                    return Ok(Verdict::Invalid);
+                };
+                let v = Verdict::from(self.dir.check_password(&entry.dn, password).await?);
+                (entry, v)
+            }
+            (Mode::Compare, _) => {
+                let attr = lookup.password_attribute.as_str();
+                let Some(entry) = self.search_user(lookup, account, &[attr]).await? else {
+                    return Ok(Verdict::Invalid);
+                };
+                let mut matched = false;
+                for value in entry.all(attr) {
+                    // Clear-text values in the directory are never accepted.
+                    match Stored::parse(value, false) {
+                        Ok(stored) => {
+                            if hash::verify(stored, password.to_vec()).await {
+                                matched = true;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(dn = %entry.dn, error = %e, "unusable password value")
+                        }
+                    }
+                }
+                (
+                    entry,
+                    if matched {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Invalid
+                    },
+                )
+            }
+        };
+        // Access rules only after a good password, so that they reveal
+        // nothing to someone guessing.
+        if verdict == Verdict::Ok && !self.permitted(lookup, &entry).await? {
+            return Ok(Verdict::NotPermitted);
+        }
+        Ok(verdict)
+    }
+
+    async fn find(&self, account: &Account, attrs: &[&str]) -> Result<Option<Found>, LdapError> {
+        let lookup = self.config.lookup_for(&account.domain);
+        let Some(entry) = self.search_user(lookup, account, attrs).await? else {
+            return Ok(None);
+        };
+        let permitted = self.permitted(lookup, &entry).await?;
+        Ok(Some(Found { entry, permitted }))
+    }
+}
+
+/// DN equality, ignoring case and spaces after separators; good enough for
+/// the group DNs an administrator writes in the configuration.
+fn same_dn(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.split(',')
+            .map(|p| p.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    norm(a) == norm(b)
+}

@@ -1,0 +1,425 @@
+//! The local state in sled: the verdict cache and the throttling counters.
+//!
+//! Passwords are never stored: a cache key is a fingerprint, SHA-256 over a
+//! random per-store salt, the account and the password. The store is a
+//! cache, never the truth: when it cannot be opened the helper keeps the
+//! same state in memory.
+
+use crate::config::{CacheConfig, ThrottleConfig};
+use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub type Fingerprint = [u8; 32];
+
+/// Fingerprints kept per throttled key, so that retrying the same wrong
+/// password does not escalate the delay.
+const RECENT: usize = 8;
+
+pub struct State {
+    // Kept open for as long as the trees are used.
+    _store: Option<Store>,
+    cache: sled::Tree,
+    throttle: sled::Tree,
+    salt: [u8; 32],
+    /// What happened at open, for the start-up log.
+    pub opened: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn age(stamp: u64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(stamp))
+}
+
+fn stamp_of(v: &[u8], at: usize) -> Option<u64> {
+    v.get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// What the cache knows about an account and password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached {
+    Ok,
+    Invalid,
+}
+
+fn open_trees(db: &sled::Db) -> sled::Result<(sled::Tree, sled::Tree, sled::Tree)> {
+    Ok((
+        db.open_tree("cache")?,
+        db.open_tree("throttle")?,
+        db.open_tree("meta")?,
+    ))
+}
+
+impl State {
+    /// Opens the store at `path`, or keeps the state in memory.
+    pub fn open(path: Option<&Path>) -> State {
+        let (store, opened) = match path.map(|p| Store::open(p, LOCK_WAIT)) {
+            Some(Ok((s, Opened::Clean))) => {
+                let what = format!("store {}", s.path().display());
+                (Some(s), what)
+            }
+            Some(Ok((s, Opened::Replaced { moved_to }))) => {
+                let what = format!(
+                    "store {} was unreadable, moved to {} and started afresh",
+                    s.path().display(),
+                    moved_to.display()
+                );
+                (Some(s), what)
+            }
+            Some(Err(e)) => (None, format!("{e}; running with the state in memory")),
+            None => (None, "no store configured; state in memory".into()),
+        };
+        let trees = store.as_ref().and_then(|s| {
+            Some((
+                s.tree("cache").ok()?,
+                s.tree("throttle").ok()?,
+                s.tree("meta").ok()?,
+            ))
+        });
+        let (store, (cache, throttle, meta), opened) = match trees {
+            Some(t) => (store, t, opened),
+            None => {
+                let db = sled::Config::new()
+                    .temporary(true)
+                    .open()
+                    .expect("an in-memory sled database opens");
+                let t = open_trees(&db).expect("in-memory trees open");
+                let opened = if store.is_some() {
+                    "store trees unreadable; state in memory".into()
+                } else {
+                    opened
+                };
+                (None, t, opened)
+            }
+        };
+        let salt = match meta.get(b"salt").ok().flatten() {
+            Some(v) if v.len() == 32 => v.as_ref().try_into().expect("32 bytes"),
+            _ => {
+                let mut s = [0u8; 32];
+                getrandom::fill(&mut s).expect("the OS random source works");
+                let _ = meta.insert(b"salt", &s[..]);
+                s
+            }
+        };
+        State {
+            _store: store,
+            cache,
+            throttle,
+            salt,
+            opened,
+        }
+    }
+
+    pub fn fingerprint(&self, account: &str, password: &[u8]) -> Fingerprint {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update((account.len() as u64).to_be_bytes());
+        h.update(account.as_bytes());
+        h.update(password);
+        h.finalize().into()
+    }
+
+    fn key(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(body.len() + 1);
+        k.push(kind);
+        k.extend_from_slice(body);
+        k
+    }
+
+    /// A cached verdict no older than its TTL plus `extra` (the stale
+    /// window while the directory is down, else zero). A positive entry
+    /// counts only while its password is the account's latest good one, so
+    /// a changed password is noticed at the first login with the new one.
+    pub fn cached(
+        &self,
+        cfg: &CacheConfig,
+        account: &str,
+        fp: &Fingerprint,
+        extra: Duration,
+    ) -> Option<Cached> {
+        if !cfg.positive_ttl.is_zero() {
+            if let Some(v) = self.cache.get(Self::key(b'p', fp)).ok().flatten() {
+                let latest = self
+                    .cache
+                    .get(Self::key(b'u', account.as_bytes()))
+                    .ok()
+                    .flatten();
+                let fresh = stamp_of(&v, 0).is_some_and(|t| age(t) < cfg.positive_ttl + extra);
+                if fresh && latest.as_deref() == Some(&fp[..]) {
+                    return Some(Cached::Ok);
+                }
+            }
+        }
+        if !cfg.negative_ttl.is_zero() {
+            if let Some(v) = self.cache.get(Self::key(b'n', fp)).ok().flatten() {
+                if stamp_of(&v, 0).is_some_and(|t| age(t) < cfg.negative_ttl + extra) {
+                    return Some(Cached::Invalid);
+                }
+            }
+        }
+        None
+    }
+
+    /// Records a verdict from the back end. Errors are logged, never fatal:
+    /// the cache only saves work.
+    pub fn remember(&self, cfg: &CacheConfig, account: &str, fp: &Fingerprint, verdict: Cached) {
+        let stamp = now_ms().to_be_bytes();
+        let result = match verdict {
+            Cached::Ok if !cfg.positive_ttl.is_zero() => self
+                .cache
+                .insert(Self::key(b'p', fp), &stamp[..])
+                .and_then(|_| {
+                    self.cache
+                        .insert(Self::key(b'u', account.as_bytes()), &fp[..])
+                })
+                .and_then(|_| self.cache.remove(Self::key(b'n', fp)))
+                .map(drop),
+            Cached::Invalid if !cfg.negative_ttl.is_zero() => self
+                .cache
+                .insert(Self::key(b'n', fp), &stamp[..])
+                .and_then(|_| self.cache.remove(Self::key(b'p', fp)))
+                .map(drop),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cache write failed");
+        }
+    }
+
+    fn throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<Vec<u8>> {
+        let mut keys = vec![Self::key(b'u', account.as_bytes())];
+        match ip {
+            Some(IpAddr::V4(a)) => keys.push(Self::key(b'4', &a.octets())),
+            // One client usually holds a whole /64.
+            Some(IpAddr::V6(a)) => keys.push(Self::key(b'6', &a.octets()[..8])),
+            None => {}
+        }
+        keys
+    }
+
+    /// The delay owed before answering, from the failures of this account
+    /// and of this client address (trusted networks owe none).
+    pub fn delay(&self, cfg: &ThrottleConfig, account: &str, ip: Option<IpAddr>) -> Duration {
+        if !cfg.enabled || ip.is_some_and(|ip| cfg.trusted_networks.iter().any(|n| n.contains(&ip)))
+        {
+            return Duration::ZERO;
+        }
+        Self::throttle_keys(account, ip)
+            .iter()
+            .filter_map(|k| self.throttle.get(k).ok().flatten())
+            .filter_map(|v| {
+                let failures = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+                let last = stamp_of(&v, 4)?;
+                (age(last) < cfg.reset_after && failures > 0).then(|| {
+                    cfg.initial_delay
+                        .saturating_mul(1u32 << (failures - 1).min(20))
+                        .min(cfg.max_delay)
+                })
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Counts a failed attempt, unless this very password failed recently.
+    pub fn failed(
+        &self,
+        cfg: &ThrottleConfig,
+        account: &str,
+        ip: Option<IpAddr>,
+        fp: &Fingerprint,
+    ) {
+        if !cfg.enabled {
+            return;
+        }
+        let tag = &fp[..8];
+        for key in Self::throttle_keys(account, ip) {
+            let result = self.throttle.update_and_fetch(&key, |old| {
+                let (mut failures, mut recent) = match old {
+                    Some(v)
+                        if v.len() >= 12
+                            && stamp_of(v, 4).is_some_and(|t| age(t) < cfg.reset_after) =>
+                    {
+                        (
+                            u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
+                            v[12..].to_vec(),
+                        )
+                    }
+                    _ => (0, Vec::new()),
+                };
+                let repeated = recent.chunks(8).any(|c| c == tag);
+                if !repeated {
+                    failures = failures.saturating_add(1);
+                    recent.extend_from_slice(tag);
+                    if recent.len() > RECENT * 8 {
+                        recent.drain(..8);
+                    }
+                }
+                let mut v = Vec::with_capacity(12 + recent.len());
+                v.extend_from_slice(&failures.to_be_bytes());
+                v.extend_from_slice(&now_ms().to_be_bytes());
+                v.extend_from_slice(&recent);
+                Some(v)
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "throttle write failed");
+            }
+        }
+    }
+
+    /// A successful login clears the account's failures (not the client's:
+    /// one good password must not unlock guessing at other accounts).
+    pub fn succeeded(&self, account: &str) {
+        let _ = self.throttle.remove(Self::key(b'u', account.as_bytes()));
+    }
+
+    /// Drops cache and throttle entries that can no longer answer.
+    pub fn sweep(&self, cache: &CacheConfig, throttle: &ThrottleConfig) {
+        let cache_limit = cache.positive_ttl.max(cache.negative_ttl) + cache.stale_window;
+        for item in self.cache.iter().flatten() {
+            let (k, v) = item;
+            let old = match k.first() {
+                Some(b'p') | Some(b'n') => stamp_of(&v, 0).is_none_or(|t| age(t) >= cache_limit),
+                Some(b'u') => !self
+                    .cache
+                    .contains_key(Self::key(b'p', &v))
+                    .unwrap_or(false),
+                _ => true,
+            };
+            if old {
+                let _ = self.cache.remove(k);
+            }
+        }
+        for (k, v) in self.throttle.iter().flatten() {
+            if stamp_of(&v, 4).is_none_or(|t| age(t) >= throttle.reset_after) {
+                let _ = self.throttle.remove(k);
+            }
+        }
+    }
+
+    pub fn flush(&self) {
+        let _ = self.cache.flush();
+        let _ = self.throttle.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> ThrottleConfig {
+        ThrottleConfig {
+            trusted_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..ThrottleConfig::default()
+        }
+    }
+
+    #[test]
+    fn cache_answers_and_notices_a_changed_password() {
+        let s = State::open(None);
+        let cfg = CacheConfig::default();
+        let old = s.fingerprint("a@x", b"old");
+        let new = s.fingerprint("a@x", b"new");
+        assert_ne!(old, new);
+        assert_eq!(s.cached(&cfg, "a@x", &old, Duration::ZERO), None);
+        s.remember(&cfg, "a@x", &old, Cached::Ok);
+        assert_eq!(
+            s.cached(&cfg, "a@x", &old, Duration::ZERO),
+            Some(Cached::Ok)
+        );
+        s.remember(&cfg, "a@x", &new, Cached::Ok);
+        assert_eq!(s.cached(&cfg, "a@x", &old, Duration::ZERO), None);
+        assert_eq!(
+            s.cached(&cfg, "a@x", &new, Duration::ZERO),
+            Some(Cached::Ok)
+        );
+        let wrong = s.fingerprint("a@x", b"wrong");
+        s.remember(&cfg, "a@x", &wrong, Cached::Invalid);
+        assert_eq!(
+            s.cached(&cfg, "a@x", &wrong, Duration::ZERO),
+            Some(Cached::Invalid)
+        );
+        // Same password, other account: another fingerprint.
+        assert_ne!(s.fingerprint("b@x", b"new"), new);
+    }
+
+    #[test]
+    fn ttl_zero_disables_and_expiry_needs_the_stale_window() {
+        let s = State::open(None);
+        let off = CacheConfig {
+            positive_ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            stale_window: Duration::ZERO,
+        };
+        let fp = s.fingerprint("a@x", b"pw");
+        s.remember(&off, "a@x", &fp, Cached::Ok);
+        assert_eq!(s.cached(&off, "a@x", &fp, Duration::ZERO), None);
+        let short = CacheConfig {
+            positive_ttl: Duration::from_millis(1),
+            ..CacheConfig::default()
+        };
+        s.remember(&short, "a@x", &fp, Cached::Ok);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.cached(&short, "a@x", &fp, Duration::ZERO), None);
+        assert_eq!(
+            s.cached(&short, "a@x", &fp, Duration::from_secs(60)),
+            Some(Cached::Ok)
+        );
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_repeats_do_not_count() {
+        let s = State::open(None);
+        let t = throttle();
+        let ip = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(s.delay(&t, "a@x", ip), Duration::ZERO);
+        let same = s.fingerprint("a@x", b"wrong");
+        for _ in 0..5 {
+            s.failed(&t, "a@x", ip, &same);
+        }
+        assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(1));
+        for (i, want) in [2, 4, 8, 8, 8].into_iter().enumerate() {
+            let fp = s.fingerprint("a@x", format!("guess{i}").as_bytes());
+            s.failed(&t, "a@x", ip, &fp);
+            assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(want));
+        }
+        // The client address carries the penalty to other accounts...
+        assert_eq!(s.delay(&t, "b@x", ip), Duration::from_secs(8));
+        // ...but not to other clients, and trusted networks owe nothing.
+        assert_eq!(
+            s.delay(&t, "b@x", Some("192.0.2.2".parse().unwrap())),
+            Duration::ZERO
+        );
+        let trusted = Some("10.1.2.3".parse().unwrap());
+        s.failed(&t, "c@x", trusted, &same);
+        assert_eq!(s.delay(&t, "c@x", trusted), Duration::ZERO);
+        // Success clears the account, not the client.
+        s.succeeded("a@x");
+        assert_eq!(s.delay(&t, "a@x", None), Duration::ZERO);
+        assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn persists_across_reopen_with_the_same_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let cfg = CacheConfig::default();
+        let fp = {
+            let s = State::open(Some(&path));
+            let fp = s.fingerprint("a@x", b"pw");
+            s.remember(&cfg, "a@x", &fp, Cached::Ok);
+            s.flush();
+            fp
+        };
+        let s = State::open(Some(&path));
+        assert_eq!(s.fingerprint("a@x", b"pw"), fp);
+        assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), Some(Cached::Ok));
+    }
+}

@@ -1,0 +1,233 @@
+//! A scripted CommuniGate Pro CLI (PWD) server for tests: the `200`
+//! greeting, `USER`/`PASS` login, `INLINE`, and the account commands the
+//! helpers send (`CREATEACCOUNT`, `SETACCOUNTALIASES`, `GETACCOUNTSETTINGS`,
+//! `GETACCOUNTALIASES`, `QUIT`), keeping accounts in memory and recording
+//! every command line after login.
+//!
+//! Usage: `let cli = FakeCli::start("postmaster", "clipw");` then point the
+//! helper at `cli.address()`; inspect `cli.commands()` and `cli.account(name)`.
+
+use cgp_protocol::data::{Value, parse_values};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An account created through the fake server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub settings: Value,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: BTreeMap<String, Account>,
+    commands: Vec<String>,
+    logins: usize,
+}
+
+pub struct FakeCli {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    silent: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeCli {
+    /// Listens on a free loopback port and accepts `login`/`password`.
+    pub fn start(login: &str, password: &str) -> FakeCli {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake CLI");
+        let addr = listener.local_addr().expect("fake CLI address");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let state = Arc::new(Mutex::new(State::default()));
+        let silent = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (login, password) = (login.to_string(), password.to_string());
+        {
+            let (state, silent, stop) = (state.clone(), silent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (state, silent) = (state.clone(), silent.clone());
+                            let (login, password) = (login.clone(), password.clone());
+                            std::thread::spawn(move || {
+                                let _ = serve(stream, &state, &silent, &login, &password);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+        }
+        FakeCli {
+            addr,
+            state,
+            silent,
+            stop,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Adds an account as if it existed before the test.
+    pub fn add_account(&self, name: &str) {
+        lock(&self.state).accounts.insert(
+            name.to_ascii_lowercase(),
+            Account {
+                settings: Value::Dict(Vec::new()),
+                aliases: Vec::new(),
+            },
+        );
+    }
+
+    pub fn account(&self, name: &str) -> Option<Account> {
+        lock(&self.state)
+            .accounts
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// Every command line received after a successful login.
+    pub fn commands(&self) -> Vec<String> {
+        lock(&self.state).commands.clone()
+    }
+
+    /// How many sessions logged in.
+    pub fn logins(&self) -> usize {
+        lock(&self.state).logins
+    }
+
+    /// While set, the server reads commands but never answers (a hung CGP).
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeCli {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    state: &Mutex<State>,
+    silent: &AtomicBool,
+    login: &str,
+    password: &str,
+) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut reply = |line: &str| out.write_all(format!("{line}\r\n").as_bytes());
+    reply("200 fake.example.test CommuniGate Pro PWD Server 6.3 ready <1.1@fake.example.test>")?;
+    let mut user = None;
+    let mut logged_in = false;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let line = line.trim_end_matches('\r');
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let word = word.to_ascii_uppercase();
+        if !logged_in {
+            match word.as_str() {
+                "USER" => {
+                    user = Some(rest.to_string());
+                    reply("300 please send the password")?;
+                }
+                "PASS" if user.as_deref() == Some(login) && rest == password => {
+                    logged_in = true;
+                    lock(state).logins += 1;
+                    reply("200 login OK, proceed")?;
+                }
+                "PASS" => reply("515 incorrect password or account name")?,
+                "QUIT" => return reply("200 bye"),
+                _ => reply("500 login first")?,
+            }
+            continue;
+        }
+        lock(state).commands.push(line.to_string());
+        if silent.load(Ordering::Relaxed) {
+            continue;
+        }
+        let answer = command(state, &word, rest);
+        reply(&answer)?;
+        if word == "QUIT" {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn command(state: &Mutex<State>, word: &str, rest: &str) -> String {
+    let args = match parse_values(rest.as_bytes()) {
+        Ok(a) => a,
+        Err(e) => return format!("501 syntax error: {e}"),
+    };
+    let name = args
+        .first()
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    let mut st = lock(state);
+    match (word, name) {
+        ("INLINE", _) => "200 OK".into(),
+        ("QUIT", _) => "200 bye".into(),
+        ("CREATEACCOUNT", Some(name)) => {
+            if !name.contains('@') {
+                return "501 account name needs a domain".into();
+            }
+            if st.accounts.contains_key(&name) {
+                return "500 account with this name already exists".into();
+            }
+            let settings = args.get(1).cloned().unwrap_or(Value::Dict(Vec::new()));
+            if !matches!(settings, Value::Dict(_)) {
+                return "501 settings must be a dictionary".into();
+            }
+            st.accounts.insert(
+                name,
+                Account {
+                    settings,
+                    aliases: Vec::new(),
+                },
+            );
+            "200 OK".into()
+        }
+        ("SETACCOUNTALIASES", Some(name)) => {
+            let Some(Value::Array(items)) = args.get(1) else {
+                return "501 aliases must be an array".into();
+            };
+            let aliases = items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            match st.accounts.get_mut(&name) {
+                Some(a) => {
+                    a.aliases = aliases;
+                    "200 OK".into()
+                }
+                None => "513 unknown account".into(),
+            }
+        }
+        ("GETACCOUNTSETTINGS", Some(name)) => match st.accounts.get(&name) {
+            Some(a) => format!("201 {}", String::from_utf8_lossy(&a.settings.encode())),
+            None => "513 unknown account".into(),
+        },
+        ("GETACCOUNTALIASES", Some(name)) => match st.accounts.get(&name) {
+            Some(a) => {
+                let arr = Value::Array(a.aliases.iter().map(Value::str).collect());
+                format!("201 {}", String::from_utf8_lossy(&arr.encode()))
+            }
+            None => "513 unknown account".into(),
+        },
+        _ => "500 unknown command".into(),
+    }
+}
