@@ -22,11 +22,13 @@ pub enum Input {
     TooLong { prefix: Vec<u8> },
 }
 
-/// Reads lines until end of input, then closes the channel.
+/// Reads lines until end of input, then closes the channel. Lines arrive in
+/// batches: all the complete lines one read brought in, so that a burst costs
+/// one channel hand-over instead of one per line.
 pub fn spawn_reader<R: Read + Send + 'static>(
     source: R,
     max_line: usize,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<Vec<Input>>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("stdin-reader".into())
@@ -34,9 +36,10 @@ pub fn spawn_reader<R: Read + Send + 'static>(
         .expect("spawning the stdin reader thread")
 }
 
-fn read_lines<R: BufRead>(mut src: R, max_line: usize, tx: &mpsc::Sender<Input>) {
+fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender<Vec<Input>>) {
     let mut line = Vec::with_capacity(256);
     let mut too_long = false;
+    let mut batch = Vec::new();
     loop {
         let (done, used) = match src.fill_buf() {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -51,6 +54,11 @@ fn read_lines<R: BufRead>(mut src: R, max_line: usize, tx: &mpsc::Sender<Input>)
                     too_long |= append(&mut line, buf, max_line, too_long);
                     let n = buf.len();
                     src.consume(n);
+                    // The rest of this line needs another read, which may
+                    // block: hand over the lines already complete first.
+                    if !batch.is_empty() && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        return;
+                    }
                     continue;
                 }
             },
@@ -69,9 +77,14 @@ fn read_lines<R: BufRead>(mut src: R, max_line: usize, tx: &mpsc::Sender<Input>)
                 Input::Line(std::mem::replace(&mut line, Vec::with_capacity(256)))
             };
             too_long = false;
-            if tx.blocking_send(input).is_err() {
-                return;
-            }
+            batch.push(input);
+        }
+        // Hand the batch over before the next read could block.
+        if (done || src.buffer().is_empty())
+            && !batch.is_empty()
+            && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+        {
+            return;
         }
         if done {
             return;
@@ -102,7 +115,7 @@ fn append(line: &mut Vec<u8>, chunk: &[u8], max_line: usize, already_too_long: b
 /// write each, and flushed.
 #[derive(Clone)]
 pub struct Writer {
-    tx: std::sync::mpsc::Sender<Vec<u8>>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
 }
 
 impl Writer {
@@ -136,9 +149,13 @@ pub fn info_line(text: &str) -> Vec<u8> {
 }
 
 /// Starts the writer thread; it ends when every [`Writer`] is dropped, after
-/// writing what was queued.
-pub fn spawn_writer<W: Write + Send + 'static>(mut out: W) -> (Writer, JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+/// writing what was queued. The queue holds at most `queue` lines: when CGP
+/// stops reading, senders wait instead of piling up replies in memory.
+pub fn spawn_writer<W: Write + Send + 'static>(
+    mut out: W,
+    queue: usize,
+) -> (Writer, JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
     let handle = std::thread::Builder::new()
         .name("stdout-writer".into())
         .spawn(move || {
@@ -161,11 +178,16 @@ mod tests {
 
     fn read_all(input: &[u8], max: usize) -> Vec<Input> {
         let (tx, mut rx) = mpsc::channel(100);
-        read_lines(std::io::Cursor::new(input.to_vec()), max, &tx);
+        // A small buffer makes lines span reads, as they do on a pipe.
+        read_lines(
+            BufReader::with_capacity(7, std::io::Cursor::new(input.to_vec())),
+            max,
+            &tx,
+        );
         drop(tx);
         let mut out = Vec::new();
-        while let Ok(i) = rx.try_recv() {
-            out.push(i);
+        while let Ok(batch) = rx.try_recv() {
+            out.extend(batch);
         }
         out
     }
@@ -202,6 +224,27 @@ mod tests {
     }
 
     #[test]
+    fn batches_never_grow_past_one_read() {
+        let (tx, mut rx) = mpsc::channel(1000);
+        let input: Vec<u8> = (0..100)
+            .flat_map(|i| format!("{i} KEY\n").into_bytes())
+            .collect();
+        // Reads of 16 bytes end in the middle of lines.
+        read_lines(
+            BufReader::with_capacity(16, std::io::Cursor::new(input)),
+            100,
+            &tx,
+        );
+        drop(tx);
+        let mut total = 0;
+        while let Ok(batch) = rx.try_recv() {
+            assert!(batch.len() <= 3, "a batch of {} lines", batch.len());
+            total += batch.len();
+        }
+        assert_eq!(total, 100);
+    }
+
+    #[test]
     fn invalid_utf8_is_carried_through() {
         assert_eq!(
             read_all(b"1 X \xff\xfe\n", 100),
@@ -231,7 +274,7 @@ mod tests {
             }
         }
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (w, h) = spawn_writer(Shared(buf.clone()));
+        let (w, h) = spawn_writer(Shared(buf.clone()), 4);
         w.reply(b"01", &Reply::ok());
         w.info("hi");
         drop(w);

@@ -16,10 +16,12 @@ pub mod stats;
 
 use crate::request::{LineError, Reply, Request, sequence_token};
 use config::{ConfigError, HelperConfig, RuntimeConfig};
+use futures_util::FutureExt;
 use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
 use std::collections::HashSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,6 +31,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 
 pub use config::{BasicConfig, KeyError, LogConfig};
+
+/// Every helper binary links this crate, so this sets their allocator.
+/// Request buffers are allocated on the reader thread and freed on the
+/// workers, replies the other way round; glibc's malloc spent more
+/// instructions on that cross-thread traffic than the whole request path
+/// (see the runtime benchmark in the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Names a helper binary for logs and the start-up line.
 #[derive(Clone, Copy, Debug)]
@@ -167,10 +177,25 @@ struct Shared<H> {
     helper: RwLock<Arc<H>>,
     runtime: RwLock<RuntimeConfig>,
     intf: Arc<AtomicU32>,
-    in_flight: Mutex<HashSet<Vec<u8>>>,
+    in_flight: Mutex<HashSet<SeqKey>>,
     stats: Stats,
     writer: Writer,
     info: HelperInfo,
+}
+
+/// A sequence token as a set key without an allocation: tokens are at most
+/// 32 decimal digits, so (length, value) fits in integers and keeps `042`
+/// and `42` apart.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct SeqKey(u8, u128);
+
+impl SeqKey {
+    fn of(seq: &[u8]) -> SeqKey {
+        let value = seq
+            .iter()
+            .fold(0u128, |v, d| v * 10 + u128::from(d.wrapping_sub(b'0') % 10));
+        SeqKey(seq.len() as u8, value)
+    }
 }
 
 enum Step {
@@ -184,7 +209,8 @@ async fn serve<H: Helper>(
     config: H::Config,
     target: logging::LogTarget,
 ) -> i32 {
-    let (writer, writer_thread) = io::spawn_writer(std::io::stdout());
+    let (writer, writer_thread) =
+        io::spawn_writer(std::io::stdout(), config.runtime().max_in_flight + 256);
     writer.info(&format!("{} {} started", info.name, info.version));
     tracing::info!(name = info.name, version = info.version, logs = ?target, "started");
     let runtime_cfg = config.runtime().clone();
@@ -200,7 +226,9 @@ async fn serve<H: Helper>(
         }
     };
     let max_in_flight = runtime_cfg.max_in_flight;
-    let (tx, mut rx) = mpsc::channel(1024);
+    // Each item is a batch of up to a pipe buffer's worth of lines: a few
+    // are plenty of read-ahead, and they bound memory when input floods in.
+    let (tx, mut rx) = mpsc::channel(4);
     io::spawn_reader(std::io::stdin(), runtime_cfg.max_line_bytes, tx);
     let shared = Arc::new(Shared {
         helper: RwLock::new(Arc::new(helper)),
@@ -232,13 +260,12 @@ async fn serve<H: Helper>(
 
     let quit = loop {
         tokio::select! {
-            input = rx.recv() => match input {
-                Some(Input::Line(line)) => {
-                    if let Step::Quit(seq) = dispatch(&shared, &permits, &line).await {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    if let Some(seq) = dispatch_batch(&shared, &permits, batch).await {
                         break Some(seq);
                     }
                 }
-                Some(Input::TooLong { prefix }) => too_long(&shared, &prefix),
                 None => break None,
             },
             _ = term.recv() => {
@@ -270,6 +297,26 @@ async fn serve<H: Helper>(
     drop(shared);
     let _ = writer_thread.join();
     0
+}
+
+/// Dispatches a batch of input lines; returns the sequence token of a QUIT,
+/// after which nothing more is read.
+async fn dispatch_batch<H: Helper>(
+    shared: &Arc<Shared<H>>,
+    permits: &Arc<Semaphore>,
+    batch: Vec<Input>,
+) -> Option<Vec<u8>> {
+    for input in batch {
+        match input {
+            Input::Line(line) => {
+                if let Step::Quit(seq) = dispatch(shared, permits, &line).await {
+                    return Some(seq);
+                }
+            }
+            Input::TooLong { prefix } => too_long(shared, &prefix),
+        }
+    }
+    None
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -350,11 +397,12 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
 
 async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semaphore>, req: Request) {
     // A token already in flight would make two replies CGP cannot tell apart.
+    let key = SeqKey::of(&req.seq);
     let fresh = shared
         .in_flight
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(req.seq.clone());
+        .insert(key);
     if !fresh {
         shared.writer.info(&format!(
             "request {} dropped: its sequence number is already in flight",
@@ -381,15 +429,19 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         writer: shared.writer.clone(),
     };
     let shared = shared.clone();
-    tokio::spawn(async move {
+    // Boxed so that spawning moves a pointer, not the whole future (with its
+    // timer and the handler's state inside, copying it cost more than the
+    // rest of the request path together).
+    tokio::spawn(Box::pin(async move {
         let Request { seq, command, .. } = &req;
         let (seq, command) = (seq.clone(), command.clone());
-        let mut task = tokio::spawn(helper.clone().handle(ctx, req));
-        let mut reply = match tokio::time::timeout(deadline, &mut task).await {
+        // Dropping the handler's future at the deadline cancels it; a panic
+        // inside it is caught here and never reaches the runtime.
+        let handled = AssertUnwindSafe(helper.clone().handle(ctx, req)).catch_unwind();
+        let mut reply = match tokio::time::timeout(deadline, handled).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => helper.panic_reply(&command),
             Err(_) => {
-                task.abort();
                 tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "deadline passed");
                 helper.timeout_reply(&command)
             }
@@ -409,9 +461,9 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
+            .remove(&key);
         drop(permit);
-    });
+    }));
 }
 
 async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
