@@ -1,0 +1,452 @@
+//! `cgp-banner` as CGP runs it, against the scripted AMI server: banners with
+//! PBX data, refresh by event, a PBX that is down, silent or comes back,
+//! announcements added while the helper runs, request coalescing, and the
+//! 4096-byte line.
+
+use cgp_tests::bin;
+use cgp_tests::fake_ami::{FakeAmi, Fault};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running helper driven one request at a time (or in bursts).
+struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    next: u32,
+    /// Replies read while waiting for another one (replies come in any order).
+    early: std::collections::HashMap<String, String>,
+}
+
+impl Session {
+    fn start(config: &Path) -> Session {
+        let mut child = Command::new(bin("cgp-banner"))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cgp-banner");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                assert!(line.len() < 4096, "line over 4096 bytes");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut s = Session {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr: Some(stderr),
+            next: 1,
+            early: std::collections::HashMap::new(),
+        };
+        assert_eq!(s.ask("INTF 3"), "INTF 3");
+        s
+    }
+
+    fn send(&mut self, request: &str) -> String {
+        let seq = self.next.to_string();
+        self.next += 1;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{seq} {request}").expect("write request");
+        stdin.flush().unwrap();
+        seq
+    }
+
+    /// The reply body to `seq`; `*` lines are skipped.
+    fn reply(&mut self, seq: &str) -> String {
+        loop {
+            if let Some(body) = self.early.remove(seq) {
+                return body;
+            }
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a reply within 20 s");
+            if line.starts_with('*') {
+                continue;
+            }
+            let (s, body) = line.split_once(' ').expect("<seq> <reply>");
+            let earlier = self.early.insert(s.to_string(), body.to_string());
+            assert!(earlier.is_none(), "{s} answered twice");
+        }
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        let seq = self.send(request);
+        self.reply(&seq)
+    }
+
+    /// Asks until the reply is `want` (state that changes in the
+    /// background), within a generous bound.
+    fn ask_until(&mut self, request: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.ask(request);
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "still {got:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// QUIT, then the exit status and stderr checked.
+    fn finish(mut self) {
+        assert_eq!(self.ask("QUIT"), "OK");
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("exit");
+        assert!(status.success(), "{status:?}");
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        assert!(stderr.is_empty(), "stderr: {stderr}");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const USERS: &str = r#"
+[directory.users."alice@example.com"]
+real_name = "Alice Example"
+groups = ["staff"]
+mailbox = "1001@default"
+extension = "1001"
+pbx = "pbx1"
+
+[directory.users."bob@example.com"]
+real_name = "Bob"
+mailbox = "1002@default"
+extension = "1002"
+"#;
+
+const RULES: &str = r#"
+[[banner]]
+type = "Phone"
+template = "{real_name}: {vm_new} new, {vm_old} old, phone {ext_state}"
+default = "PBX unavailable"
+
+[[banner]]
+type = "Voicemail"
+template = "{vm_new} new"
+default = "PBX unavailable"
+
+[[banner]]
+type = "Notices"
+format = "html"
+template = "{announcements}"
+
+[[banner]]
+type = "Long"
+template = "{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}"
+
+[[banner]]
+type = "LongHtml"
+format = "html"
+template = "{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}"
+default = "<i>short</i>"
+"#;
+
+/// Writes a configuration for a helper using the PBX on `port`.
+fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[runtime]
+deadline = "2s"
+stats_interval = "0s"
+
+[log]
+journald = false
+
+[store]
+path = "{store}"
+spool_poll = "100ms"
+
+[ami]
+action_timeout = "1500ms"
+connect_timeout = "1s"
+ping_interval = "1s"
+reconnect_min = "50ms"
+reconnect_max = "200ms"
+
+[[ami.servers]]
+name = "pbx1"
+host = "127.0.0.1"
+port = {port}
+username = "cgp"
+secret = "s3cret"
+{extra}
+{USERS}
+{RULES}
+"#,
+        store = dir.join("state").display()
+    );
+    let path = dir.join("banner.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn pbx() -> FakeAmi {
+    let fake = FakeAmi::start("cgp", "s3cret", true);
+    fake.set_mailbox("1001@default", 2, 5);
+    fake.set_mailbox("1002@default", 0, 1);
+    fake.set_extension("1001", "default", "PJSIP/1001", 0);
+    fake.set_extension("1002", "default", "PJSIP/1002", 2);
+    fake
+}
+
+const ALICE_IDLE: &str = r#"OK "Alice Example: 2 new, 5 old, phone idle""#;
+
+#[test]
+fn pbx_banners_are_cached_and_refreshed_by_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let mut s = Session::start(&config(dir.path(), fake.port(), ""));
+    s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+    assert_eq!(
+        s.ask("BANNER Phone bob@example.com"),
+        r#"OK "Bob: 0 new, 1 old, phone busy""#
+    );
+    let mailbox_actions = fake.count("MailboxCount");
+    for _ in 0..20 {
+        assert_eq!(s.ask("BANNER Phone alice@example.com"), ALICE_IDLE);
+    }
+    assert_eq!(
+        fake.count("MailboxCount"),
+        mailbox_actions,
+        "cached answers send no action"
+    );
+    // Extension states came from the ExtensionStateList loaded at login.
+    assert_eq!(fake.count("ExtensionStateList"), 1);
+
+    fake.message_waiting("1001@default", 3, 5);
+    fake.extension_status("1001", "default", "PJSIP/1001", 8);
+    s.ask_until(
+        "BANNER Phone alice@example.com",
+        r#"OK "Alice Example: 3 new, 5 old, phone ringing""#,
+    );
+    assert_eq!(
+        fake.count("MailboxCount"),
+        mailbox_actions,
+        "events refresh without an action"
+    );
+    s.finish();
+}
+
+#[test]
+fn a_pbx_that_is_down_or_silent_yields_the_default_banner_in_time_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let port = fake.port();
+    let mut s = Session::start(&config(dir.path(), port, ""));
+    s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+
+    // Silent PBX: the action times out, the user gets the default banner
+    // well within the 2 s deadline. (bob's mailbox is not cached yet.)
+    fake.set_fault(Fault::NoReply);
+    let t = Instant::now();
+    assert_eq!(
+        s.ask("BANNER Voicemail bob@example.com"),
+        r#"OK "PBX unavailable""#
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // PBX down: answered at once, and what was cached is forgotten because
+    // events may be missed while the link is down.
+    drop(fake);
+    s.ask_until("BANNER Phone alice@example.com", r#"OK "PBX unavailable""#);
+    let t = Instant::now();
+    assert_eq!(
+        s.ask("BANNER Phone alice@example.com"),
+        r#"OK "PBX unavailable""#
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Back on the same port: the helper reconnects by itself.
+    let fake = FakeAmi::start_on(port, "cgp", "s3cret", true);
+    fake.set_mailbox("1001@default", 1, 0);
+    fake.set_extension("1001", "default", "PJSIP/1001", 1);
+    s.ask_until(
+        "BANNER Phone alice@example.com",
+        r#"OK "Alice Example: 1 new, 0 old, phone in use""#,
+    );
+    s.finish();
+}
+
+#[test]
+fn a_burst_for_many_users_sends_one_action_per_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    fake.set_fault(Fault::Slow(Duration::from_millis(5)));
+    let users: String = (0..100)
+        .map(|i| {
+            fake.set_mailbox(&format!("{}@default", 2000 + i), i, 0);
+            format!(
+                "[directory.users.\"u{i}@example.com\"]\nreal_name = \"U{i}\"\nmailbox = \"{}@default\"\n",
+                2000 + i
+            )
+        })
+        .collect();
+    let mut s = Session::start(&config(dir.path(), fake.port(), &users));
+    s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+    let before = fake.count("MailboxCount");
+    let seqs: Vec<(String, u32)> = (0..1000)
+        .map(|n| {
+            let i = n % 100;
+            (s.send(&format!("BANNER Voicemail u{i}@example.com")), i)
+        })
+        .collect();
+    for (seq, i) in seqs {
+        assert_eq!(s.reply(&seq), format!("OK \"{i} new\""));
+    }
+    let sent = fake.count("MailboxCount") - before;
+    assert_eq!(sent, 100, "one MailboxCount per distinct mailbox");
+    s.finish();
+}
+
+#[test]
+fn announcements_added_and_removed_while_the_helper_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let cfg = config(dir.path(), fake.port(), "");
+    let announce = |args: &[&str]| {
+        let out = Command::new(bin("cgp-banner"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("announce")
+            .args(args)
+            .output()
+            .expect("run announce");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Before the helper runs: applied to the store directly.
+    let early = announce(&["add", "--text", "Early & <bold>", "--for", "1h"]);
+    let mut s = Session::start(&cfg);
+    assert_eq!(
+        s.ask("BANNER Notices bob@example.com"),
+        r#"OK "Early &amp; &lt;bold&gt;""#
+    );
+    // While it runs: queued in the spool and picked up.
+    let staff = announce(&[
+        "add",
+        "--text",
+        "Staff only",
+        "--target",
+        "group:staff",
+        "--for",
+        "1h",
+    ]);
+    s.ask_until(
+        "BANNER Notices alice@example.com",
+        r#"OK "Early &amp; &lt;bold&gt;<br>Staff only""#,
+    );
+    assert_eq!(
+        s.ask("BANNER Notices bob@example.com"),
+        r#"OK "Early &amp; &lt;bold&gt;""#
+    );
+    let listed = announce(&["list"]);
+    assert!(
+        listed.contains(early.trim()) && listed.contains(staff.trim()),
+        "{listed}"
+    );
+    announce(&["remove", early.trim()]);
+    s.ask_until("BANNER Notices alice@example.com", r#"OK "Staff only""#);
+    s.ask_until("BANNER Notices bob@example.com", r#"ERROR "no banner""#);
+    s.finish();
+    // The state survives the helper and is private.
+    let listed = announce(&["list"]);
+    assert!(
+        !listed.contains(early.trim()) && listed.contains(staff.trim()),
+        "{listed}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("state"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0);
+}
+
+#[test]
+fn overlong_banners_are_cut_or_replaced_to_fit_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    // Ä is 2 bytes, `"` becomes `\"` on the wire: the cut must count both.
+    let long_name = "Ä\\\"".repeat(200);
+    let users = format!("[directory.users.\"long@example.com\"]\nreal_name = \"{long_name}\"\n");
+    let mut s = Session::start(&config(dir.path(), fake.port(), &users));
+    let text = s.ask("BANNER Long long@example.com");
+    assert!(text.starts_with(r#"OK "Ä\"Ä\"Ä"#), "{text}");
+    assert!(text.ends_with("…\""), "{}", &text[text.len() - 20..]);
+    assert!(
+        text.len() > 3900,
+        "cut near the limit, not far below: {}",
+        text.len()
+    );
+    assert_eq!(
+        s.ask("BANNER LongHtml long@example.com"),
+        r#"OK "<i>short</i>""#
+    );
+    s.finish();
+}
+
+#[test]
+fn announce_refuses_bad_input_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "");
+    for args in [
+        &["add", "--text", "x", "--target", "everyone", "--for", "1h"][..],
+        &["add", "--text", "x", "--until", "yesterday"][..],
+        &[
+            "add",
+            "--text",
+            "x",
+            "--from",
+            "2030-01-02T00:00:00Z",
+            "--until",
+            "2030-01-01T00:00:00Z",
+        ][..],
+        &["add", "--text", "x"][..],
+    ] {
+        let out = Command::new(bin("cgp-banner"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("announce")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
