@@ -16,3 +16,8 @@ fn filter_cases() {
 fn banner_cases() {
     run_all(&bin("cgp-banner"), "banner");
 }
+
+#[test]
+fn auth_cases() {
+    run_all(&bin("cgp-auth"), "auth");
+}
