@@ -4,6 +4,7 @@
 
 pub mod fake_ami;
 pub mod fake_cli;
+pub mod haproxy;
 pub mod slapd;
 pub mod transcript;
 

@@ -77,11 +77,7 @@ impl Group {
         if !live.desired.held {
             self.vip_hook(live, &wanted_vips, deadline).await?;
         }
-        let target = live.desired.target(
-            self.driver.default_port(),
-            self.driver.keeps_ports(),
-            self.cfg.weight(),
-        );
+        let target = live.desired.target(self.cfg.weight);
         let applied = self.driver.reconcile(&target, deadline, note).await?;
         if live.desired.held {
             self.vip_hook(live, &wanted_vips, deadline).await?;
@@ -145,13 +141,15 @@ impl Balancer {
         }
         let mut live = group.live.lock().await;
         live.known = true;
+        let command = parsed.command.map_endpoints(|ep| group.driver.entry(ep));
         let changed = live
             .desired
-            .apply(&parsed.command, &group.cfg.vips, now_ms(), self.grace);
+            .apply(&command, &group.cfg.vips, now_ms(), self.grace);
         if changed {
             if let Err(e) = self.db.save(&group.name, &live.desired) {
                 return grammar::refused(&e);
             }
+            tracing::info!(group = %group.name, command = ?command, "desired state saved");
         }
         let note = |s: &str| ctx.info(s);
         // Leave time to write the reply before the runtime's own deadline.
@@ -161,11 +159,11 @@ impl Balancer {
             .unwrap_or_else(Instant::now);
         match group.reconcile(&mut live, &self.db, deadline, &note).await {
             Ok(n) => {
-                tracing::info!(group = %group.name, command = ?parsed.command, changes = n, "reconciled");
+                tracing::info!(group = %group.name, command = ?command, changes = n, "reconciled");
                 grammar::applied()
             }
             Err(e) => {
-                tracing::warn!(group = %group.name, command = ?parsed.command, error = %e, "not reconciled");
+                tracing::warn!(group = %group.name, command = ?command, error = %e, "not reconciled");
                 grammar::refused(&e)
             }
         }

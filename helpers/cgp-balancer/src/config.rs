@@ -46,7 +46,9 @@ impl Default for BalancerConfig {
 pub struct GroupConfig {
     /// VIPs used when START carries no list.
     pub vips: Vec<IpAddr>,
-    /// Weight of an active server.
+    /// Weight of an active server; without it HAProxy servers keep the
+    /// weight HAProxy gives them (backends with a static algorithm accept no
+    /// other) and IPVS uses 1.
     #[serde(deserialize_with = "weight")]
     pub weight: Option<u32>,
     /// Program run as `<hook…> up|down <group> <vip>…` to bring VIPs up on
@@ -55,12 +57,6 @@ pub struct GroupConfig {
     pub haproxy: Option<HaproxyConfig>,
     pub ipvs: Option<IpvsConfig>,
     pub exec: Option<ExecConfig>,
-}
-
-impl GroupConfig {
-    pub fn weight(&self) -> u32 {
-        self.weight.unwrap_or(1)
-    }
 }
 
 fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

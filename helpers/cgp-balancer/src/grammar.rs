@@ -102,6 +102,18 @@ pub enum Command {
     Stop,
 }
 
+impl Command {
+    /// The same command with every address passed through `f`.
+    pub fn map_endpoints(self, f: impl Fn(Endpoint) -> Endpoint) -> Command {
+        match self {
+            Command::Servers(list) => Command::Servers(list.into_iter().map(f).collect()),
+            Command::Add(ep) => Command::Add(f(ep)),
+            Command::Remove(ep) => Command::Remove(f(ep)),
+            other => other,
+        }
+    }
+}
+
 /// A request understood, with the number of trailing arguments ignored.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parsed {

@@ -45,7 +45,8 @@ pub struct Target {
     /// Virtual services should exist (duty held, or servers still draining).
     pub services: bool,
     pub servers: BTreeMap<Endpoint, Want>,
-    pub weight: u32,
+    /// Weight of an active server; `None`: whatever the balancer has.
+    pub weight: Option<u32>,
 }
 
 impl GroupState {
@@ -115,36 +116,20 @@ impl GroupState {
             .min()
     }
 
-    /// The balancer state this desired state asks for. `port` fills in
-    /// addresses given without one (`None` for drivers that use no port).
-    pub fn target(&self, port: Option<u16>, keep_port: bool, weight: u32) -> Target {
-        let servers = self
+    /// The balancer state this desired state asks for; `weight` is the
+    /// configured weight of an active server (`None`: left as the balancer has it).
+    pub fn target(&self, weight: Option<u32>) -> Target {
+        let servers: BTreeMap<Endpoint, Want> = self
             .servers
             .iter()
             .map(|(ep, m)| {
-                let ep = if keep_port {
-                    ep.with_port(ep.port.or(port))
-                } else {
-                    ep.with_port(None)
-                };
                 let want = match m {
                     Member::Active if self.held => Want::Ready,
                     _ => Want::Drain,
                 };
-                (ep, want)
+                (*ep, want)
             })
-            // Two addresses that mean the same balancer entry (a port given
-            // once and once not): ready wins over drain.
-            .fold(
-                BTreeMap::new(),
-                |mut acc: BTreeMap<Endpoint, Want>, (ep, want)| {
-                    let e = acc.entry(ep).or_insert(want);
-                    if want == Want::Ready {
-                        *e = Want::Ready;
-                    }
-                    acc
-                },
-            );
+            .collect();
         Target {
             vips: self.vips.clone(),
             services: self.held || !servers.is_empty(),
@@ -276,28 +261,17 @@ mod tests {
             0,
             GRACE,
         );
-        let t = s.target(Some(25), true, 3);
+        let t = s.target(Some(3));
         assert_eq!(t.servers.len(), 2);
         assert!(t.servers.values().all(|w| *w == Want::Ready));
         assert!(t.services);
         s.apply(&Command::Stop, &[], 0, GRACE);
-        let t = s.target(Some(25), true, 3);
+        let t = s.target(Some(3));
         assert!(t.servers.values().all(|w| *w == Want::Drain));
         assert!(t.services);
         s.expire(u64::MAX);
-        let t = s.target(None, false, 3);
+        let t = s.target(None);
         assert!(t.servers.is_empty() && !t.services);
-    }
-
-    #[test]
-    fn same_entry_given_twice_is_ready() {
-        let mut s = GroupState::default();
-        s.apply(&Command::Start { vips: None }, &[], 0, GRACE);
-        s.apply(&Command::Servers(vec![ep("10.0.0.1:25")]), &[], 0, GRACE);
-        s.apply(&Command::Servers(vec![ep("10.0.0.1")]), &[], 0, GRACE);
-        let t = s.target(Some(25), true, 1);
-        assert_eq!(t.servers.len(), 1);
-        assert_eq!(t.servers[&ep("10.0.0.1:25")], Want::Ready);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn document(group: &str, target: &Target) -> String {
                 "address": ep.ip.to_string(),
                 "port": ep.port,
                 "state": match want { Want::Ready => "ready", Want::Drain => "drain" },
-                "weight": match want { Want::Ready => target.weight, Want::Drain => 0 },
+                "weight": match want { Want::Ready => target.weight.unwrap_or(1), Want::Drain => 0 },
             })
         })
         .collect();
@@ -71,7 +71,7 @@ mod tests {
             vips: vec!["192.0.2.10".parse().unwrap()],
             services: true,
             servers,
-            weight: 3,
+            weight: Some(3),
         };
         let v: serde_json::Value = serde_json::from_str(&document("mail", &t)).unwrap();
         assert_eq!(

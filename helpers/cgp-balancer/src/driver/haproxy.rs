@@ -238,14 +238,17 @@ impl Haproxy {
 
     /// The request lines for a change, one line per entry changed.
     fn plan(&self, view: &mut View, target: &Target) -> Result<Vec<String>, String> {
+        // Without a configured weight, an entry keeps the weight it has.
         let wanted: BTreeMap<Endpoint, Slot> = target
             .servers
             .iter()
             .map(|(ep, w)| {
-                (
-                    ep.with_port(ep.port.or(Some(self.cfg.port))),
-                    Slot::wanted(*w, target.weight),
-                )
+                let ep = ep.with_port(ep.port.or(Some(self.cfg.port)));
+                let weight = target
+                    .weight
+                    .or(view.actual.get(&ep).map(|s| s.weight))
+                    .unwrap_or(1);
+                (ep, Slot::wanted(*w, weight))
             })
             .collect();
         let mut lines: Vec<Vec<String>> = view
@@ -274,13 +277,20 @@ impl Haproxy {
                     }
                     cmds
                 }
-                Change::Add(ep, to) => self.addition(view, ep, to)?,
+                Change::Add(ep, to) => self.addition(view, ep, to, target.weight)?,
             });
         }
         Ok(lines.into_iter().map(|cmds| cmds.join("; ")).collect())
     }
 
-    fn addition(&self, view: &mut View, ep: Endpoint, to: Slot) -> Result<Vec<String>, String> {
+    /// The commands that bring in a new entry; `weight`: the configured one.
+    fn addition(
+        &self,
+        view: &mut View,
+        ep: Endpoint,
+        to: Slot,
+        weight: Option<u32>,
+    ) -> Result<Vec<String>, String> {
         let port = ep.port.unwrap_or(self.cfg.port);
         if view.template {
             // A slot that had this address before, else any free one.
@@ -301,12 +311,8 @@ impl Haproxy {
                     ep.ip
                 ));
             }
-            if slot.weight != to.weight {
-                cmds.push(format!(
-                    "set server {} weight {}",
-                    self.server(&slot.name),
-                    to.weight
-                ));
+            if let Some(w) = weight.filter(|w| *w != slot.weight) {
+                cmds.push(format!("set server {} weight {w}", self.server(&slot.name)));
             }
             cmds.push(self.state_cmd(&slot.name, to.mode));
             return Ok(cmds);
@@ -320,11 +326,10 @@ impl Haproxy {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         };
-        let mut add = format!(
-            "add server {} {addr} weight {}",
-            self.server(&name),
-            to.weight
-        );
+        let mut add = format!("add server {} {addr}", self.server(&name));
+        if let Some(w) = weight {
+            add.push_str(&format!(" weight {w}"));
+        }
         for o in &self.cfg.server_options {
             add.push(' ');
             add.push_str(o);
@@ -414,7 +419,7 @@ mod tests {
         })
     }
 
-    fn target(servers: &[(&str, Want)], weight: u32) -> Target {
+    fn target(servers: &[(&str, Want)], weight: Option<u32>) -> Target {
         Target {
             vips: vec![],
             services: true,
@@ -462,7 +467,7 @@ mod tests {
                 ("127.0.0.3:25", Want::Drain),
                 ("[2001:db8::5]:26", Want::Ready),
             ],
-            3,
+            Some(3),
         );
         assert_eq!(
             h.plan(&mut v, &t).unwrap(),
@@ -474,10 +479,38 @@ mod tests {
         );
         let mut v = h.view(parse_state(STATE).unwrap());
         assert_eq!(
-            h.plan(&mut v, &target(&[("127.0.0.2:25", Want::Drain)], 1))
+            h.plan(&mut v, &target(&[("127.0.0.2:25", Want::Drain)], Some(1)))
                 .unwrap(),
             [
                 "set server be/cgp_127_0_0_3_25 state maint; shutdown sessions server be/cgp_127_0_0_3_25; del server be/cgp_127_0_0_3_25"
+            ]
+        );
+    }
+
+    #[test]
+    fn weights_are_set_only_when_configured() {
+        let h = driver(HaproxyMode::Dynamic);
+        let servers = [
+            ("127.0.0.2", Want::Ready),
+            ("127.0.0.3", Want::Ready),
+            ("127.0.0.9", Want::Ready),
+        ];
+        let mut v = h.view(parse_state(STATE).unwrap());
+        assert_eq!(
+            h.plan(&mut v, &target(&servers, None)).unwrap(),
+            [
+                "set server be/cgp_127_0_0_2_25 state ready",
+                "set server be/cgp_127_0_0_3_25 state ready",
+                "add server be/cgp_127_0_0_9_25 127.0.0.9:25 check; set server be/cgp_127_0_0_9_25 state ready",
+            ]
+        );
+        let mut v = h.view(parse_state(STATE).unwrap());
+        assert_eq!(
+            h.plan(&mut v, &target(&servers, Some(7))).unwrap(),
+            [
+                "set server be/cgp_127_0_0_2_25 weight 7; set server be/cgp_127_0_0_2_25 state ready",
+                "set server be/cgp_127_0_0_3_25 weight 7; set server be/cgp_127_0_0_3_25 state ready",
+                "add server be/cgp_127_0_0_9_25 127.0.0.9:25 weight 7 check; set server be/cgp_127_0_0_9_25 state ready",
             ]
         );
     }
@@ -494,7 +527,10 @@ mod tests {
         let mut v = h.view(parse_state(text).unwrap());
         assert!(v.template);
         assert_eq!(v.free.len(), 2);
-        let t = target(&[("127.0.0.7", Want::Ready), ("127.0.0.8", Want::Ready)], 1);
+        let t = target(
+            &[("127.0.0.7", Want::Ready), ("127.0.0.8", Want::Ready)],
+            None,
+        );
         assert_eq!(
             h.plan(&mut v, &t).unwrap(),
             [
@@ -511,7 +547,7 @@ mod tests {
                 ("127.0.0.2", Want::Ready),
                 ("127.0.0.3", Want::Ready),
             ],
-            1,
+            None,
         );
         assert!(
             h.plan(&mut v, &t)

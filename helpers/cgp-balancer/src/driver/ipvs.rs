@@ -231,7 +231,7 @@ impl Ipvs {
             .servers
             .iter()
             .map(|(ep, want)| {
-                let w = Slot::wanted(*want, target.weight).weight;
+                let w = Slot::wanted(*want, target.weight.unwrap_or(1)).weight;
                 (
                     ep.ip,
                     Real {
@@ -422,7 +422,7 @@ mod tests {
                 .iter()
                 .map(|(s, w)| (s.parse::<Endpoint>().unwrap(), *w))
                 .collect(),
-            weight: 1,
+            weight: None,
         }
     }
 

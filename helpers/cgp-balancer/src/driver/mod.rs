@@ -7,6 +7,7 @@ pub mod haproxy;
 pub mod ipvs;
 
 use crate::config::GroupConfig;
+use crate::grammar::Endpoint;
 use crate::state::{Target, Want};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -117,18 +118,16 @@ impl Driver {
         }
     }
 
-    /// Addresses given without a port get this one; `None`: ports unused.
-    pub fn default_port(&self) -> Option<u16> {
+    /// The balancer entry an address stands for, so that `10.0.0.5` and
+    /// `[10.0.0.5]:25` are one server when 25 is the group's port: HAProxy
+    /// fills in its port, IPVS in direct-routing mode cannot map ports (a
+    /// server is its IP), an exec program gets the address as sent.
+    pub fn entry(&self, ep: Endpoint) -> Endpoint {
         match self {
-            Driver::Haproxy(h) => Some(h.port()),
-            Driver::Ipvs(_) => None,
-            Driver::Exec(_) => None,
+            Driver::Haproxy(h) => ep.with_port(ep.port.or(Some(h.port()))),
+            Driver::Ipvs(_) => ep.with_port(None),
+            Driver::Exec(_) => ep,
         }
-    }
-
-    /// IPVS in direct-routing mode cannot map ports: a server is its IP.
-    pub fn keeps_ports(&self) -> bool {
-        !matches!(self, Driver::Ipvs(_))
     }
 
     pub async fn reconcile(

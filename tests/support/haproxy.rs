@@ -1,0 +1,268 @@
+// Usage: `let hx = Haproxy::start(backends)` with the backend sections of the
+// configuration (use `{port}`-free text; the fixture adds global, defaults and
+// a frontend); point a helper at `hx.socket()` or `hx.tcp_socket()`; read
+// `hx.servers("backend")`; `restart()`, `freeze()`/`thaw()` inject faults;
+// dropping it stops HAProxy and removes its directory.
+
+//! A real HAProxy (Debian `haproxy` package) in the foreground on loopback
+//! high ports, with a UNIX and a TCP admin socket at level admin, run as
+//! `nobody` when the tests run as root. Tests read the result of a helper's
+//! work back from HAProxy itself with `show servers state`.
+
+use crate::slapd::free_port;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Haproxy {
+    dir: tempfile::TempDir,
+    admin_port: u16,
+    child: Option<Child>,
+}
+
+/// One server as `show servers state` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub id: u32,
+    pub name: String,
+    pub addr: String,
+    pub port: u16,
+    pub admin: u32,
+    pub weight: u32,
+}
+
+impl Server {
+    /// Forced, inherited, resolution or hostname maintenance.
+    pub fn maint(&self) -> bool {
+        self.admin & (0x01 | 0x02 | 0x20 | 0x40) != 0
+    }
+
+    pub fn drain(&self) -> bool {
+        !self.maint() && self.admin & (0x08 | 0x10) != 0
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.maint() && !self.drain()
+    }
+}
+
+/// uid and gid of `nobody` when running as root (HAProxy must not run as
+/// root in tests).
+fn unprivileged() -> Option<(u32, u32)> {
+    // SAFETY: getuid has no preconditions; getpwnam gets a NUL-terminated
+    // name and its result is read before any other call.
+    unsafe {
+        if libc::getuid() != 0 {
+            return None;
+        }
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        assert!(!pw.is_null(), "no user nobody");
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+impl Haproxy {
+    /// Starts HAProxy with these backend sections after a fixed global,
+    /// defaults and frontend part.
+    pub fn start(backends: &str) -> Haproxy {
+        let dir = tempfile::tempdir().expect("haproxy dir");
+        // HAProxy (as nobody) creates its socket here; the tests, as root,
+        // reach it whatever its owner.
+        if let Some((uid, gid)) = unprivileged() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown haproxy dir");
+        }
+        let admin_port = free_port();
+        let config = format!(
+            "global\n    stats socket {}/admin.sock mode 600 level admin\n    \
+             stats socket ipv4@127.0.0.1:{admin_port} level admin\n    stats timeout 30s\n    nbthread 1\n\
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend fe\n    bind 127.0.0.1:{}\n    default_backend cgp\n{backends}",
+            dir.path().display(),
+            free_port(),
+        );
+        std::fs::write(dir.path().join("haproxy.cfg"), config).expect("haproxy.cfg");
+        let mut hx = Haproxy {
+            dir,
+            admin_port,
+            child: None,
+        };
+        hx.start_again();
+        hx
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// The TCP admin socket as a helper's `socket` setting.
+    pub fn tcp_socket(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("haproxy.log")
+    }
+
+    /// Starts HAProxy (again) from its configuration file: dynamic servers
+    /// and runtime changes are gone, as after a restart in production.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "haproxy is already running");
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::File::create(self.log()).expect("haproxy log");
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(self.dir.path().join("haproxy.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if let Some((uid, gid)) = unprivileged() {
+            cmd.uid(uid).gid(gid);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .expect("spawn haproxy (is the haproxy package installed?)"),
+        );
+        let started = Instant::now();
+        while self.try_command("show info").is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "haproxy exited with {status}: {}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "haproxy admin socket not up within 20s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_command(&self, line: &str) -> std::io::Result<String> {
+        let mut s = UnixStream::connect(self.socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// One runtime API command; its answer.
+    pub fn command(&self, line: &str) -> String {
+        self.try_command(line)
+            .unwrap_or_else(|e| panic!("haproxy command {line:?}: {e}"))
+    }
+
+    /// `show servers state <backend>`, parsed by column name.
+    pub fn servers(&self, backend: &str) -> Vec<Server> {
+        let text = self.command(&format!("show servers state {backend}"));
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        assert_eq!(lines.next(), Some("1"), "server state format: {text}");
+        let header: Vec<&str> = lines
+            .next()
+            .expect("header")
+            .trim_start_matches('#')
+            .split_whitespace()
+            .collect();
+        let col = |n: &str| {
+            header
+                .iter()
+                .position(|h| *h == n)
+                .unwrap_or_else(|| panic!("no column {n}"))
+        };
+        lines
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Server {
+                    id: f[col("srv_id")].parse().expect("srv_id"),
+                    name: f[col("srv_name")].to_string(),
+                    addr: f[col("srv_addr")].to_string(),
+                    port: f[col("srv_port")].parse().expect("srv_port"),
+                    admin: f[col("srv_admin_state")].parse().expect("admin state"),
+                    weight: f[col("srv_uweight")].parse().expect("weight"),
+                }
+            })
+            .collect()
+    }
+
+    /// Polls `servers(backend)` until `ok` holds (or panics after `limit`
+    /// with the last state seen).
+    pub fn wait_for(
+        &self,
+        backend: &str,
+        limit: Duration,
+        ok: impl Fn(&[Server]) -> bool,
+    ) -> Vec<Server> {
+        let started = Instant::now();
+        loop {
+            let s = self.servers(backend);
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "haproxy state not reached within {limit:?}: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Suspends HAProxy: connections are accepted by the kernel, nothing answers.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            let started = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if started.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Stops and starts HAProxy under whoever is using it.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
