@@ -1,0 +1,767 @@
+//! `cgp-auth` as CGP runs it, against a real slapd (and the scripted CGP
+//! CLI for NEW): verdicts, escaping, access rules, failover, outages, the
+//! stale window, restarts on the same store, throttling, and no password in
+//! any log line or store file.
+
+use cgp_tests::fake_cli::FakeCli;
+use cgp_tests::slapd::{SERVICE_DN, SERVICE_PASSWORD, Slapd};
+use cgp_tests::{bin, testdata, workspace};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Every password the tests send, to look for in logs and stores.
+const PASSWORDS: &[&str] = &[
+    "alicepw",
+    "bobpw",
+    "wrong-pass",
+    "guess-1",
+    "guess-2",
+    "guess-3",
+    "sp ace \"quote\" back\\slash é",
+    "lucypw",
+    "erinpw",
+    "davepw",
+];
+
+/// A running helper, spoken to line by line.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seq: u32,
+}
+
+impl Helper {
+    /// Starts cgp-auth with `config` written to `dir/auth.toml`.
+    fn start(dir: &Path, config: &str) -> Helper {
+        let path = dir.join("auth.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(bin("cgp-auth"))
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cgp-auth");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut h = Helper {
+            child,
+            stdin,
+            lines,
+            seq: 0,
+        };
+        assert_eq!(h.ask("INTF 3"), "INTF 3");
+        h
+    }
+
+    /// Sends a request without waiting; returns its sequence number.
+    fn send(&mut self, request: &str) -> u32 {
+        self.seq += 1;
+        writeln!(self.stdin, "{} {request}", self.seq).unwrap();
+        self.stdin.flush().unwrap();
+        self.seq
+    }
+
+    /// The reply body to request `seq`, within `limit`.
+    fn reply(&mut self, seq: u32, limit: Duration) -> String {
+        let prefix = format!("{seq} ");
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(&prefix) => return line[prefix.len()..].to_string(),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no reply to {seq} within {limit:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("helper exited before replying to {seq}")
+                }
+            }
+        }
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        let seq = self.send(request);
+        self.reply(seq, Duration::from_secs(30))
+    }
+
+    fn vrfy(&mut self, user: &str, password: &str) -> String {
+        self.ask(&format!(
+            "VRFY (IMAP [192.0.2.10]) {user} {}",
+            quote(password)
+        ))
+    }
+
+    /// Kills the helper without letting it finish anything.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn quit(mut self) {
+        let seq = self.send("QUIT");
+        assert_eq!(self.reply(seq, Duration::from_secs(30)), "OK");
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CGP quoted string.
+fn quote(s: &str) -> String {
+    String::from_utf8(cgp_protocol::data::encode_quoted(s.as_bytes())).unwrap()
+}
+
+/// The configuration for one test: the LDAP back end on `uris`, logs at
+/// debug level in `dir`, plus `extra` TOML (tables after the top keys).
+fn config(dir: &Path, uris: &[String], top: &str, extra: &str) -> String {
+    let uris: Vec<String> = uris.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        r#"backend = "ldap"
+{top}
+
+[runtime]
+deadline = "8s"
+stats_interval = "0s"
+
+[log]
+journald = false
+level = "debug"
+file = "{log}"
+
+[ldap]
+uris = [{uris}]
+bind_dn = "{SERVICE_DN}"
+bind_password = "{SERVICE_PASSWORD}"
+connect_timeout = "1s"
+op_timeout = "1s"
+max_backoff = "200ms"
+
+{extra}
+"#,
+        log = dir.join("auth.log").display(),
+        uris = uris.join(", "),
+    )
+}
+
+const LOOKUP: &str = r#"
+[lookup]
+base = "ou=people,dc=example,dc=org"
+"#;
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cgp-auth-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Every file under `dir` (logs, configs, the store), for secret checks.
+fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else if p.extension().is_none_or(|x| x != "toml") {
+            out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+fn assert_no_passwords(dir: &Path) {
+    let files = all_bytes(dir);
+    assert!(!files.is_empty());
+    for (path, bytes) in files {
+        for pw in PASSWORDS {
+            assert!(
+                !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+                "password {pw:?} found in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn verdicts_escaping_and_no_secrets_anywhere() {
+    let slapd = Slapd::start_default();
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let extra = format!(
+        "{LOOKUP}\n[store]\npath = \"{}\"\n[cache]\nnegative_ttl = \"0s\"\n[throttle]\nenabled = false\n",
+        store.display()
+    );
+    let mut h = Helper::start(
+        dir.path(),
+        &config(dir.path(), &[slapd.uri()], "detailed_errors = true", &extra),
+    );
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    assert_eq!(
+        h.vrfy("alice@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
+    assert_eq!(
+        h.vrfy("ghost@example.test", "alicepw"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(
+        h.vrfy("carol@example.test", "sp ace \"quote\" back\\slash é"),
+        "OK"
+    );
+    assert_eq!(
+        h.vrfy("carol@example.test", "sp ace"),
+        r#"ERROR "invalid credentials""#
+    );
+    // The same password as raw \ddd escapes of its UTF-8 bytes.
+    assert_eq!(
+        h.ask(r#"VRFY carol@example.test "sp ace \"quote\" back\\slash \195\169""#),
+        "OK"
+    );
+    // Filter injection in the name matches nobody, even with a real password.
+    for user in [
+        "*)(uid=*@example.test",
+        "*@example.test",
+        "\\2a@example.test",
+        "alice)(|(uid=*@example.test",
+    ] {
+        assert_eq!(
+            h.vrfy(user, "alicepw"),
+            r#"ERROR "invalid credentials""#,
+            "{user}"
+        );
+    }
+    // Password policy (ppolicy overlay), shown because detailed_errors is on.
+    assert_eq!(
+        h.vrfy("lucy@example.test", "lucypw"),
+        r#"ERROR "account locked""#
+    );
+    assert_eq!(
+        h.vrfy("erin@example.test", "erinpw"),
+        r#"ERROR "password expired""#
+    );
+    // An empty password is never an anonymous bind.
+    assert_eq!(
+        h.ask(r#"VRFY alice@example.test """#),
+        r#"ERROR "invalid credentials""#
+    );
+    // Cached now: the same answer again (idempotent).
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    h.quit();
+    assert!(
+        std::fs::read_to_string(dir.path().join("auth.log"))
+            .unwrap()
+            .contains("alice@example.test")
+    );
+    assert_no_passwords(dir.path());
+}
+
+#[test]
+fn group_rule_compare_mode_template_and_domains() {
+    let slapd = Slapd::start_default();
+    let dir = tempdir();
+    let extra = r#"
+[lookup]
+base = "ou=people,dc=example,dc=org"
+groups = ["cn=outbound,ou=groups,dc=example,dc=org"]
+readplain_attribute = "AstAccountSecret"
+
+[domains."compare.test"]
+base = "ou=people,dc=example,dc=org"
+mode = "compare"
+
+[domains."template.test"]
+base = "ou=people,dc=example,dc=org"
+dn_template = "uid={user},ou=people,dc=example,dc=org"
+access_filter = "(departmentNumber=Sales)"
+
+[domains."other.test"]
+base = "ou=partners,dc=example,dc=org"
+filter = "(mail={email})"
+
+[throttle]
+enabled = false
+"#;
+    let mut h = Helper::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            &[slapd.uri()],
+            "detailed_errors = true\nreadplain = true",
+            extra,
+        ),
+    );
+    // cn=outbound holds alice only.
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    assert_eq!(
+        h.vrfy("bob@example.test", "bobpw"),
+        r#"ERROR "not permitted""#
+    );
+    // The rule is checked after the password: a wrong one reveals nothing.
+    assert_eq!(
+        h.vrfy("bob@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(h.ask("READPLAIN alice@example.test"), r#"OK "alicesip""#);
+    assert_eq!(
+        h.ask("READPLAIN bob@example.test"),
+        r#"ERROR "unknown user""#
+    );
+    // Compare mode checks the {SSHA} userPassword read by the service account.
+    assert_eq!(h.vrfy("bob@compare.test", "bobpw"), "OK");
+    assert_eq!(
+        h.vrfy("bob@compare.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(
+        h.vrfy("nobody@compare.test", "bobpw"),
+        r#"ERROR "invalid credentials""#
+    );
+    // DN template: one bind, then the access filter (bob is in Sales).
+    assert_eq!(h.vrfy("bob@template.test", "bobpw"), "OK");
+    assert_eq!(
+        h.vrfy("alice@template.test", "alicepw"),
+        r#"ERROR "not permitted""#
+    );
+    assert_eq!(
+        h.vrfy("x,ou=people@template.test", "bobpw"),
+        r#"ERROR "invalid credentials""#
+    );
+    // Per-domain base and filter: dave lives under ou=partners.
+    assert_eq!(h.vrfy("dave@other.test", "davepw"), "OK");
+    assert_eq!(
+        h.vrfy("dave@example.test", "davepw"),
+        r#"ERROR "invalid credentials""#
+    );
+    h.quit();
+    assert_no_passwords(dir.path());
+}
+
+#[test]
+fn outages_failover_and_the_stale_window() {
+    let mut first = Slapd::start_default();
+    let second = Slapd::start_default();
+    let dir = tempdir();
+    let extra = format!(
+        "{LOOKUP}\n[cache]\npositive_ttl = \"1s\"\nstale_window = \"1h\"\n[throttle]\nenabled = false\n"
+    );
+    let mut h = Helper::start(
+        dir.path(),
+        &config(dir.path(), &[first.uri(), second.uri()], "", &extra),
+    );
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    // Failover: the first server stops, the second answers.
+    first.stop();
+    assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
+    assert_eq!(
+        h.vrfy("bob@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    first.start_again();
+    drop(second);
+    // Fail-back happens on reconnect; the first server serves again.
+    let started = Instant::now();
+    while h.vrfy("alice@example.test", "guess-1") != r#"ERROR "invalid credentials""# {
+        assert!(started.elapsed() < Duration::from_secs(20), "no recovery");
+    }
+    // Frozen: a reply within the deadline, FAILURE or stale OK, never a hang.
+    std::thread::sleep(Duration::from_millis(1100));
+    first.freeze();
+    let t = Instant::now();
+    assert_eq!(
+        h.vrfy("alice@example.test", "alicepw"),
+        "OK",
+        "the stale window answers"
+    );
+    assert_eq!(
+        h.vrfy("alice@example.test", "guess-2"),
+        r#"FAILURE "directory unavailable""#
+    );
+    assert_eq!(
+        h.vrfy("bob@example.test", "guess-3"),
+        r#"FAILURE "directory unavailable""#
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8 * 3),
+        "{:?}",
+        t.elapsed()
+    );
+    first.thaw();
+    let started = Instant::now();
+    while h.vrfy("bob@example.test", "bobpw") != "OK" {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no recovery after thaw"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped: FAILURE at once (connection refused), then recovery.
+    first.stop();
+    let t = Instant::now();
+    assert_eq!(
+        h.vrfy("carol@example.test", "guess-1"),
+        r#"FAILURE "directory unavailable""#
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    first.start_again();
+    let started = Instant::now();
+    while h.vrfy("carol@example.test", "sp ace \"quote\" back\\slash é") != "OK" {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no recovery after restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.quit();
+    assert_no_passwords(dir.path());
+}
+
+#[test]
+fn without_a_stale_window_an_outage_is_a_failure() {
+    let mut slapd = Slapd::start_default();
+    let dir = tempdir();
+    let extra = format!("{LOOKUP}\n[cache]\npositive_ttl = \"1s\"\n[throttle]\nenabled = false\n");
+    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    slapd.stop();
+    // Within the TTL the cache still answers; past it, FAILURE.
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        h.vrfy("alice@example.test", "alicepw"),
+        r#"FAILURE "directory unavailable""#
+    );
+}
+
+#[test]
+fn a_killed_helper_restarts_on_the_same_store() {
+    let mut slapd = Slapd::start_default();
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let extra = format!(
+        "{LOOKUP}\n[store]\npath = \"{}\"\n[cache]\npositive_ttl = \"1h\"\n[throttle]\nenabled = false\n",
+        store.display()
+    );
+    let cfg = config(dir.path(), &[slapd.uri()], "", &extra);
+    let mut h = Helper::start(dir.path(), &cfg);
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    // sled writes its log to disk every 500ms; give it that, then kill -9.
+    std::thread::sleep(Duration::from_millis(1500));
+    h.kill();
+    slapd.stop();
+    // The new process gets the store (lock released with the dead process)
+    // and answers from it while the directory is down.
+    let mut h = Helper::start(dir.path(), &cfg);
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    assert_eq!(
+        h.vrfy("alice@example.test", "wrong-pass"),
+        r#"FAILURE "directory unavailable""#
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&store).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "store readable by others: {mode:o}");
+    h.quit();
+    assert_no_passwords(dir.path());
+}
+
+#[test]
+fn new_creates_accounts_through_the_cli() {
+    let mut slapd = Slapd::start_default();
+    let cli = FakeCli::start("postmaster", "clipw");
+    let dir = tempdir();
+    let extra = format!(
+        r#"
+[lookup]
+base = "ou=people,dc=example,dc=org"
+groups = ["cn=staff,ou=groups,dc=example,dc=org"]
+
+[throttle]
+enabled = false
+
+[provision]
+enabled = true
+aliases_attribute = "mail"
+
+[provision.settings]
+RealName = "cn"
+ou = "departmentNumber"
+telephoneNumber = "telephoneNumber"
+AstCallerID = "AstAccountCallerID"
+
+[provision.cli]
+address = "{}"
+login = "postmaster"
+password = "clipw"
+connect_timeout = "1s"
+op_timeout = "1s"
+"#,
+        cli.address()
+    );
+    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    assert_eq!(h.ask("NEW alice@example.test"), "OK");
+    let a = cli.account("alice@example.test").expect("account created");
+    let setting = |k: &str| {
+        a.settings
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(setting("RealName").as_deref(), Some("Alice Liddell"));
+    assert_eq!(setting("ou").as_deref(), Some("Research"));
+    assert_eq!(setting("telephoneNumber").as_deref(), Some("+1 555 0101"));
+    assert_eq!(setting("AstCallerID").as_deref(), Some("Alice <1001>"));
+    assert_eq!(a.aliases, vec!["alice.liddell".to_string()]);
+    // Again: the account exists, which counts as success.
+    assert_eq!(h.ask("NEW alice@example.test"), "OK");
+    assert_eq!(cli.account("alice@example.test").unwrap(), a);
+    // An account made in CGP by other means.
+    cli.add_account("bob@example.test");
+    assert_eq!(h.ask("NEW bob@example.test"), "OK");
+    // Not in the directory, or outside the group (carol is in no group).
+    assert_eq!(
+        h.ask("NEW ghost@example.test"),
+        r#"ERROR "no such user in directory""#
+    );
+    assert_eq!(h.ask("NEW carol@example.test"), r#"ERROR "not permitted""#);
+    assert!(cli.account("carol@example.test").is_none());
+    assert_eq!(h.ask("NEW nodomain"), r#"ERROR "expected user@domain""#);
+    // One login served every command.
+    assert_eq!(cli.logins(), 1);
+    let creates = cli
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("CREATEACCOUNT"))
+        .count();
+    assert_eq!(creates, 3);
+    // A hung CLI: FAILURE within the op timeout, then service resumes.
+    cli.set_silent(true);
+    slapd.stop();
+    assert_eq!(
+        h.ask("NEW bob@example.test"),
+        r#"FAILURE "directory unavailable""#
+    );
+    slapd.start_again();
+    let started = Instant::now();
+    loop {
+        let r = h.ask("NEW bob@example.test");
+        if r == r#"FAILURE "account server unavailable""# {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cli.set_silent(false);
+    assert_eq!(h.ask("NEW bob@example.test"), "OK");
+    assert!(cli.logins() >= 2, "the broken session was replaced");
+    drop(cli);
+    h.quit();
+}
+
+#[test]
+fn new_with_the_cli_down_is_a_temporary_failure() {
+    let slapd = Slapd::start_default();
+    let dir = tempdir();
+    let port = cgp_tests::slapd::free_port();
+    let extra = format!(
+        "{LOOKUP}\n[provision]\nenabled = true\n[provision.cli]\naddress = \"127.0.0.1:{port}\"\npassword = \"x\"\nconnect_timeout = \"1s\"\n"
+    );
+    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    assert_eq!(
+        h.ask("NEW alice@example.test"),
+        r#"FAILURE "account server unavailable""#
+    );
+    assert_eq!(
+        h.ask("NEW ghost@example.test"),
+        r#"ERROR "no such user in directory""#
+    );
+}
+
+#[test]
+fn throttling_delays_only_the_guilty_reply() {
+    let slapd = Slapd::start_default();
+    let dir = tempdir();
+    let extra = format!(
+        "{LOOKUP}\n[cache]\nnegative_ttl = \"0s\"\n[throttle]\ninitial_delay = \"400ms\"\nmax_delay = \"3200ms\"\ntrusted_networks = [\"10.0.0.0/8\"]\n"
+    );
+    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    let attempt = |h: &mut Helper, ip: &str, user: &str, pw: &str| {
+        let t = Instant::now();
+        let r = h.ask(&format!("VRFY (IMAP [{ip}]) {user} {}", quote(pw)));
+        (r, t.elapsed())
+    };
+    let bad = r#"ERROR "invalid credentials""#;
+    // No failures yet: no delay.
+    let (r, _) = attempt(&mut h, "192.0.2.1", "alice@example.test", "guess-1");
+    assert_eq!(r, bad);
+    // One failure owed: at least 400ms.
+    let (r, d) = attempt(&mut h, "192.0.2.1", "alice@example.test", "guess-2");
+    assert_eq!(r, bad);
+    assert!(d >= Duration::from_millis(400), "{d:?}");
+    // Two: at least 800ms.
+    let (r, d) = attempt(&mut h, "192.0.2.1", "alice@example.test", "guess-3");
+    assert_eq!(r, bad);
+    assert!(d >= Duration::from_millis(800), "{d:?}");
+    // Three distinct failures owe 1600ms. Repeating a password already
+    // tried does not count again: still 1600ms, not 3200ms.
+    let (_, d1) = attempt(&mut h, "192.0.2.1", "alice@example.test", "guess-3");
+    let (_, d2) = attempt(&mut h, "192.0.2.1", "alice@example.test", "guess-3");
+    assert!(d1 >= Duration::from_millis(1600), "{d1:?}");
+    assert!(
+        d2 >= Duration::from_millis(1600) && d2 < Duration::from_millis(3000),
+        "{d2:?}"
+    );
+    // A delayed reply holds back nobody else: another client's request sent
+    // after it is answered first.
+    let slow = h.send(&format!(
+        "VRFY (IMAP [192.0.2.1]) bob@example.test {}",
+        quote("bobpw")
+    ));
+    let fast = h.send(&format!(
+        "VRFY (IMAP [198.51.100.7]) bob@example.test {}",
+        quote("bobpw")
+    ));
+    let first = loop {
+        let line = h.lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        if !line.starts_with('*') {
+            break line;
+        }
+    };
+    assert_eq!(first, format!("{fast} OK"));
+    assert_eq!(h.reply(slow, Duration::from_secs(30)), "OK");
+    // Trusted networks owe nothing, whatever the account's record.
+    let (r, d) = attempt(&mut h, "10.1.2.3", "carol@example.test", "guess-1");
+    assert_eq!(r, bad);
+    let (_, d2) = attempt(&mut h, "10.1.2.3", "carol@example.test", "guess-2");
+    assert!(
+        d < Duration::from_millis(400) && d2 < Duration::from_millis(400),
+        "{d:?} {d2:?}"
+    );
+    h.quit();
+    assert_no_passwords(dir.path());
+}
+
+#[test]
+fn the_readme_demo_runs() {
+    let input = std::fs::read(testdata("auth").join("demo.in")).unwrap();
+    let o = cgp_tests::transcript::run(
+        &bin("cgp-auth"),
+        &[
+            "--config".into(),
+            "packaging/examples/auth-embedded.toml".into(),
+        ],
+        &workspace(),
+        &input,
+        Duration::from_secs(60),
+    );
+    assert!(
+        cgp_tests::transcript::check_contract(&o, &input).is_empty(),
+        "{o:?}"
+    );
+    let reply = |seq: &str| o.replies[seq][0].clone();
+    assert_eq!(reply("2"), "2 OK");
+    assert_eq!(reply("3"), r#"3 ERROR "invalid credentials""#);
+    assert_eq!(reply("4"), "4 OK");
+    assert_eq!(reply("5"), "5 OK");
+    assert_eq!(reply("6"), r#"6 ERROR "account disabled""#);
+    assert_eq!(reply("7"), r#"7 ERROR "invalid credentials""#);
+    assert_eq!(reply("9"), r#"9 OK "alicesip""#);
+    assert_eq!(reply("12"), "12 OK");
+}
+
+#[test]
+fn check_config_reports_errors_with_keys() {
+    let dir = tempdir();
+    let run = |text: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let o = Command::new(bin("cgp-auth"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(run("").0);
+    assert!(
+        run(
+            &std::fs::read_to_string(workspace().join("packaging/examples/auth-embedded.toml"))
+                .unwrap()
+        )
+        .0
+    );
+    let (ok, err) = run("backend = \"ldap\"\n");
+    assert!(!ok && err.contains("lookup.base"), "{err}");
+    let (ok, err) = run("[[static.users]]\nname = \"a@b\"\npassword = \"plain\"\n");
+    assert!(!ok && err.contains("static.users[0].password"), "{err}");
+    let (ok, err) = run("[lookup]\nfilter = \"(uid={user}\"\n");
+    assert!(!ok && err.contains("line 2"), "{err}");
+    let (ok, err) = run("[ldap]\nuris = [\"http://x\"]\n");
+    assert!(!ok && err.contains("line 2"), "{err}");
+    let (ok, err) = run("bogus = 1\n");
+    assert!(!ok && err.contains("bogus"), "{err}");
+    // The bind password never shows in an error.
+    let (ok, err) = run(
+        "backend = \"ldap\"\n[ldap]\nbind_password = \"s3cr3t-pw\"\n[lookup]\nbase = \"dc=x\"\n",
+    );
+    assert!(!ok && err.contains("ldap.bind_dn"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+    let (ok, err) = run("[ldap]\nbind_password = 42\n");
+    assert!(!ok && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn hash_password_makes_usable_hashes() {
+    for scheme in ["ssha512", "bcrypt", "argon2"] {
+        let mut child = Command::new(bin("cgp-auth"))
+            .args(["--hash-password", scheme])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"pa ss\"w\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let dir = tempdir();
+        let cfg = format!(
+            "[log]\njournald = false\n[throttle]\nenabled = false\n[[static.users]]\nname = \"u@x.test\"\npassword = {hash:?}\n"
+        );
+        let mut h = Helper::start(dir.path(), &cfg);
+        assert_eq!(h.ask(r#"VRFY u@x.test "pa ss\"w""#), "OK", "{scheme}");
+        assert_eq!(
+            h.ask(r#"VRFY u@x.test "pa ss""#),
+            r#"ERROR "invalid credentials""#,
+            "{scheme}"
+        );
+        h.quit();
+    }
+}
