@@ -450,3 +450,97 @@ fn announce_refuses_bad_input_with_a_message() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
 }
+
+#[test]
+fn users_from_ldap_with_groups_hostile_values_and_a_directory_outage() {
+    use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ldif =
+        std::fs::read_to_string(cgp_tests::testdata("ldap").join("directory.ldif")).unwrap();
+    ldif.push('\n');
+    ldif.push_str(
+        &std::fs::read_to_string(cgp_tests::testdata("banner").join("hostile.ldif")).unwrap(),
+    );
+    let ldif_path = dir.path().join("directory.ldif");
+    std::fs::write(&ldif_path, ldif).unwrap();
+    let mut slapd = Slapd::start(&ldif_path);
+    let fake = pbx();
+    fake.set_mailbox("1003@default", 1, 1);
+    fake.set_extension("1003", "default", "PJSIP/1003", 4);
+    let ldap = format!(
+        r#"
+[directory.ldap]
+base = "{BASE}"
+group_base = "ou=groups,{BASE}"
+cache_ttl = "300ms"
+[directory.ldap.server]
+uris = ["{uri}"]
+bind_dn = "{SERVICE_DN}"
+bind_password = "{SERVICE_PASSWORD}"
+connect_timeout = "500ms"
+op_timeout = "500ms"
+
+[[announcement]]
+text = "Staff only"
+target = "group:staff"
+
+[[banner]]
+type = "Card"
+format = "html"
+template = "<b>{{real_name}}</b> {{department}}"
+default = "<b>directory unavailable</b>"
+
+[[banner]]
+type = "CardText"
+template = "{{real_name}} / {{department}} / {{ext_state}}"
+default = "directory unavailable"
+"#,
+        uri = slapd.uri()
+    );
+    let mut s = Session::start(&config(dir.path(), fake.port(), &ldap));
+    s.ask_until(
+        "BANNER Phone alice@example.test",
+        r#"OK "Alice Liddell: 2 new, 5 old, phone idle""#,
+    );
+    assert_eq!(
+        s.ask("BANNER Notices bob@example.test"),
+        r#"OK "Staff only""#
+    );
+    assert_eq!(
+        s.ask("BANNER Notices carol@example.test"),
+        r#"ERROR "no banner""#
+    );
+    assert_eq!(
+        s.ask("BANNER Card mallory@example.test"),
+        r#"OK "<b>&lt;img src=x onerror=alert(1)&gt; &quot;Mal&quot; &amp; co</b> Evil  1 OK &quot;injected&quot; ""#
+    );
+    assert_eq!(
+        s.ask("BANNER CardText mallory@example.test"),
+        r#"OK "<img src=x onerror=alert(1)> \"Mal\" & co / Evil  1 OK \"injected\"  / unavailable""#
+    );
+    // Filter metacharacters in the account match nobody.
+    assert_eq!(
+        s.ask("BANNER Card *@example.test"),
+        r#"OK "<b>directory unavailable</b>""#
+    );
+    // Directory down: once the cached entry expires, the default banner,
+    // in time; back up: the entry again.
+    slapd.stop();
+    std::thread::sleep(Duration::from_millis(400));
+    let t = Instant::now();
+    assert_eq!(
+        s.ask("BANNER Card bob@example.test"),
+        r#"OK "<b>directory unavailable</b>""#
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    slapd.start_again();
+    s.ask_until(
+        "BANNER Card bob@example.test",
+        r#"OK "<b>Bob Builder</b> Sales""#,
+    );
+    s.finish();
+}

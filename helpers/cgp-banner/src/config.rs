@@ -1,7 +1,7 @@
 //! The configuration file of `cgp-banner` (reference in `docs/banner.md`).
 
 use crate::announce::{Announcement, Target};
-use crate::directory::Person;
+use crate::directory::{LdapSource, Person};
 use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
 use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
@@ -134,8 +134,10 @@ impl Default for CacheConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
-    /// Static entries keyed by `user@domain`.
+    /// Static entries keyed by `user@domain`; they take precedence.
     pub users: HashMap<String, Person>,
+    /// Users searched in LDAP.
+    pub ldap: Option<LdapSource>,
 }
 
 /// One banner rule.
@@ -203,6 +205,9 @@ impl HelperConfig for BannerConfig {
     }
     fn validate(&self) -> Result<(), KeyError> {
         self.ami.check().map_err(|(k, m)| KeyError::new(k, m))?;
+        if let Some(l) = &self.directory.ldap {
+            l.validate()?;
+        }
         if self.cache.pbx_ttl.is_zero() {
             return Err(KeyError::new("cache.pbx_ttl", "must be more than 0s"));
         }

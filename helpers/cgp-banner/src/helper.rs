@@ -5,7 +5,7 @@
 
 use crate::announce::{Announcement, Spool};
 use crate::config::{BannerConfig, Rule};
-use crate::directory::{Directory, Person, StaticDirectory};
+use crate::directory::{Directory, LdapDirectory, Person, StaticDirectory};
 use crate::pbx::Pbx;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest};
@@ -29,7 +29,8 @@ pub struct Banner {
     config: BannerConfig,
     /// `[[announcement]]`s of the configuration.
     fixed: Vec<Announcement>,
-    directory: Arc<dyn Directory>,
+    /// Asked in order; the first that knows the account answers.
+    directories: Vec<Box<dyn Directory>>,
     pbx: Option<Arc<Pbx>>,
     announcements: Option<Arc<Announcements>>,
     extra_logged: AtomicBool,
@@ -65,7 +66,7 @@ impl Helper for Banner {
                 .enumerate()
                 .map(|(i, a)| a.to_announcement(i))
                 .collect(),
-            directory: Arc::new(StaticDirectory::new(&config.directory.users)),
+            directories: directories(&config)?,
             config,
             pbx,
             announcements,
@@ -135,7 +136,7 @@ impl Banner {
         .any(|v| t.uses(v));
         let wants_groups = t.uses(Var::Announcements);
         let person = match &br.account {
-            Some(a) if wants_person || wants_groups => match self.directory.lookup(a).await {
+            Some(a) if wants_person || wants_groups => match self.person(a).await {
                 Ok(p) => p,
                 // Announcements for everyone can still be shown; the
                 // person's own values cannot.
@@ -172,6 +173,15 @@ impl Banner {
             };
             raw.map(Filled::Raw)
         })
+    }
+
+    async fn person(&self, account: &str) -> Result<Option<Person>, String> {
+        for d in &self.directories {
+            if let Some(p) = d.lookup(account).await? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 
     async fn voicemail(&self, wanted: bool, person: Option<&Person>) -> Option<(u32, u32)> {
@@ -238,6 +248,15 @@ impl Banner {
         }
         out
     }
+}
+
+fn directories(config: &BannerConfig) -> Result<Vec<Box<dyn Directory>>, String> {
+    let mut out: Vec<Box<dyn Directory>> =
+        vec![Box::new(StaticDirectory::new(&config.directory.users))];
+    if let Some(source) = &config.directory.ldap {
+        out.push(Box::new(LdapDirectory::new(source)?));
+    }
+    Ok(out)
 }
 
 /// The reply for a rendered banner, within the 4096-byte line. Text banners
