@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the cgp-helpers Debian package from a staged tree with dpkg-deb.
 #
-#   packaging/debian/build-deb.sh [--bin-dir DIR] [--out DIR]
+#   packaging/debian/build-deb.sh [--bin-dir DIR] [--out DIR] [--compress xz|gzip|zstd|none]
 #
 # Without --bin-dir it builds the release binaries first (cargo build
 # --release); with it, it packages the binaries found in DIR (the test uses
 # the debug build). The .deb lands in --out (default target/debian) and its
-# path is printed on stdout.
+# path is printed on stdout. --compress is dpkg-deb's -Z (default xz; the
+# test uses gzip, which is many times faster on debug binaries).
 #
 # Why not cargo-deb: it is not packaged in Debian and `cargo install
 # cargo-deb` compiles for minutes on every fresh CI machine; the staged tree
@@ -17,12 +18,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 top="$(cd "$here/../.." && pwd)"
 bins=(cgp-auth cgp-filter cgp-banner cgp-balancer cgp-helper-sim)
 
-bin_dir="" out="$top/target/debian"
+bin_dir="" out="$top/target/debian" compress=xz
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin-dir) bin_dir="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --compress) compress="$2"; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build-deb.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -104,5 +106,5 @@ chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums
 
 mkdir -p "$out"
 deb="$out/cgp-helpers_${debversion}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group "-Z$compress" --build "$root" "$deb" >/dev/null
 echo "$deb"

@@ -33,31 +33,30 @@ mod banner;
 #[allow(dead_code)]
 #[path = "../../../helpers/cgp-filter/src/cli.rs"]
 mod filter;
+#[allow(dead_code)]
+#[path = "../../../helpers/cgp-helper-sim/src/cli.rs"]
+mod sim;
 
-/// One helper binary and the short name its example configuration and its
-/// store directory use.
-struct Helper {
+/// One binary; for a helper, the short name its example configuration and
+/// its store directory use (the simulator has neither).
+struct Page {
     command: Command,
-    short: &'static str,
+    short: Option<&'static str>,
 }
 
-fn helpers() -> Vec<Helper> {
+fn pages() -> Vec<Page> {
+    let helper = |command, short| Page {
+        command,
+        short: Some(short),
+    };
     vec![
-        Helper {
-            command: auth::Cli::command(),
-            short: "auth",
-        },
-        Helper {
-            command: filter::Cli::command(),
-            short: "filter",
-        },
-        Helper {
-            command: banner::Cli::command(),
-            short: "banner",
-        },
-        Helper {
-            command: balancer::Cli::command(),
-            short: "balancer",
+        helper(auth::Cli::command(), "auth"),
+        helper(filter::Cli::command(), "filter"),
+        helper(banner::Cli::command(), "banner"),
+        helper(balancer::Cli::command(), "balancer"),
+        Page {
+            command: sim::Cli::command(),
+            short: None,
         },
     ]
 }
@@ -95,24 +94,30 @@ fn default_examples() -> PathBuf {
 /// Writes every page into `out` and returns the files written.
 fn write_all(out: &Path, examples: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out)?;
-    let all = helpers();
+    let all = pages();
     let names: Vec<String> = all
         .iter()
-        .map(|h| h.command.get_name().to_string())
-        .chain(["cgp-helper-sim".to_string()])
+        .map(|p| p.command.get_name().to_string())
         .collect();
     let mut written = Vec::new();
-    for helper in all {
-        let mut cmd = helper.command.disable_help_subcommand(true);
+    for p in all {
+        let mut cmd = p.command.disable_help_subcommand(true);
         // Gives subcommands their `parent-sub` display names.
         cmd.build();
         let name = cmd.get_name().to_string();
-        let example = find_example(examples, helper.short, &name)?;
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone())
             .manual(MANUAL)
             .render(&mut page)?;
-        let extra = extra_sections(&name, helper.short, example.as_deref(), &names);
+        let mut extra = Roff::new();
+        match p.short {
+            Some(short) => {
+                let example = find_example(examples, short, &name)?;
+                helper_sections(&mut extra, &name, short, example.as_deref());
+            }
+            None => sim_sections(&mut extra),
+        }
+        see_also(&mut extra, &name, &names);
         page.extend_from_slice(extra.to_roff().as_bytes());
         let path = out.join(format!("{name}.1"));
         std::fs::write(&path, page)?;
@@ -152,11 +157,10 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
-/// CONFIGURATION, FILES, EXIT STATUS and SEE ALSO.
-fn extra_sections(name: &str, short: &str, example: Option<&str>, all: &[String]) -> Roff {
+/// CONFIGURATION, FILES and EXIT STATUS of a helper.
+fn helper_sections(r: &mut Roff, name: &str, short: &str, example: Option<&str>) {
     let rt = RuntimeConfig::default();
     let log = LogConfig::default();
-    let mut r = Roff::new();
     r.control("SH", ["CONFIGURATION"]).text([
         roman("The configuration is a TOML file named with "),
         bold("--config"),
@@ -251,16 +255,28 @@ fn extra_sections(name: &str, short: &str, example: Option<&str>, all: &[String]
          and for a valid --check-config; 1 when the configuration cannot be loaded or the \
          helper cannot start (the reason is the one line written to stderr).",
     )]);
+}
+
+/// EXIT STATUS of the simulator.
+fn sim_sections(r: &mut Roff) {
+    r.control("SH", ["EXIT STATUS"]).text([roman(
+        "0 when the helper kept the protocol contract on every request; 1 on any \
+         violation (the first 20 are printed on stderr; the summary line is on stdout \
+         either way); 2 when the helper cannot be started, the transcript cannot be \
+         read, or neither --transcript nor --generate is given.",
+    )]);
+}
+
+/// SEE ALSO: the other pages and the guides.
+fn see_also(r: &mut Roff, name: &str, all: &[String]) {
     let mut see: Vec<_> = all
         .iter()
         .filter(|n| n.as_str() != name)
         .map(|n| format!("{n}(1)"))
         .collect();
     see.sort();
-    r.control("SH", ["SEE ALSO"])
-        .text([roman(see.join(", "))])
-        .text([roman(
-            "; /usr/share/doc/cgp-helpers/deployment.md and troubleshooting.md.",
-        )]);
-    r
+    r.control("SH", ["SEE ALSO"]).text([roman(format!(
+        "{}; /usr/share/doc/cgp-helpers/deployment.md and troubleshooting.md.",
+        see.join(", ")
+    ))]);
 }
