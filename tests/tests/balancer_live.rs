@@ -4,11 +4,9 @@
 //! machine allows it (reported as run or not run).
 
 use cgp_tests::bin;
-use cgp_tests::haproxy::{Haproxy, Server};
-use std::io::{BufRead, BufReader, Read, Write};
+use cgp_tests::haproxy::{Haproxy, Helper, LIMIT, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BACKENDS: &str = "backend cgp
@@ -18,113 +16,6 @@ backend tpl
     balance source
     server-template cgp 1-3 0.0.0.0:25 disabled
 ";
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// A running helper, asked one request at a time.
-struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-    seq: u32,
-}
-
-impl Helper {
-    fn start(config: &Path) -> Helper {
-        Helper::start_in(Command::new(bin("cgp-balancer")), config)
-    }
-
-    /// Starts the helper through `cmd` (the helper binary itself, or a
-    /// wrapper such as `unshare -n` that execs it).
-    fn start_in(mut cmd: Command, config: &Path) -> Helper {
-        let mut child = cmd
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cgp-balancer");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let mut h = Helper {
-            child,
-            stdin,
-            lines,
-            stderr,
-            seq: 0,
-        };
-        assert_eq!(h.ask("INTF 3"), "INTF 3");
-        h
-    }
-
-    fn send(&mut self, request: &str) -> String {
-        self.seq += 1;
-        writeln!(self.stdin, "{} {request}", self.seq).expect("write request");
-        self.stdin.flush().expect("flush");
-        format!("{} ", self.seq)
-    }
-
-    /// Sends a request and waits for its reply (without the sequence number).
-    fn ask(&mut self, request: &str) -> String {
-        let prefix = self.send(request);
-        self.reply(&prefix)
-    }
-
-    fn reply(&mut self, prefix: &str) -> String {
-        let until = Instant::now() + LIMIT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no reply to {prefix}within {LIMIT:?}"));
-            if let Some(r) = line.strip_prefix(prefix) {
-                return r.to_string();
-            }
-            assert!(line.starts_with('*'), "unexpected line {line:?}");
-        }
-    }
-
-    /// QUIT: the helper answers OK, exits 0 and wrote nothing on stderr.
-    fn quit(mut self) {
-        assert_eq!(self.ask("QUIT"), "OK");
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "exit status {status}");
-        let stderr = self.stderr.join().expect("stderr thread");
-        assert!(stderr.is_empty(), "stderr: {stderr}");
-    }
-
-    /// Stops (SIGSTOP) or resumes (SIGCONT) the helper process.
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("kill helper");
-        self.child.wait().expect("wait");
-    }
-}
 
 /// Writes a helper configuration for one group driving `hx`.
 fn config(dir: &Path, socket: &str, backend: &str, grace: &str, interval: &str) -> PathBuf {
@@ -162,7 +53,10 @@ fn dynamic_servers_follow_the_cluster_with_drain_and_re_add() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(&config(work.path(), &socket, "cgp", "2s", "0s"));
+    let mut h = Helper::start(
+        &bin("cgp-balancer"),
+        &config(work.path(), &socket, "cgp", "2s", "0s"),
+    );
 
     assert_eq!(h.ask("START cgp"), "OK");
     assert_eq!(
@@ -226,7 +120,10 @@ fn haproxy_restarted_under_the_helper_is_repaired() {
     let mut hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(&config(work.path(), &socket, "cgp", "30s", "1s"));
+    let mut h = Helper::start(
+        &bin("cgp-balancer"),
+        &config(work.path(), &socket, "cgp", "30s", "1s"),
+    );
     assert_eq!(h.ask("START cgp"), "OK");
     assert_eq!(h.ask("SERVERS cgp (127.0.0.2, 127.0.0.3)"), "OK");
     assert_eq!(ours(&hx.servers("cgp")).len(), 2);
@@ -254,7 +151,7 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
     let cfg = config(work.path(), &socket, "cgp", "30s", "0s");
-    let mut h = Helper::start(&cfg);
+    let mut h = Helper::start(&bin("cgp-balancer"), &cfg);
     assert_eq!(h.ask("START cgp"), "OK");
     assert_eq!(h.ask("SERVERS cgp (127.0.0.2, 127.0.0.3)"), "OK");
     let before = hx.servers("cgp");
@@ -288,7 +185,7 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
     );
 
     // A new helper on the same store finishes the change by itself.
-    let mut h = Helper::start(&cfg);
+    let mut h = Helper::start(&bin("cgp-balancer"), &cfg);
     let done = hx.wait_for("cgp", LIMIT, |s| {
         ["127.0.0.2", "127.0.0.3", "127.0.0.6", "127.0.0.7"]
             .iter()
@@ -307,7 +204,10 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
 fn template_slots_over_the_tcp_admin_socket() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
-    let mut h = Helper::start(&config(work.path(), &hx.tcp_socket(), "tpl", "1s", "0s"));
+    let mut h = Helper::start(
+        &bin("cgp-balancer"),
+        &config(work.path(), &hx.tcp_socket(), "tpl", "1s", "0s"),
+    );
     assert_eq!(h.ask("START tpl"), "OK");
     assert_eq!(h.ask("SERVERS tpl (127.0.0.5, 127.0.0.6)"), "OK");
     let s = hx.servers("tpl");
@@ -337,7 +237,10 @@ fn a_frozen_haproxy_gets_an_error_within_the_deadline() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(&config(work.path(), &socket, "cgp", "30s", "0s"));
+    let mut h = Helper::start(
+        &bin("cgp-balancer"),
+        &config(work.path(), &socket, "cgp", "30s", "0s"),
+    );
     assert_eq!(h.ask("START cgp"), "OK");
     hx.freeze();
     let started = Instant::now();
