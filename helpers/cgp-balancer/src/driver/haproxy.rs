@@ -345,7 +345,30 @@ impl Haproxy {
         note: Note<'_>,
     ) -> Result<Applied, String> {
         let mut view = self.view(self.rows(deadline).await?);
-        let lines = self.plan(&mut view, target)?;
+        let mut lines = self.plan(&mut view, target)?;
+        if lines
+            .iter()
+            .any(|l| l.contains("add server ") || l.contains("del server "))
+        {
+            let info = self.exchange("show info", deadline).await?;
+            match dynamic_support(&info)? {
+                (Dynamic::Yes, _) => {}
+                (Dynamic::Experimental, _) => {
+                    for l in lines
+                        .iter_mut()
+                        .filter(|l| l.contains("add server ") || l.contains("del server "))
+                    {
+                        l.insert_str(0, "experimental-mode on; ");
+                    }
+                }
+                (Dynamic::No, version) => {
+                    return Err(format!(
+                        "HAProxy {version} has no dynamic servers: declare `server-template {} 1-N` slots in backend {}",
+                        self.cfg.prefix, self.cfg.backend
+                    ));
+                }
+            }
+        }
         let mut answers = Vec::new();
         for line in &lines {
             tracing::info!(backend = %self.cfg.backend, command = %line, "haproxy");
@@ -378,6 +401,33 @@ impl Haproxy {
             changes: lines.len(),
         })
     }
+}
+
+/// What an HAProxy version offers for `add server` / `del server`.
+#[derive(Debug, PartialEq, Eq)]
+enum Dynamic {
+    No,
+    /// 2.4: only after `experimental-mode on` in the same session.
+    Experimental,
+    Yes,
+}
+
+/// Reads the version from `show info`.
+fn dynamic_support(show_info: &str) -> Result<(Dynamic, String), String> {
+    let version = show_info
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(str::trim)
+        .ok_or("HAProxy did not tell its version (show info)")?;
+    let mut numbers = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let support = match (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) {
+        (0..=1, _) | (2, 0..=3) => Dynamic::No,
+        (2, 4) => Dynamic::Experimental,
+        _ => Dynamic::Yes,
+    };
+    Ok((support, version.to_string()))
 }
 
 /// The answers of the runtime API that report success.
@@ -485,6 +535,23 @@ mod tests {
                 "set server be/cgp_127_0_0_3_25 state maint; shutdown sessions server be/cgp_127_0_0_3_25; del server be/cgp_127_0_0_3_25"
             ]
         );
+    }
+
+    #[test]
+    fn dynamic_servers_by_version() {
+        let v = |t: &str| dynamic_support(t).map(|(d, _)| d);
+        assert_eq!(
+            v("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\n"),
+            Ok(Dynamic::Yes)
+        );
+        assert_eq!(v("Version: 3.0.5\n"), Ok(Dynamic::Yes));
+        assert_eq!(
+            v("Version: 2.4.22-0ubuntu0.22.04.3\n"),
+            Ok(Dynamic::Experimental)
+        );
+        assert_eq!(v("Version: 2.2.9-2+deb11u6\n"), Ok(Dynamic::No));
+        assert_eq!(v("Version: 1.8.19\n"), Ok(Dynamic::No));
+        assert!(v("Permission denied.\n").is_err());
     }
 
     #[test]
