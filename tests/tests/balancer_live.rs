@@ -220,10 +220,14 @@ fn template_slots_over_the_tcp_admin_socket() {
     let r = h.ask("SERVERS tpl (127.0.0.5, 127.0.0.6, 127.0.0.7, 127.0.0.8)");
     assert!(r.starts_with("ERROR \"no free server-template slot"), "{r}");
     assert_eq!(hx.servers("tpl"), s);
+    // The refused set was not kept: the one free slot still takes a server.
+    assert_eq!(h.ask("ADD tpl 127.0.0.7"), "OK");
+    assert!(hx.servers("tpl").iter().all(|x| !x.maint()));
 
-    // A feasible set: the leaving server drains, then its slot is freed.
+    // A smaller set: the leaving servers drain, then their slots are freed.
     assert_eq!(h.ask("SERVERS tpl (127.0.0.6)"), "OK");
     assert!(find(&hx.servers("tpl"), "127.0.0.5", 25).is_some_and(Server::drain));
+    assert!(find(&hx.servers("tpl"), "127.0.0.7", 25).is_some_and(Server::drain));
     hx.wait_for("tpl", LIMIT, |s| {
         s.iter().filter(|x| x.maint()).count() == 2
     });

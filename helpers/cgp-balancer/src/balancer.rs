@@ -139,31 +139,53 @@ impl Balancer {
         if parsed.ignored > 0 && !self.extra_args_logged.swap(true, Ordering::Relaxed) {
             ctx.info("extra arguments after a balancer command ignored (reported once)");
         }
-        let mut live = group.live.lock().await;
-        live.known = true;
-        let command = parsed.command.map_endpoints(|ep| group.driver.entry(ep));
-        let changed = live
-            .desired
-            .apply(&command, &group.cfg.vips, now_ms(), self.grace);
-        if changed {
-            if let Err(e) = self.db.save(&group.name, &live.desired) {
-                return grammar::refused(&e);
-            }
-            tracing::info!(group = %group.name, command = ?command, "desired state saved");
-        }
-        let note = |s: &str| ctx.info(s);
         // Leave time to write the reply before the runtime's own deadline.
         let deadline = ctx
             .deadline()
             .checked_sub(Duration::from_millis(200))
             .unwrap_or_else(Instant::now);
-        match group.reconcile(&mut live, &self.db, deadline, &note).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(mut live) = tokio::time::timeout(left, group.live.lock()).await else {
+            return grammar::refused("the group is busy with another change");
+        };
+        live.known = true;
+        let command = parsed.command.map_endpoints(|ep| group.driver.entry(ep));
+        let before = live.desired.clone();
+        let changed = live
+            .desired
+            .apply(&command, &group.cfg.vips, now_ms(), self.grace);
+        // Saved before the balancer is touched: a helper killed in the middle
+        // of the change (no reply sent, so CGP sends it again) finishes it
+        // at start.
+        if changed {
+            if let Err(e) = self.db.save(&group.name, &live.desired) {
+                live.desired = before;
+                return grammar::refused(&e);
+            }
+            tracing::info!(group = %group.name, command = ?command, "desired state saved");
+        }
+        let note = |s: &str| ctx.info(s);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result =
+            tokio::time::timeout(left, group.reconcile(&mut live, &self.db, deadline, &note))
+                .await
+                .unwrap_or_else(|_| Err("the balancer did not match within the deadline".into()));
+        match result {
             Ok(n) => {
                 tracing::info!(group = %group.name, command = ?command, changes = n, "reconciled");
                 grammar::applied()
             }
             Err(e) => {
-                tracing::warn!(group = %group.name, command = ?command, error = %e, "not reconciled");
+                // ERROR means "not applied": the command is dropped from the
+                // desired state, which goes back to what the balancer had
+                // before it (the next reconcile undoes any part applied).
+                tracing::warn!(group = %group.name, command = ?command, error = %e, "not applied");
+                if changed {
+                    live.desired = before;
+                    if let Err(e) = self.db.save(&group.name, &live.desired) {
+                        tracing::error!(group = %group.name, error = %e, "cannot save the state");
+                    }
+                }
                 grammar::refused(&e)
             }
         }
@@ -248,6 +270,12 @@ impl Helper for Balancer {
         for name in stored.keys() {
             tracing::warn!(group = %name, "stored state for a group no longer configured, ignored");
         }
+        if cfg.runtime.max_in_flight > 1 && !cfg.groups.is_empty() {
+            tracing::warn!(
+                max_in_flight = cfg.runtime.max_in_flight,
+                "runtime.max_in_flight above 1: commands sent back to back may be applied out of order"
+            );
+        }
         let sweeper = tokio::spawn(sweep(
             groups.values().cloned().collect(),
             db.clone(),
@@ -274,7 +302,7 @@ impl Helper for Balancer {
 
     fn timeout_reply(&self, _command: &str) -> Reply {
         grammar::refused(&format!(
-            "the balancer did not match within {:?}; retried in the background",
+            "the balancer did not match within {:?}",
             self.deadline
         ))
     }
