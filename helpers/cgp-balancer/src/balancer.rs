@@ -250,7 +250,7 @@ impl Helper for Balancer {
                 None => Arc::new(Group {
                     name: name.clone(),
                     cfg: gcfg.clone(),
-                    driver: Driver::new(name, gcfg),
+                    driver: Driver::new(name, gcfg)?,
                     live: Mutex::new(match stored.remove(name) {
                         Some(desired) => Live {
                             desired,

@@ -102,19 +102,13 @@ pub enum Driver {
 }
 
 impl Driver {
-    /// The driver of a group; the configuration was validated, so exactly
-    /// one driver table is present.
-    pub fn new(group: &str, cfg: &GroupConfig) -> Driver {
-        if let Some(h) = &cfg.haproxy {
-            Driver::Haproxy(haproxy::Haproxy::new(h.clone()))
-        } else if let Some(i) = &cfg.ipvs {
-            Driver::Ipvs(ipvs::Ipvs::new(i.clone()))
-        } else {
-            let e = cfg
-                .exec
-                .clone()
-                .unwrap_or_else(|| unreachable!("validated: group {group} has a driver"));
-            Driver::Exec(exec::Exec::new(group, e))
+    /// The driver of a group (validation guarantees exactly one table).
+    pub fn new(group: &str, cfg: &GroupConfig) -> Result<Driver, String> {
+        match (&cfg.haproxy, &cfg.ipvs, &cfg.exec) {
+            (Some(h), None, None) => Ok(Driver::Haproxy(haproxy::Haproxy::new(h.clone()))),
+            (None, Some(i), None) => Ok(Driver::Ipvs(ipvs::Ipvs::new(i.clone()))),
+            (None, None, Some(e)) => Ok(Driver::Exec(exec::Exec::new(group, e.clone()))),
+            _ => Err(format!("group {group} needs exactly one driver")),
         }
     }
 
