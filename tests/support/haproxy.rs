@@ -53,6 +53,13 @@ impl Server {
     }
 }
 
+/// A system program: Debian puts haproxy and ipvsadm in /usr/sbin, which is
+/// not on an ordinary user's PATH.
+pub fn sbin(name: &str) -> PathBuf {
+    let p = Path::new("/usr/sbin").join(name);
+    if p.exists() { p } else { PathBuf::from(name) }
+}
+
 /// uid and gid of `nobody` when running as root (HAProxy must not run as
 /// root in tests).
 fn unprivileged() -> Option<(u32, u32)> {
@@ -120,7 +127,7 @@ impl Haproxy {
         assert!(self.child.is_none(), "haproxy is already running");
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::File::create(self.log()).expect("haproxy log");
-        let mut cmd = Command::new("haproxy");
+        let mut cmd = Command::new(sbin("haproxy"));
         cmd.arg("-db")
             .arg("-f")
             .arg(self.dir.path().join("haproxy.cfg"))

@@ -4,7 +4,7 @@
 //! machine allows it (reported as run or not run).
 
 use cgp_tests::bin;
-use cgp_tests::haproxy::{Haproxy, Helper, LIMIT, Server};
+use cgp_tests::haproxy::{Haproxy, Helper, LIMIT, Server, sbin};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -278,7 +278,9 @@ fn ipvs_unavailable() -> Option<String> {
 /// `ipvsadm -Ln` inside the helper's network namespace.
 fn ipvs_table(pid: u32) -> String {
     let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "ipvsadm", "-Ln"])
+        .args(["-t", &pid.to_string(), "-n"])
+        .arg(sbin("ipvsadm"))
+        .arg("-Ln")
         .output()
         .expect("nsenter ipvsadm");
     assert!(
@@ -304,9 +306,12 @@ fn ipvs_for_real_in_a_network_namespace() {
     let cfg = work.path().join("ipvs.toml");
     std::fs::write(
         &cfg,
-        "drain_grace = \"1s\"\nreconcile_interval = \"0s\"\n[runtime]\nmax_in_flight = 1\nstats_interval = \"0s\"\n\
+        format!(
+            "drain_grace = \"1s\"\nreconcile_interval = \"0s\"\n[runtime]\nmax_in_flight = 1\nstats_interval = \"0s\"\n\
          [log]\njournald = false\n[groups.edge]\nvips = [\"192.0.2.10\"]\n\
-         [groups.edge.ipvs]\nipvsadm = \"/usr/sbin/ipvsadm\"\nports = [25, 110]\n",
+         [groups.edge.ipvs]\nipvsadm = \"{}\"\nports = [25, 110]\n",
+            sbin("ipvsadm").display()
+        ),
     )
     .unwrap();
     let mut cmd = Command::new("unshare");
