@@ -393,10 +393,11 @@ mod tests {
     use super::*;
     use crate::grammar::Endpoint;
     use crate::state::Want;
+    use std::path::Path;
     use std::time::Duration;
 
     fn fixture(name: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../testdata/balancer")
             .join(name);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -581,6 +582,59 @@ mod tests {
                 "ipvsadm -A -u [2001:db8::10]:53 -s rr",
                 "ipvsadm -a -u [2001:db8::10]:53 -r [2001:db8::5]:53 -g -w 1"
             ]
+        );
+    }
+
+    /// The real (not dry-run) path against a stand-in `ipvsadm` that lists
+    /// a captured table and records the other commands without applying
+    /// them: the commands run, and the verification sees they did not take.
+    #[tokio::test]
+    async fn real_mode_runs_ipvsadm_and_verifies() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/balancer/ipvsadm-Ln.txt");
+        let log = dir.path().join("calls");
+        let fake = dir.path().join("ipvsadm");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = -Ln ]; then cat '{}'; else echo \"$@\" >> '{}'; fi\n",
+                fixture.display(),
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = cfg(&[80]);
+        c.dry_run = false;
+        c.ipvsadm = fake;
+        c.scheduler = "rr".into();
+        let ipvs = Ipvs::new(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let note = |_: &str| {};
+        // 192.0.2.20:80 already has 10.0.0.50 (and a Local server): no change.
+        let t = target(
+            &["192.0.2.20"],
+            &[("10.0.0.50", Want::Ready), ("127.0.0.1", Want::Ready)],
+        );
+        let e = ipvs.reconcile(&t, deadline, &note).await.unwrap_err();
+        // The Local entry must become a direct-routing one.
+        assert_eq!(e, "IPVS does not match after 1 change(s): 1 left");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-e -t 192.0.2.20:80 -r 127.0.0.1:80 -g -w 1\n"
+        );
+        let t = target(&["192.0.2.20"], &[("10.0.0.50", Want::Ready)]);
+        let mut c2 = ipvs.cfg.clone();
+        c2.ipvsadm = "/nonexistent/ipvsadm".into();
+        let missing = Ipvs::new(c2)
+            .reconcile(&t, deadline, &note)
+            .await
+            .unwrap_err();
+        assert!(
+            missing.starts_with("cannot run /nonexistent/ipvsadm"),
+            "{missing}"
         );
     }
 
