@@ -145,6 +145,11 @@ pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
         println!("{what}: configuration is valid");
         return ExitCode::SUCCESS;
     }
+    // Stores, spools and log files hold account names and hashes: whatever
+    // a helper creates is for its own user only, even where a code path does
+    // not set a mode itself.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let target = match logging::init(info.name, config.log(), args.log_stderr) {
         Ok(t) => t,
         Err(e) => {

@@ -1,0 +1,219 @@
+//! Runtime behaviour that a transcript cannot show: completion order,
+//! signals, configuration reload, the statistics line, logging and
+//! `--check-config`. All run on the probe helper
+//! (`shared/protocol/examples/probe_helper.rs`).
+
+use cgp_tests::bin;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A probe helper running with piped stdio; stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let mut child = Command::new(bin("probe_helper"))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, stdin, lines }
+    }
+
+    fn send(&mut self, line: &str) {
+        let w = self.stdin.as_mut().unwrap();
+        writeln!(w, "{line}").unwrap();
+        w.flush().unwrap();
+    }
+
+    /// The next line that is not a `*` line, unless `info` is set.
+    fn next(&self, info: bool) -> String {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a line from the helper within 10s");
+            if info || !l.starts_with('*') {
+                return l;
+            }
+        }
+    }
+
+    /// Waits for a `*` line starting with `prefix`.
+    fn info_starting(&self, prefix: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if l.starts_with(prefix) {
+                    return l;
+                }
+            }
+        }
+        panic!("no line starting with {prefix:?} within 10s");
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status.code(), err)
+    }
+}
+
+fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join("probe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn replies_leave_in_completion_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Running::start(&config(&dir, ""));
+    h.send("1 INTF 4");
+    assert_eq!(h.next(false), "1 INTF 4");
+    h.send("2 SLEEP 600");
+    h.send("3 SLEEP 300");
+    h.send("4 SLEEP 0");
+    assert_eq!(h.next(false), "4 OK");
+    assert_eq!(h.next(false), "3 OK");
+    assert_eq!(h.next(false), "2 OK");
+    let (code, err) = h.finish();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Running::start(&config(&dir, ""));
+    h.send("1 INTF 3");
+    assert_eq!(h.next(false), "1 INTF 3");
+    h.send("2 SLEEP 500");
+    std::thread::sleep(Duration::from_millis(100));
+    h.signal(libc::SIGTERM);
+    h.info_starting("* SIGTERM received");
+    assert_eq!(h.next(false), "2 OK");
+    let (code, err) = h.finish();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_file_keeps_the_old_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(&dir, "[runtime]\ndeadline = \"5s\"\n");
+    let mut h = Running::start(&path);
+    h.send("1 INTF 3");
+    assert_eq!(h.next(false), "1 INTF 3");
+    // A request in flight across a reload still gets its reply.
+    h.send("2 SLEEP 400");
+    std::fs::write(&path, "[runtime]\ndeadline = \"300ms\"\n").unwrap();
+    h.signal(libc::SIGHUP);
+    h.info_starting("* configuration reloaded");
+    assert_eq!(h.next(false), "2 OK");
+    // The new deadline applies to new requests.
+    h.send("3 HANG");
+    assert_eq!(h.next(false), "3 FAILURE \"timeout\"");
+    // A broken file is refused, naming the problem without its text.
+    std::fs::write(&path, "[runtime]\ndeadline = \"secret-ish\"\n").unwrap();
+    h.signal(libc::SIGHUP);
+    let refused = h.info_starting("* configuration reload refused, old configuration kept:");
+    assert!(refused.contains("line 2"), "{refused}");
+    assert!(!refused.contains("secret-ish"), "{refused}");
+    h.send("4 HANG");
+    assert_eq!(h.next(false), "4 FAILURE \"timeout\"");
+    h.send("5 QUIT");
+    assert_eq!(h.next(false), "5 OK");
+    let (code, err) = h.finish();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn periodic_stats_line_counts_replies_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Running::start(&config(&dir, "[runtime]\nstats_interval = \"300ms\"\n"));
+    h.send("1 INTF 3");
+    h.send("2 ECHO a");
+    h.send("3 NOSUCH");
+    assert_eq!(h.next(false), "1 INTF 3");
+    let _ = (h.next(false), h.next(false));
+    let stats = h.info_starting("* stats ");
+    assert!(stats.contains("requests=3"), "{stats}");
+    assert!(stats.contains("ERROR=1 INTF=1 OK=1"), "{stats}");
+    assert!(stats.contains("p50=") && stats.contains("p99="), "{stats}");
+    let (code, _) = h.finish();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn logs_go_to_the_configured_file_never_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("probe.log");
+    let text = format!(
+        "[log]\njournald = false\nfile = \"{}\"\nlevel = \"debug\"\n",
+        log.display()
+    );
+    let mut h = Running::start(&config(&dir, &text));
+    h.send("1 INTF 3");
+    h.send("2 PANIC");
+    assert_eq!(h.next(false), "1 INTF 3");
+    assert_eq!(h.next(false), "2 FAILURE \"internal error\"");
+    let (code, err) = h.finish();
+    assert_eq!((code, err.as_str()), (Some(0), ""), "a panic must not reach stderr");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("started"), "{logged}");
+    assert!(logged.contains("probe asked to panic"), "{logged}");
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn check_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(&dir, "[runtime]\nmax_in_flight = 8\n");
+    let out = Command::new(bin("probe_helper"))
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[runtime]\nmax_in_flight = 8\n[log]\nlevl = \"info\"\n").unwrap();
+    let out = Command::new(bin("probe_helper"))
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(err.contains("line 4") && err.contains("levl"), "{err}");
+}
