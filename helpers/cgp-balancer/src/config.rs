@@ -151,6 +151,15 @@ pub enum AdminSocket {
     Tcp(String),
 }
 
+impl std::fmt::Display for AdminSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminSocket::Unix(p) => write!(f, "unix:{}", p.display()),
+            AdminSocket::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for AdminSocket {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -293,6 +302,39 @@ impl HelperConfig for BalancerConfig {
                 ));
             }
         }
+        self.check_overlaps()
+    }
+}
+
+impl BalancerConfig {
+    /// Two groups must not own the same servers: the same HAProxy backend
+    /// and prefix, or the same IPVS service.
+    fn check_overlaps(&self) -> Result<(), KeyError> {
+        let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, g) in &self.groups {
+            let mut owned = Vec::new();
+            if let Some(h) = &g.haproxy {
+                owned.push(format!(
+                    "HAProxy backend {} at {} with prefix {}",
+                    h.backend, h.socket, h.prefix
+                ));
+            }
+            if let Some(i) = &g.ipvs {
+                for vip in &g.vips {
+                    for port in &i.ports {
+                        owned.push(format!("IPVS service {:?} {vip}:{port}", i.protocol));
+                    }
+                }
+            }
+            for what in owned {
+                if let Some(other) = owners.insert(what.clone(), name) {
+                    return Err(KeyError::new(
+                        format!("groups.{name}"),
+                        format!("{what} already belongs to group {other}"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -368,6 +410,24 @@ mod tests {
         );
         let e = parse("[groups.a.exec]\ncommand = [\"x\"]\n").unwrap_err();
         assert!(e.starts_with("groups.a.exec.command"), "{e}");
+    }
+
+    #[test]
+    fn groups_do_not_share_servers() {
+        let h = "socket = \"/s\"\nbackend = \"b\"\nport = 25\n";
+        let e = parse(&format!("[groups.a.haproxy]\n{h}[groups.b.haproxy]\n{h}")).unwrap_err();
+        assert!(e.starts_with("groups.b: HAProxy backend b"), "{e}");
+        assert!(e.ends_with("already belongs to group a"), "{e}");
+        parse(&format!(
+            "[groups.a.haproxy]\n{h}[groups.b.haproxy]\n{h}prefix = \"other\"\n"
+        ))
+        .unwrap();
+        let i = "[groups.X]\nvips = [\"192.0.2.1\"]\n[groups.X.ipvs]\nports = [25, 110]\n";
+        let e = parse(&format!("{}{}", i.replace('X', "a"), i.replace('X', "b"))).unwrap_err();
+        assert!(
+            e.contains("IPVS service Tcp 192.0.2.1:25 already belongs to group a"),
+            "{e}"
+        );
     }
 
     #[test]
