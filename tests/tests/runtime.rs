@@ -37,7 +37,11 @@ impl Running {
                 }
             }
         });
-        Running { child, stdin, lines }
+        Running {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     fn send(&mut self, line: &str) {
@@ -185,7 +189,11 @@ fn logs_go_to_the_configured_file_never_to_stderr() {
     assert_eq!(h.next(false), "1 INTF 3");
     assert_eq!(h.next(false), "2 FAILURE \"internal error\"");
     let (code, err) = h.finish();
-    assert_eq!((code, err.as_str()), (Some(0), ""), "a panic must not reach stderr");
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(0), ""),
+        "a panic must not reach stderr"
+    );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("started"), "{logged}");
     assert!(logged.contains("probe asked to panic"), "{logged}");
@@ -206,7 +214,11 @@ fn check_config_names_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[runtime]\nmax_in_flight = 8\n[log]\nlevl = \"info\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[runtime]\nmax_in_flight = 8\n[log]\nlevl = \"info\"\n",
+    )
+    .unwrap();
     let out = Command::new(bin("probe_helper"))
         .args(["--check-config", "--config"])
         .arg(&bad)
