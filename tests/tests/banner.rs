@@ -24,9 +24,15 @@ struct Session {
 
 impl Session {
     fn start(config: &Path) -> Session {
-        let mut child = Command::new(bin("cgp-banner"))
-            .arg("--config")
-            .arg(config)
+        Session::spawn(
+            &bin("cgp-banner"),
+            &["--config".as_ref(), config.as_os_str()],
+        )
+    }
+
+    fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> Session {
+        let mut child = Command::new(program)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -75,6 +81,15 @@ impl Session {
             if let Some(body) = self.early.remove(seq) {
                 return body;
             }
+            let (s, body) = self.read_reply();
+            let earlier = self.early.insert(s.clone(), body);
+            assert!(earlier.is_none(), "{s} answered twice");
+        }
+    }
+
+    /// The next reply line from the helper, as (seq, body).
+    fn read_reply(&mut self) -> (String, String) {
+        loop {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(20))
@@ -83,9 +98,32 @@ impl Session {
                 continue;
             }
             let (s, body) = line.split_once(' ').expect("<seq> <reply>");
-            let earlier = self.early.insert(s.to_string(), body.to_string());
-            assert!(earlier.is_none(), "{s} answered twice");
+            return (s.to_string(), body.to_string());
         }
+    }
+
+    /// Sends `n` requests keeping `in_flight` outstanding; returns the time
+    /// taken and the replies by body.
+    fn drive(
+        &mut self,
+        n: usize,
+        in_flight: usize,
+        request: impl Fn(usize) -> String,
+    ) -> (Duration, std::collections::BTreeMap<String, usize>) {
+        assert!(self.early.is_empty());
+        let start = Instant::now();
+        let mut bodies = std::collections::BTreeMap::new();
+        let (mut sent, mut got) = (0, 0);
+        while got < n {
+            while sent - got < in_flight && sent < n {
+                self.send(&request(sent));
+                sent += 1;
+            }
+            let (_, body) = self.read_reply();
+            *bodies.entry(body).or_insert(0) += 1;
+            got += 1;
+        }
+        (start.elapsed(), bodies)
     }
 
     fn ask(&mut self, request: &str) -> String {
@@ -541,6 +579,108 @@ default = "directory unavailable"
     s.ask_until(
         "BANNER Card bob@example.test",
         r#"OK "<b>Bob Builder</b> Sales""#,
+    );
+    s.finish();
+}
+
+/// The benchmark (bench/banner.sh runs it in release mode and prints the
+/// figures for docs/banner.md):
+/// 1. cached PBX banners at 16 in flight, as a ratio of the null helper's
+///    rate measured by the same driver in the same run;
+/// 2. with the AMI server answering in 5 ms, the AMI actions sent for a
+///    burst of 1,000 requests for 100 distinct users.
+#[test]
+#[ignore = "benchmark; run by bench/banner.sh"]
+fn bench_banner() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let users: String = (0..100)
+        .map(|i| {
+            fake.set_mailbox(&format!("{}@default", 2000 + i), i, 0);
+            fake.set_extension(&format!("{}", 2000 + i), "default", "PJSIP/x", 0);
+            format!(
+                "[directory.users.\"u{i}@example.com\"]\nreal_name = \"U{i}\"\nmailbox = \"{0}@default\"\nextension = \"{0}\"\n",
+                2000 + i
+            )
+        })
+        .collect();
+    let cfg = config(dir.path(), fake.port(), &users);
+
+    // cgp-helper-sim drives both helpers; rounds alternate so that load
+    // from elsewhere on the machine hits both alike; the median is reported.
+    let sim = |program: &Path, args: &[&std::ffi::OsStr]| -> f64 {
+        let out = Command::new(bin("cgp-helper-sim"))
+            .args(["--generate", &N.to_string(), "--in-flight", "16"])
+            .args(["--request", "BANNER Phone u{n%100}@example.com"])
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("run cgp-helper-sim");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("rate=")?.strip_suffix("/s")?.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {text:?}"))
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut nulls, mut banners) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        nulls.push(sim(&bin("null_helper"), &[]));
+        banners.push(sim(
+            &bin("cgp-banner"),
+            &["--config".as_ref(), cfg.as_os_str()],
+        ));
+    }
+    let (null_rate, rate) = (median(nulls), median(banners));
+    println!(
+        "cached banners (name, voicemail, phone state), 16 in flight, {N} requests for 100 users, \
+         median of 5: null helper {null_rate:.0}/s, cgp-banner {rate:.0}/s, ratio {:.2} (target >= 0.5); \
+         MailboxCount actions over the 5 runs: {}",
+        rate / null_rate,
+        fake.count("MailboxCount")
+    );
+
+    let slow = pbx();
+    slow.set_fault(Fault::Slow(Duration::from_millis(5)));
+    let users: String = (0..100)
+        .map(|i| {
+            slow.set_mailbox(&format!("{}@default", 3000 + i), i, 0);
+            slow.set_extension(&format!("{}", 3000 + i), "default", "PJSIP/x", 0);
+            format!(
+                "[directory.users.\"v{i}@example.com\"]\nreal_name = \"V{i}\"\nmailbox = \"{0}@default\"\nextension = \"{0}\"\n",
+                3000 + i
+            )
+        })
+        .collect();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut s = Session::start(&config(dir2.path(), slow.port(), &users));
+    s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+    let before = slow.counts();
+    let (time, bodies) = s.drive(1000, 1000, |n| {
+        format!("BANNER Phone v{}@example.com", n % 100)
+    });
+    let after = slow.counts();
+    let mut sent: Vec<(String, usize)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    sent.sort();
+    let total: usize = sent.iter().map(|(_, d)| d).sum();
+    let pbx_banners: usize = bodies
+        .iter()
+        .filter(|(b, _)| b.contains(" new, "))
+        .map(|(_, c)| c)
+        .sum();
+    println!(
+        "burst of 1000 requests for 100 users, AMI answering in 5 ms: {total} AMI actions {sent:?} \
+         (target <= 100), {pbx_banners} PBX banners, {:.0} ms",
+        time.as_secs_f64() * 1000.0
     );
     s.finish();
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the banner needs to know about one user.
@@ -36,7 +36,10 @@ fn default_context() -> String {
     "default".into()
 }
 
-pub type Lookup<'a> = Pin<Box<dyn Future<Output = Result<Option<Person>, String>> + Send + 'a>>;
+/// Entries are shared, not copied, between the directory and requests.
+pub type Found = Option<Arc<Person>>;
+
+pub type Lookup<'a> = Pin<Box<dyn Future<Output = Result<Found, String>> + Send + 'a>>;
 
 /// A source of [`Person`] records. `Ok(None)`: no such user; `Err`: the
 /// directory could not be asked (the banner then falls back to its default).
@@ -47,7 +50,7 @@ pub trait Directory: Send + Sync {
 /// The `[directory.users]` map of the configuration, keyed by lower-case
 /// `user@domain`.
 pub struct StaticDirectory {
-    users: HashMap<String, Person>,
+    users: HashMap<String, Arc<Person>>,
 }
 
 impl StaticDirectory {
@@ -55,7 +58,7 @@ impl StaticDirectory {
         StaticDirectory {
             users: users
                 .iter()
-                .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                .map(|(k, v)| (k.to_lowercase(), Arc::new(v.clone())))
                 .collect(),
         }
     }
@@ -173,7 +176,7 @@ fn fill(filter: &str, account: &str) -> String {
 pub struct LdapDirectory {
     dir: ldap::Directory,
     source: LdapSource,
-    cache: Mutex<HashMap<String, (Instant, Option<Person>)>>,
+    cache: Mutex<HashMap<String, (Instant, Found)>>,
 }
 
 impl LdapDirectory {
@@ -185,7 +188,7 @@ impl LdapDirectory {
         })
     }
 
-    fn cached(&self, account: &str) -> Option<Option<Person>> {
+    fn cached(&self, account: &str) -> Option<Found> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(account)
@@ -193,7 +196,7 @@ impl LdapDirectory {
             .map(|(_, p)| p.clone())
     }
 
-    async fn fetch(&self, account: &str) -> Result<Option<Person>, String> {
+    async fn fetch(&self, account: &str) -> Result<Found, String> {
         let a = &self.source.attributes;
         let mut wanted = vec![
             a.real_name.as_str(),
@@ -241,7 +244,7 @@ impl LdapDirectory {
             let (_, rest) = cid.rsplit_once('<')?;
             rest.strip_suffix('>').map(str::to_string)
         });
-        Ok(Some(Person {
+        Ok(Some(Arc::new(Person {
             real_name: get(&a.real_name),
             department: get(&a.department),
             groups,
@@ -249,7 +252,7 @@ impl LdapDirectory {
             extension,
             context: get(&a.context).unwrap_or_else(default_context),
             pbx: a.pbx.as_deref().and_then(get),
-        }))
+        })))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::announce::{Announcement, Spool};
 use crate::config::{BannerConfig, Rule};
-use crate::directory::{Directory, LdapDirectory, Person, StaticDirectory};
+use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
 use crate::pbx::Pbx;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest};
@@ -152,12 +152,12 @@ impl Banner {
             _ => None,
         };
         let (vm, ext) = tokio::join!(
-            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person.as_ref()),
-            self.extension(t.uses(Var::ExtState), person.as_ref()),
+            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person.as_deref()),
+            self.extension(t.uses(Var::ExtState), person.as_deref()),
         );
         let announcements = t
             .uses(Var::Announcements)
-            .then(|| self.announcements_text(br, person.as_ref(), rule.format));
+            .then(|| self.announcements_text(br, person.as_deref(), rule.format));
         t.render(rule.format, |v| {
             let raw = match v {
                 Var::Account => br.account.clone(),
@@ -175,7 +175,7 @@ impl Banner {
         })
     }
 
-    async fn person(&self, account: &str) -> Result<Option<Person>, String> {
+    async fn person(&self, account: &str) -> Result<Found, String> {
         for d in &self.directories {
             if let Some(p) = d.lookup(account).await? {
                 return Ok(Some(p));

@@ -1,0 +1,13 @@
+#!/bin/sh
+# cgp-banner benchmark (figures in docs/banner.md):
+#  1. cached PBX banners at 16 in flight vs the null helper, same driver,
+#     same run, reported as a ratio;
+#  2. AMI actions sent for a burst of 1,000 requests for 100 users with the
+#     scripted AMI server answering in 5 ms.
+# Usage: bench/banner.sh   (from the workspace top; honours CARGO_TARGET_DIR)
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release -p cgp-banner -p cgp-helper-sim
+cargo build --release -p cgp-protocol --examples
+cargo test --release -p cgp-tests --test banner -- --ignored --nocapture bench_banner 2>&1 |
+    grep -E '^(cached banners|burst of)|test result'
