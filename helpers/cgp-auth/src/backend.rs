@@ -75,7 +75,7 @@ pub struct LdapBackend {
 }
 
 impl Backend {
-    pub fn new(config: &Arc<AuthConfig>, previous: Option<&Backend>) -> Result<Backend, String> {
+    pub fn new(config: &Arc<AuthConfig>) -> Result<Backend, String> {
         match config.backend {
             BackendKind::Static => {
                 let mut users = HashMap::new();
@@ -99,22 +99,13 @@ impl Backend {
                 }
                 Ok(Backend::Static(users))
             }
-            BackendKind::Ldap => {
-                // Keep the pools (and their warm connections) over a reload
-                // that leaves the connection settings alone.
-                let dir = match previous {
-                    Some(Backend::Ldap(old))
-                        if format!("{:?}", old.config.ldap) == format!("{:?}", config.ldap) =>
-                    {
-                        old.dir.clone()
-                    }
-                    _ => Directory::new(&config.ldap)?,
-                };
-                Ok(Backend::Ldap(Box::new(LdapBackend {
-                    dir,
-                    config: config.clone(),
-                })))
-            }
+            // A reload builds new pools (the old ones close when their last
+            // request finishes): connecting again costs little, and it picks
+            // up a changed password file too.
+            BackendKind::Ldap => Ok(Backend::Ldap(Box::new(LdapBackend {
+                dir: Directory::new(&config.ldap)?,
+                config: config.clone(),
+            }))),
         }
     }
 

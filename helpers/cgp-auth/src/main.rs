@@ -208,7 +208,7 @@ impl Helper for Auth {
 
     async fn build(config: AuthConfig, previous: Option<Arc<Self>>) -> Result<Self, String> {
         let config = Arc::new(config);
-        let backend = Backend::new(&config, previous.as_ref().map(|p| &p.backend))?;
+        let backend = Backend::new(&config)?;
         let state = match &previous {
             // The store stays open across a reload: sled locks it.
             Some(p) => p.state.clone(),

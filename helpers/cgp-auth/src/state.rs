@@ -18,6 +18,9 @@ pub type Fingerprint = [u8; 32];
 /// password does not escalate the delay.
 const RECENT: usize = 8;
 
+/// sled page cache of the in-memory state.
+const MEMORY_CACHE: u64 = 16 << 20;
+
 pub struct State {
     // Kept open for as long as the trees are used.
     _store: Option<Store>,
@@ -87,8 +90,10 @@ impl State {
         let (store, (cache, throttle, meta), opened) = match trees {
             Some(t) => (store, t, opened),
             None => {
+                // sled's page cache defaults to 1 GiB; the state is small.
                 let db = sled::Config::new()
                     .temporary(true)
+                    .cache_capacity(MEMORY_CACHE)
                     .open()
                     .expect("an in-memory sled database opens");
                 let t = open_trees(&db).expect("in-memory trees open");
@@ -135,9 +140,9 @@ impl State {
     }
 
     /// A cached verdict no older than its TTL plus `extra` (the stale
-    /// window while the directory is down, else zero). A positive entry
-    /// counts only while its password is the account's latest good one, so
-    /// a changed password is noticed at the first login with the new one.
+    /// window while the directory is down, else zero). Each account keeps
+    /// one positive entry, for its latest good password, so a changed
+    /// password is noticed at the first login with the new one.
     pub fn cached(
         &self,
         cfg: &CacheConfig,
@@ -146,14 +151,14 @@ impl State {
         extra: Duration,
     ) -> Option<Cached> {
         if !cfg.positive_ttl.is_zero() {
-            if let Some(v) = self.cache.get(Self::key(b'p', fp)).ok().flatten() {
-                let latest = self
-                    .cache
-                    .get(Self::key(b'u', account.as_bytes()))
-                    .ok()
-                    .flatten();
-                let fresh = stamp_of(&v, 0).is_some_and(|t| age(t) < cfg.positive_ttl + extra);
-                if fresh && latest.as_deref() == Some(&fp[..]) {
+            if let Some(v) = self
+                .cache
+                .get(Self::key(b'p', account.as_bytes()))
+                .ok()
+                .flatten()
+            {
+                let fresh = stamp_of(&v, 32).is_some_and(|t| age(t) < cfg.positive_ttl + extra);
+                if fresh && v.get(..32) == Some(&fp[..]) {
                     return Some(Cached::Ok);
                 }
             }
@@ -172,22 +177,39 @@ impl State {
     /// the cache only saves work.
     pub fn remember(&self, cfg: &CacheConfig, account: &str, fp: &Fingerprint, verdict: Cached) {
         let stamp = now_ms().to_be_bytes();
+        let positive = Self::key(b'p', account.as_bytes());
         let result = match verdict {
-            Cached::Ok if !cfg.positive_ttl.is_zero() => self
-                .cache
-                .insert(Self::key(b'p', fp), &stamp[..])
-                .and_then(|_| {
-                    self.cache
-                        .insert(Self::key(b'u', account.as_bytes()), &fp[..])
-                })
-                .and_then(|_| self.cache.remove(Self::key(b'n', fp)))
-                .map(drop),
-            Cached::Invalid if !cfg.negative_ttl.is_zero() => self
-                .cache
-                .insert(Self::key(b'n', fp), &stamp[..])
-                .and_then(|_| self.cache.remove(Self::key(b'p', fp)))
-                .map(drop),
-            _ => Ok(()),
+            Cached::Ok if !cfg.positive_ttl.is_zero() => {
+                let mut v = Vec::with_capacity(40);
+                v.extend_from_slice(fp);
+                v.extend_from_slice(&stamp);
+                self.cache
+                    .insert(positive, v)
+                    .and_then(|_| self.cache.remove(Self::key(b'n', fp)))
+                    .map(drop)
+            }
+            Cached::Invalid => {
+                // The directory now refuses a password the cache accepted:
+                // it was changed there.
+                let stale = self
+                    .cache
+                    .get(&positive)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.get(..32) == Some(&fp[..]));
+                let dropped = if stale {
+                    self.cache.remove(&positive).map(drop)
+                } else {
+                    Ok(())
+                };
+                if cfg.negative_ttl.is_zero() {
+                    dropped
+                } else {
+                    dropped
+                        .and_then(|_| self.cache.insert(Self::key(b'n', fp), &stamp[..]).map(drop))
+                }
+            }
+            Cached::Ok => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "cache write failed");
@@ -277,23 +299,24 @@ impl State {
     /// A successful login clears the account's failures (not the client's:
     /// one good password must not unlock guessing at other accounts).
     pub fn succeeded(&self, account: &str) {
-        let _ = self.throttle.remove(Self::key(b'u', account.as_bytes()));
+        let key = Self::key(b'u', account.as_bytes());
+        // A read first: most logins have nothing to clear, and a sled
+        // removal is a write.
+        if self.throttle.contains_key(&key).unwrap_or(true) {
+            let _ = self.throttle.remove(key);
+        }
     }
 
     /// Drops cache and throttle entries that can no longer answer.
     pub fn sweep(&self, cache: &CacheConfig, throttle: &ThrottleConfig) {
         let cache_limit = cache.positive_ttl.max(cache.negative_ttl) + cache.stale_window;
-        for item in self.cache.iter().flatten() {
-            let (k, v) = item;
-            let old = match k.first() {
-                Some(b'p') | Some(b'n') => stamp_of(&v, 0).is_none_or(|t| age(t) >= cache_limit),
-                Some(b'u') => !self
-                    .cache
-                    .contains_key(Self::key(b'p', &v))
-                    .unwrap_or(false),
-                _ => true,
+        for (k, v) in self.cache.iter().flatten() {
+            let stamp = match k.first() {
+                Some(b'p') => stamp_of(&v, 32),
+                Some(b'n') => stamp_of(&v, 0),
+                _ => None,
             };
-            if old {
+            if stamp.is_none_or(|t| age(t) >= cache_limit) {
                 let _ = self.cache.remove(k);
             }
         }
@@ -345,6 +368,17 @@ mod tests {
         assert_eq!(
             s.cached(&cfg, "a@x", &wrong, Duration::ZERO),
             Some(Cached::Invalid)
+        );
+        // The directory refusing a cached password (changed there) drops it.
+        s.remember(&cfg, "a@x", &new, Cached::Invalid);
+        assert_eq!(
+            s.cached(&cfg, "a@x", &new, Duration::ZERO),
+            Some(Cached::Invalid)
+        );
+        s.remember(&cfg, "a@x", &old, Cached::Ok);
+        assert_eq!(
+            s.cached(&cfg, "a@x", &old, Duration::ZERO),
+            Some(Cached::Ok)
         );
         // Same password, other account: another fingerprint.
         assert_ne!(s.fingerprint("b@x", b"new"), new);
@@ -404,6 +438,40 @@ mod tests {
         s.succeeded("a@x");
         assert_eq!(s.delay(&t, "a@x", None), Duration::ZERO);
         assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn sweep_drops_only_expired_entries() {
+        let s = State::open(None);
+        let short = CacheConfig {
+            positive_ttl: Duration::from_millis(30),
+            negative_ttl: Duration::from_millis(30),
+            stale_window: Duration::ZERO,
+        };
+        let t = ThrottleConfig {
+            reset_after: Duration::from_millis(30),
+            ..throttle()
+        };
+        let old = s.fingerprint("old@x", b"pw");
+        s.remember(&short, "old@x", &old, Cached::Ok);
+        s.remember(
+            &short,
+            "old@x",
+            &s.fingerprint("old@x", b"bad"),
+            Cached::Invalid,
+        );
+        s.failed(&t, "old@x", Some("192.0.2.1".parse().unwrap()), &old);
+        std::thread::sleep(Duration::from_millis(60));
+        let fresh = s.fingerprint("new@x", b"pw");
+        s.remember(&short, "new@x", &fresh, Cached::Ok);
+        s.failed(&t, "new@x", None, &fresh);
+        s.sweep(&short, &t);
+        assert_eq!(s.cache.len(), 1);
+        assert_eq!(s.throttle.len(), 1);
+        assert_eq!(
+            s.cached(&short, "new@x", &fresh, Duration::ZERO),
+            Some(Cached::Ok)
+        );
     }
 
     #[test]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# cgp-auth benchmark (issue 3): against a local slapd with distinct users, in
+# one run: a direct ldap3 bind loop (baseline), cold VRFY through
+# cgp-helper-sim (search+bind, and the DN-template fast path), cached VRFY
+# against the null helper, and peak RSS at 256 in flight.
+# Usage: bench/auth.sh [REQUESTS] [USERS] [IN_FLIGHT]   (defaults 20000 2000 32)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet -p cgp-helper-sim -p cgp-auth
+cargo build --release --quiet -p cgp-protocol --examples
+cargo run --release --quiet -p cgp-auth --example auth_bench -- "$@"
