@@ -684,3 +684,35 @@ fn bench_banner() {
     );
     s.finish();
 }
+
+#[test]
+fn sighup_reloads_rules_and_keeps_pbx_links_and_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let cfg = config(dir.path(), fake.port(), "");
+    let mut s = Session::start(&cfg);
+    s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("phone {ext_state}\"", "phone {ext_state} (v2)\""),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on the helper this test started.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGHUP) }, 0);
+    s.ask_until(
+        "BANNER Phone alice@example.com",
+        r#"OK "Alice Example: 2 new, 5 old, phone idle (v2)""#,
+    );
+    assert_eq!(fake.logins(), 1, "the PBX link survives a reload");
+    // The store is still held: the announce command queues for the helper.
+    let out = Command::new(bin("cgp-banner"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["announce", "add", "--text", "after reload", "--for", "1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    s.ask_until("BANNER Notices bob@example.com", r#"OK "after reload""#);
+    s.finish();
+}
