@@ -695,7 +695,8 @@ fn sighup_reloads_rules_and_keeps_pbx_links_and_the_store() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        text.replace("phone {ext_state}\"", "phone {ext_state} (v2)\""),
+        text.replace("phone {ext_state}\"", "phone {ext_state} (v2)\"")
+            .replace("spool_poll = \"100ms\"", "spool_poll = \"150ms\""),
     )
     .unwrap();
     // SAFETY: kill(2) on the helper this test started.

@@ -55,8 +55,18 @@ impl Helper for Banner {
                 ))
             }
         };
-        let announcements = match previous.as_ref().filter(|p| p.config.store == config.store) {
-            Some(p) => p.announcements.clone(),
+        // The running helper holds the store's lock: opening the same path
+        // again would wait for itself.
+        let announcements = match previous
+            .as_ref()
+            .filter(|p| p.config.store.path == config.store.path)
+        {
+            Some(p) => {
+                if p.config.store != config.store {
+                    tracing::warn!("store.spool and store.spool_poll take effect after a restart");
+                }
+                p.announcements.clone()
+            }
             None => Announcements::open(&config).await?,
         };
         Ok(Banner {
