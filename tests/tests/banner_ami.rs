@@ -261,3 +261,21 @@ async fn a_server_down_at_start_is_connected_when_it_comes_up() {
         "actions go to the named server only"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_pings_detect_a_server_that_stopped_answering() {
+    let fake = FakeAmi::start("cgp", "s", true);
+    let mut cfg = config(vec![server("pbx", fake.port(), "s", false)]);
+    cfg.ping_interval = Duration::from_millis(300);
+    let ami = Ami::start(&cfg);
+    let mut rx = ami.subscribe();
+    until("login", || ami.is_up("pbx")).await;
+    until("keep-alive pings", || fake.count("Ping") >= 2).await;
+    assert_eq!(fake.logins(), 1, "answered pings keep the link");
+
+    // Logins still work, but nothing else is answered: the unanswered ping
+    // must bring the link down, and the supervisor logs in again.
+    fake.set_fault(Fault::NoReply);
+    next_event(&mut rx, |e| matches!(e, PbxEvent::Resync { .. })).await;
+    until("a new login", || fake.logins() >= 2).await;
+}
