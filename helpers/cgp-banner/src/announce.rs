@@ -174,7 +174,14 @@ impl Spool {
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 if op.is_none() {
-                    tracing::warn!(file = %p.display(), "unreadable spool file skipped");
+                    // Renamed out of the way, so it is reported once and
+                    // kept for the administrator to look at.
+                    let aside = p.with_file_name(format!(
+                        "bad-{}",
+                        p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                    ));
+                    tracing::warn!(file = %aside.display(), "unreadable spool file set aside");
+                    let _ = std::fs::rename(&p, &aside);
                 }
                 op.map(|op| (p, op))
             })
@@ -282,6 +289,17 @@ mod tests {
         assert_eq!(mode(&dir.path().join("spool").join(SNAPSHOT)), 0o600);
         // Importing again changes nothing: the same state, idempotently.
         assert_eq!(spool.import(&store).unwrap(), all);
+        // A broken file is set aside, not retried for ever.
+        let broken = dir.path().join("spool").join("op-0-broken.json");
+        std::fs::write(&broken, b"{not json").unwrap();
+        assert_eq!(spool.import(&store).unwrap(), all);
+        assert!(!broken.exists());
+        assert!(
+            dir.path()
+                .join("spool")
+                .join("bad-op-0-broken.json")
+                .exists()
+        );
     }
 
     use std::time::Duration;
