@@ -21,6 +21,8 @@ pub const BASE: &str = "dc=example,dc=org";
 pub struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
+    /// The LDAPS port, when started with TLS.
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -55,8 +57,82 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
     }
 }
 
-fn config(dir: &Path) -> String {
+/// A throwaway CA and a server certificate for 127.0.0.1 and localhost,
+/// made with the openssl command line in `dir`.
+fn make_certificates(dir: &Path) {
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write extensions");
+    let openssl = |args: &[&str]| {
+        run_ok(
+            Command::new("openssl").current_dir(dir).args(args),
+            &format!("openssl {}", args[0]),
+        )
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cgp-helpers test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+fn tls_config(dir: &Path) -> String {
     let d = dir.display();
+    format!(
+        "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/server.pem\nTLSCertificateKeyFile {d}/server.key\n"
+    )
+}
+
+fn config(dir: &Path, tls: bool) -> String {
+    let d = dir.display();
+    let tls = if tls { tls_config(dir) } else { String::new() };
     format!(
         r#"include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -68,7 +144,7 @@ argsfile {d}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload ppolicy
-database mdb
+{tls}database mdb
 maxsize 104857600
 suffix "{BASE}"
 rootdn "cn=admin,{BASE}"
@@ -101,6 +177,16 @@ fn run_ok(cmd: &mut Command, what: &str) {
 impl Slapd {
     /// Loads `ldif` into a fresh database and starts slapd on a free port.
     pub fn start(ldif: &Path) -> Slapd {
+        Slapd::start_with(ldif, false)
+    }
+
+    /// The shared LDIF, with TLS: StartTLS on `uri()`, LDAPS on
+    /// `ldaps_uri()`, a certificate for 127.0.0.1 signed by `ca_file()`.
+    pub fn start_tls() -> Slapd {
+        Slapd::start_with(&crate::testdata("ldap").join("directory.ldif"), true)
+    }
+
+    fn start_with(ldif: &Path, tls: bool) -> Slapd {
         let dir = tempfile::Builder::new()
             .prefix("cgp-slapd-")
             .tempdir()
@@ -112,7 +198,10 @@ impl Slapd {
         )
         .expect("copy schema");
         let conf = dir.path().join("slapd.conf");
-        std::fs::write(&conf, config(dir.path())).expect("write slapd.conf");
+        if tls {
+            make_certificates(dir.path());
+        }
+        std::fs::write(&conf, config(dir.path(), tls)).expect("write slapd.conf");
         run_ok(
             Command::new("slapadd")
                 .arg("-f")
@@ -127,6 +216,7 @@ impl Slapd {
         let mut slapd = Slapd {
             dir,
             port: free_port(),
+            tls_port: tls.then(free_port),
             child: None,
         };
         slapd.start_again();
@@ -144,6 +234,18 @@ impl Slapd {
 
     pub fn uri(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ldaps_uri(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("started with TLS")
+        )
+    }
+
+    /// The CA that signed the server certificate (TLS only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     pub fn dir(&self) -> &Path {
@@ -166,7 +268,7 @@ impl Slapd {
         cmd.arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg(self.listeners())
             .args(["-d", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -193,6 +295,14 @@ impl Slapd {
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn listeners(&self) -> String {
+        let plain = format!("ldap://127.0.0.1:{}/", self.port);
+        match self.tls_port {
+            Some(p) => format!("{plain} ldaps://127.0.0.1:{p}/"),
+            None => plain,
         }
     }
 

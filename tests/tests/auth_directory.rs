@@ -299,3 +299,56 @@ fn fails_over_and_back() {
         );
     });
 }
+
+#[test]
+fn tls_verifies_certificates_by_default() {
+    let slapd = Slapd::start_tls();
+    runtime().block_on(async {
+        let tls = |uri: String, starttls: bool, ca: bool, verify: bool| LdapConfig {
+            starttls,
+            tls_verify: verify,
+            ca_file: ca.then(|| slapd.ca_file()),
+            ..config(vec![uri])
+        };
+        // StartTLS and LDAPS against the test CA.
+        for cfg in [
+            tls(slapd.uri(), true, true, true),
+            tls(slapd.ldaps_uri(), false, true, true),
+        ] {
+            let dir = Directory::new(&cfg).unwrap();
+            assert_eq!(
+                find_uid(&dir, "alice").await.unwrap(),
+                vec![ALICE.to_string()]
+            );
+            assert_eq!(
+                dir.check_password(ALICE, b"alicepw").await,
+                Ok(BindOutcome::Ok)
+            );
+        }
+        // The system roots do not know the test CA: no connection.
+        for cfg in [
+            tls(slapd.uri(), true, false, true),
+            tls(slapd.ldaps_uri(), false, false, true),
+        ] {
+            let dir = Directory::new(&cfg).unwrap();
+            assert!(matches!(
+                find_uid(&dir, "alice").await,
+                Err(LdapError::Unavailable(_))
+            ));
+            assert!(matches!(
+                dir.check_password(ALICE, b"alicepw").await,
+                Err(LdapError::Unavailable(_))
+            ));
+        }
+        // Verification off (explicitly) connects anyway.
+        let dir = Directory::new(&tls(slapd.ldaps_uri(), false, false, false)).unwrap();
+        assert!(find_uid(&dir, "alice").await.is_ok());
+        // A CA file that holds no certificate is refused up front.
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let cfg = LdapConfig {
+            ca_file: Some(empty.path().to_path_buf()),
+            ..config(vec![slapd.ldaps_uri()])
+        };
+        assert!(Directory::new(&cfg).is_err());
+    });
+}
