@@ -66,11 +66,13 @@ shopt -s nullglob
 for f in "$top"/packaging/examples/*.toml; do
   install -m 0644 "$f" "$doc/examples/"
 done
-for f in deployment.md troubleshooting.md soak.md; do
-  [ -f "$top/docs/$f" ] && install -m 0644 "$top/docs/$f" "$doc/"
+# The guides: deployment, troubleshooting, soak and each helper's page.
+for f in "$top"/docs/*.md; do
+  install -m 0644 "$f" "$doc/"
 done
 shopt -u nullglob
 install -m 0644 "$here/copyright" "$doc/copyright"
+install -D -m 0644 "$here/lintian-overrides" "$root/usr/share/lintian/overrides/cgp-helpers"
 sed "s/@VERSION@/$debversion/; s/@DATE@/$(date -R -d "@$SOURCE_DATE_EPOCH")/" \
   "$here/changelog.in" | gzip -9n >"$doc/changelog.Debian.gz"
 chmod 0644 "$doc/changelog.Debian.gz"

@@ -70,12 +70,13 @@ fn contents(deb: &Path) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-fn examples() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(workspace().join("packaging/examples"))
-        .expect("packaging/examples")
+/// The names of the files of a workspace directory that end in `suffix`.
+fn files_ending(dir: &str, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".toml"))
+        .filter(|n| n.ends_with(suffix))
         .collect();
     names.sort();
     names
@@ -108,12 +109,10 @@ fn package_holds_binaries_man_pages_examples_and_closed_config_dir() {
     entry("/etc/logrotate.d/cgp-helpers");
     entry("/usr/share/doc/cgp-helpers/copyright");
     entry("/usr/share/doc/cgp-helpers/changelog.Debian.gz");
-    for doc in ["deployment.md", "troubleshooting.md"] {
-        if workspace().join("docs").join(doc).exists() {
-            entry(&format!("/usr/share/doc/cgp-helpers/{doc}"));
-        }
+    for doc in files_ending("docs", ".md") {
+        entry(&format!("/usr/share/doc/cgp-helpers/{doc}"));
     }
-    for example in examples() {
+    for example in files_ending("packaging/examples", ".toml") {
         entry(&format!("/usr/share/doc/cgp-helpers/examples/{example}"));
     }
     for (path, (mode, owner)) in &files {
@@ -350,11 +349,13 @@ fn long_options(help: &str) -> Vec<String> {
 fn man_pages_document_every_option_and_subcommand_the_binaries_accept() {
     let out = tempfile::tempdir().expect("temp dir");
     let examples = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        examples.path().join("auth.toml"),
-        "# marker-7f3a: the auth example\n[runtime]\ndeadline = \"5s\"\n",
-    )
-    .expect("example");
+    for (file, text) in [
+        ("auth-ldap.toml", "# marker-7f3a: an auth example\n"),
+        ("auth.toml", "# marker-91c2: the other auth example\n"),
+        ("authority.toml", "# marker-0d4e: no helper's example\n"),
+    ] {
+        std::fs::write(examples.path().join(file), text).expect("example");
+    }
     run(Command::new(bin("cgp-manpages"))
         .arg(out.path())
         .arg(examples.path()));
@@ -392,11 +393,14 @@ fn man_pages_document_every_option_and_subcommand_the_binaries_accept() {
         // Defaults come from the runtime itself.
         assert!(text.contains("runtime.deadline"), "{b}.1");
         assert!(text.contains("(default 20s)"), "{b}.1");
-        assert_eq!(
-            text.contains("marker-7f3a"),
-            b == "cgp-auth",
-            "{b}.1 and the example configuration"
-        );
+        for marker in ["marker-7f3a", "marker-91c2"] {
+            assert_eq!(
+                text.contains(marker),
+                b == "cgp-auth",
+                "{b}.1 and the example configurations"
+            );
+        }
+        assert!(!text.contains("marker-0d4e"), "{b}.1 took authority.toml");
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! Each helper page gets a CONFIGURATION section: the `[runtime]` and `[log]`
 //! keys every helper shares, with their defaults read from the runtime
-//! itself, and the helper's example configuration from `EXAMPLES_DIR`
-//! (default `packaging/examples`) when one exists.
+//! itself, and the helper's example configurations from `EXAMPLES_DIR`
+//! (default `packaging/examples`): `<short>.toml` and `<short>-*.toml`.
 
 use cgp_protocol::runtime::config::{LogConfig, RuntimeConfig};
 use clap::{Command, CommandFactory};
@@ -112,8 +112,8 @@ fn write_all(out: &Path, examples: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut extra = Roff::new();
         match p.short {
             Some(short) => {
-                let example = find_example(examples, short, &name)?;
-                helper_sections(&mut extra, &name, short, example.as_deref());
+                let found = find_examples(examples, short, &name)?;
+                helper_sections(&mut extra, &name, short, &found);
             }
             None => sim_sections(&mut extra),
         }
@@ -141,16 +141,26 @@ fn write_subcommands(cmd: &Command, out: &Path, written: &mut Vec<PathBuf>) -> s
     Ok(())
 }
 
-/// The helper's example configuration: `<short>.toml` or `<binary>.toml`.
-fn find_example(dir: &Path, short: &str, name: &str) -> std::io::Result<Option<String>> {
-    for file in [format!("{short}.toml"), format!("{name}.toml")] {
-        match std::fs::read_to_string(dir.join(&file)) {
-            Ok(text) => return Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+/// The helper's example configurations, by file name: `<short>.toml`,
+/// `<short>-<variant>.toml` (e.g. `auth-ldap.toml`) or `<binary>.toml`.
+fn find_examples(dir: &Path, short: &str, name: &str) -> std::io::Result<Vec<(String, String)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let file = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file.strip_suffix(".toml") else {
+            continue;
+        };
+        if stem == short || stem == name || stem.starts_with(&format!("{short}-")) {
+            found.push((file.clone(), std::fs::read_to_string(dir.join(&file))?));
         }
     }
-    Ok(None)
+    found.sort();
+    Ok(found)
 }
 
 fn secs(d: Duration) -> String {
@@ -158,7 +168,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// CONFIGURATION, FILES and EXIT STATUS of a helper.
-fn helper_sections(r: &mut Roff, name: &str, short: &str, example: Option<&str>) {
+fn helper_sections(r: &mut Roff, name: &str, short: &str, examples: &[(String, String)]) {
     let rt = RuntimeConfig::default();
     let log = LogConfig::default();
     r.control("SH", ["CONFIGURATION"]).text([
@@ -215,23 +225,21 @@ fn helper_sections(r: &mut Roff, name: &str, short: &str, example: Option<&str>)
             .text([bold(key), roman(format!(" (default {default})"))])
             .text([roman(what)]);
     }
-    r.control("SS", ["Example"]);
-    match example {
-        Some(text) => {
-            r.text([roman(format!(
-                "The example shipped as /usr/share/doc/cgp-helpers/examples/{short}.toml:"
+    if examples.is_empty() {
+        r.control("SS", ["Example"]).text([roman(
+            "See /usr/share/doc/cgp-helpers/examples/ for example configurations.",
+        )]);
+    }
+    for (file, text) in examples {
+        r.control("SS", [format!("Example: {file}").as_str()])
+            .text([roman(format!(
+                "Shipped as /usr/share/doc/cgp-helpers/examples/{file}:"
             ))]);
-            r.control("PP", []).control("nf", []).control("RS", ["4"]);
-            for line in text.lines() {
-                r.text([roman(line)]);
-            }
-            r.control("RE", []).control("fi", []);
+        r.control("PP", []).control("nf", []).control("RS", ["4"]);
+        for line in text.lines() {
+            r.text([roman(line)]);
         }
-        None => {
-            r.text([roman(
-                "See /usr/share/doc/cgp-helpers/examples/ for example configurations.",
-            )]);
-        }
+        r.control("RE", []).control("fi", []);
     }
     r.control("SH", ["FILES"]);
     for (path, what) in [
