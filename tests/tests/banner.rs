@@ -717,3 +717,30 @@ fn sighup_reloads_rules_and_keeps_pbx_links_and_the_store() {
     s.ask_until("BANNER Notices bob@example.com", r#"OK "after reload""#);
     s.finish();
 }
+
+#[test]
+fn a_store_locked_by_the_previous_process_is_taken_over_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = pbx();
+    let cfg = config(dir.path(), fake.port(), "");
+    let out = Command::new(bin("cgp-banner"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["announce", "add", "--text", "stored", "--for", "1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut old = Session::start(&cfg);
+    assert_eq!(old.ask("BANNER Notices bob@example.com"), r#"OK "stored""#);
+    // CGP's Auto-Restart can start the new process before the old one exits.
+    let mut new = Session::start(&cfg);
+    assert_eq!(
+        new.ask("BANNER Notices bob@example.com"),
+        r#"ERROR "no banner""#,
+        "serves without the store while it is locked"
+    );
+    new.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
+    old.finish();
+    new.ask_until("BANNER Notices bob@example.com", r#"OK "stored""#);
+    new.finish();
+}

@@ -11,11 +11,12 @@
 //! moment). After each import the holder writes `snapshot.json` next to the
 //! spool files, which is what `announce list` shows while a helper runs.
 
-use cgp_lookup::store::Store;
+use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TREE: &str = "announcements";
 const SNAPSHOT: &str = "snapshot.json";
@@ -231,6 +232,84 @@ impl Spool {
     }
 }
 
+/// The announcements the running helper shows: the store's, read at start
+/// and after each spool import, kept in memory for requests.
+///
+/// Like every user of the store (see `cgp_lookup::store`), the helper serves
+/// without it when it cannot be opened, typically because the process CGP
+/// is replacing still holds its lock; the poller keeps trying, so stored
+/// announcements come back as soon as the lock is free.
+pub struct Announcements {
+    path: PathBuf,
+    store: Mutex<Option<Store>>,
+    spool: Spool,
+    current: RwLock<Arc<Vec<Announcement>>>,
+}
+
+impl Announcements {
+    /// Opens the store (waiting up to `LOCK_WAIT` for a lock), imports the
+    /// spool and starts the poller.
+    pub async fn start(path: PathBuf, spool_dir: PathBuf, poll: Duration) -> Arc<Announcements> {
+        let a = Arc::new(Announcements {
+            path,
+            store: Mutex::new(None),
+            spool: Spool::new(&spool_dir),
+            current: RwLock::new(Arc::new(Vec::new())),
+        });
+        let first = a.clone();
+        match tokio::task::spawn_blocking(move || first.refresh(LOCK_WAIT)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "announcement store unavailable; retrying in the background")
+            }
+            Err(e) => tracing::error!(error = %e, "announcement store task failed"),
+        }
+        tokio::spawn(poll_spool(Arc::downgrade(&a), poll));
+        a
+    }
+
+    pub fn current(&self) -> Arc<Vec<Announcement>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Opens the store if it is not open yet, then imports the spool.
+    fn refresh(&self, lock_wait: Duration) -> Result<(), String> {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if store.is_none() {
+            let (opened, how) = Store::open(&self.path, lock_wait)?;
+            if let Opened::Replaced { moved_to } = how {
+                tracing::error!(moved_to = %moved_to.display(), "unreadable store replaced; announcements must be added again");
+            }
+            tracing::info!(path = %self.path.display(), "announcement store open");
+            *store = Some(opened);
+        }
+        let Some(open) = store.as_ref() else {
+            return Ok(());
+        };
+        let all = self.spool.import(open)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+        Ok(())
+    }
+}
+
+/// Imports the spool every `every` for as long as the announcements live.
+async fn poll_spool(a: Weak<Announcements>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(a) = a.upgrade() else { return };
+        // One attempt per round: the lock of a store held elsewhere is not
+        // waited for here.
+        match tokio::task::spawn_blocking(move || a.refresh(Duration::ZERO)).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "announcement spool not imported"),
+            Err(e) => tracing::warn!(error = %e, "announcement spool task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +380,4 @@ mod tests {
                 .exists()
         );
     }
-
-    use std::time::Duration;
 }

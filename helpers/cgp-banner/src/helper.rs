@@ -3,19 +3,18 @@
 //! request's deadline, and answers the rendered banner, or the rule's
 //! default banner when any of that cannot be had.
 
-use crate::announce::{Announcement, Spool};
+use crate::announce::{Announcement, Announcements};
 use crate::config::{BannerConfig, Rule};
 use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
 use crate::pbx::Pbx;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest};
 use cgp_lookup::ami::{Ami, extension_state_words};
-use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
 use cgp_protocol::data::encode_quoted;
 use cgp_protocol::runtime::{Ctx, Helper};
 use cgp_protocol::{Reply, Request};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 /// Kept back from the request deadline so that the default banner is sent
@@ -67,7 +66,12 @@ impl Helper for Banner {
                 }
                 p.announcements.clone()
             }
-            None => Announcements::open(&config).await?,
+            None => match (config.store.path.clone(), config.store.spool_dir()) {
+                (Some(path), Some(spool)) => {
+                    Some(Announcements::start(path, spool, config.store.spool_poll).await)
+                }
+                _ => None,
+            },
         };
         Ok(Banner {
             fixed: config
@@ -293,69 +297,6 @@ fn fit(seq: &[u8], text: String, format: Format) -> Option<Reply> {
         end = i + c.len_utf8();
     }
     Some(wire::banner(&format!("{}…", &text[..end])))
-}
-
-/// The announcements the helper shows: read from the store at start and
-/// after each spool import, kept in memory for requests.
-pub struct Announcements {
-    store: Store,
-    spool: Spool,
-    current: RwLock<Arc<Vec<Announcement>>>,
-}
-
-impl Announcements {
-    /// Opens the store, imports the spool and starts the poller. `None` when
-    /// no store is configured. A store that cannot be opened stops the start:
-    /// announcements would silently be missing otherwise.
-    async fn open(config: &BannerConfig) -> Result<Option<Arc<Announcements>>, String> {
-        let (Some(path), Some(spool_dir)) = (config.store.path.clone(), config.store.spool_dir())
-        else {
-            return Ok(None);
-        };
-        let poll = config.store.spool_poll;
-        let opened = tokio::task::spawn_blocking(move || {
-            let (store, how) = Store::open(&path, LOCK_WAIT)?;
-            if let Opened::Replaced { moved_to } = how {
-                tracing::error!(moved_to = %moved_to.display(), "unreadable store replaced; announcements must be added again");
-            }
-            let spool = Spool::new(&spool_dir);
-            let all = spool.import(&store)?;
-            Ok::<_, String>(Announcements {
-                store,
-                spool,
-                current: RwLock::new(Arc::new(all)),
-            })
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let a = Arc::new(opened);
-        tokio::spawn(poll_spool(Arc::downgrade(&a), poll));
-        Ok(Some(a))
-    }
-
-    fn current(&self) -> Arc<Vec<Announcement>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-/// Imports the spool every `every` for as long as the announcements live.
-async fn poll_spool(a: Weak<Announcements>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(a) = a.upgrade() else { return };
-        let result = tokio::task::spawn_blocking(move || {
-            let all = a.spool.import(&a.store)?;
-            *a.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
-            Ok::<_, String>(())
-        })
-        .await;
-        if let Ok(Err(e)) = result {
-            tracing::warn!(error = %e, "announcement spool import failed");
-        }
-    }
 }
 
 #[cfg(test)]
