@@ -765,3 +765,55 @@ fn hash_password_makes_usable_hashes() {
         h.quit();
     }
 }
+
+#[test]
+fn sighup_reloads_users_and_keeps_the_state() {
+    let dir = tempdir();
+    let user = |name: &str| {
+        format!(
+            "[[static.users]]\nname = \"{name}\"\npassword = \"{{SSHA}}X2W8QR6LP+CsG3vDkc6H+BFqXBKaduqD\"\n"
+        )
+    };
+    let base =
+        "[log]\njournald = false\n[throttle]\ninitial_delay = \"300ms\"\ntrusted_networks = []\n";
+    let mut h = Helper::start(dir.path(), &format!("{base}{}", user("alice@example.test")));
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    assert_eq!(
+        h.vrfy("bob@example.test", "alicepw"),
+        r#"ERROR "invalid credentials""#
+    );
+    std::fs::write(
+        dir.path().join("auth.toml"),
+        format!(
+            "{base}{}{}",
+            user("alice@example.test"),
+            user("bob@example.test")
+        ),
+    )
+    .unwrap();
+    // SAFETY: kill with a child pid we own.
+    unsafe {
+        libc::kill(h.child.id() as libc::pid_t, libc::SIGHUP);
+    }
+    let started = Instant::now();
+    loop {
+        let t = Instant::now();
+        let r = h.vrfy("bob@example.test", "alicepw");
+        if r == "OK" {
+            // bob's earlier failure is still on record after the reload:
+            // this reply owed the delay.
+            assert!(
+                t.elapsed() >= Duration::from_millis(300),
+                "{:?}",
+                t.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "reload not applied: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.quit();
+}

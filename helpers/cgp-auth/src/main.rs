@@ -210,8 +210,12 @@ impl Helper for Auth {
         let config = Arc::new(config);
         let backend = Backend::new(&config)?;
         let state = match &previous {
-            // The store stays open across a reload: sled locks it.
-            Some(p) => p.state.clone(),
+            // The store stays open across a reload (sled locks it); its
+            // verdicts were reached under the old configuration.
+            Some(p) => {
+                p.state.clear_cache();
+                p.state.clone()
+            }
             None => {
                 let path = config.store.path.clone();
                 let state = tokio::task::spawn_blocking(move || State::open(path.as_deref()))

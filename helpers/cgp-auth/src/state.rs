@@ -327,6 +327,14 @@ impl State {
         }
     }
 
+    /// Forgets every cached verdict (after a reload: users, rules or the
+    /// back end may have changed). Throttling state stays.
+    pub fn clear_cache(&self) {
+        if let Err(e) = self.cache.clear() {
+            tracing::warn!(error = %e, "cache clear failed");
+        }
+    }
+
     pub fn flush(&self) {
         let _ = self.cache.flush();
         let _ = self.throttle.flush();
