@@ -18,7 +18,7 @@ fn vip_hook_brings_vips_up_and_down_once() {
         &cfg,
         format!(
             "state_path = \"{d}/state\"\nreconcile_interval = \"0s\"\n\
-             [runtime]\nmax_in_flight = 1\nstats_interval = \"0s\"\n[log]\njournald = false\n\
+             [runtime]\nstats_interval = \"0s\"\n[log]\njournald = false\n\
              [groups.edge]\nvip_hook = [\"/bin/sh\", \"-c\", \"echo \\\"$@\\\" >> {d}/hook.log\", \"hook\"]\n\
              [groups.edge.ipvs]\nports = [25]\ndry_run = true\n"
         ),

@@ -22,7 +22,7 @@ fn config(dir: &Path, socket: &str, backend: &str, grace: &str, interval: &str) 
     let path = dir.join("balancer.toml");
     let text = format!(
         "state_path = \"{d}/state\"\ndrain_grace = \"{grace}\"\nreconcile_interval = \"{interval}\"\n\
-         [runtime]\ndeadline = \"8s\"\nmax_in_flight = 1\nstats_interval = \"0s\"\n\
+         [runtime]\ndeadline = \"8s\"\nstats_interval = \"0s\"\n\
          [log]\njournald = false\nfile = \"{d}/helper.log\"\nlevel = \"info\"\n\
          [groups.{backend}]\n{weight}[groups.{backend}.haproxy]\nsocket = \"{socket}\"\nbackend = \"{backend}\"\n\
          port = {port}\ntimeout = \"1s\"\n",
@@ -307,7 +307,7 @@ fn ipvs_for_real_in_a_network_namespace() {
     std::fs::write(
         &cfg,
         format!(
-            "drain_grace = \"1s\"\nreconcile_interval = \"0s\"\n[runtime]\nmax_in_flight = 1\nstats_interval = \"0s\"\n\
+            "drain_grace = \"1s\"\nreconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n\
          [log]\njournald = false\n[groups.edge]\nvips = [\"192.0.2.10\"]\n\
          [groups.edge.ipvs]\nipvsadm = \"{}\"\nports = [25, 110]\n",
             sbin("ipvsadm").display()

@@ -114,6 +114,23 @@ fn replies_leave_in_completion_order() {
 }
 
 #[test]
+fn requests_with_one_order_key_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Running::start(&config(&dir, ""));
+    h.send("1 INTF 4");
+    assert_eq!(h.next(false), "1 INTF 4");
+    // 2 is slow; 3 has its key and must wait for it; 4 has another key.
+    h.send("2 ORDERED group-a 500");
+    h.send("3 ORDERED group-a 0");
+    h.send("4 ORDERED group-b 0");
+    assert_eq!(h.next(false), "4 OK");
+    assert_eq!(h.next(false), "2 OK");
+    assert_eq!(h.next(false), "3 OK");
+    let (code, err) = h.finish();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
+#[test]
 fn sigterm_drains_requests_in_flight_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Running::start(&config(&dir, ""));
@@ -135,15 +152,18 @@ fn sighup_reloads_and_a_bad_file_keeps_the_old_configuration() {
     let mut h = Running::start(&path);
     h.send("1 INTF 3");
     assert_eq!(h.next(false), "1 INTF 3");
-    // A request in flight across a reload still gets its reply.
-    h.send("2 SLEEP 400");
+    // A request in flight across a reload still gets its reply. Lines are
+    // dispatched in order, so the reply to 3 proves 2 is in flight.
+    h.send("2 SLEEP 1000");
+    h.send("3 ECHO x");
+    assert_eq!(h.next(false), "3 OK (x)");
     std::fs::write(&path, "[runtime]\ndeadline = \"300ms\"\n").unwrap();
     h.signal(libc::SIGHUP);
     h.info_starting("* configuration reloaded");
     assert_eq!(h.next(false), "2 OK");
     // The new deadline applies to new requests.
-    h.send("3 HANG");
-    assert_eq!(h.next(false), "3 FAILURE \"timeout\"");
+    h.send("30 HANG");
+    assert_eq!(h.next(false), "30 FAILURE \"timeout\"");
     // A broken file is refused, naming the problem without its text.
     std::fs::write(&path, "[runtime]\ndeadline = \"secret-ish\"\n").unwrap();
     h.signal(libc::SIGHUP);

@@ -270,12 +270,6 @@ impl Helper for Balancer {
         for name in stored.keys() {
             tracing::warn!(group = %name, "stored state for a group no longer configured, ignored");
         }
-        if cfg.runtime.max_in_flight > 1 && !cfg.groups.is_empty() {
-            tracing::warn!(
-                max_in_flight = cfg.runtime.max_in_flight,
-                "runtime.max_in_flight above 1: commands sent back to back may be applied out of order"
-            );
-        }
         let sweeper = tokio::spawn(sweep(
             groups.values().cloned().collect(),
             db.clone(),
@@ -290,6 +284,14 @@ impl Helper for Balancer {
             extra_args_logged: AtomicBool::new(false),
             sweeper,
         })
+    }
+
+    /// Commands for one group are applied in the order the cluster sent
+    /// them (an ADD followed at once by a REMOVE of the same server must not
+    /// be applied the other way round); groups do not wait for each other.
+    fn order_key(&self, req: &Request) -> Option<Vec<u8>> {
+        let parsed = grammar::parse(&req.command, &req.rest).ok()??;
+        Some(parsed.group.into_bytes())
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {

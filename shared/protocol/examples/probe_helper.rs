@@ -1,6 +1,7 @@
 //! A helper on the runtime whose commands exercise the runtime itself, for
 //! the transcript tests in `testdata/runtime/`:
-//! `SLEEP <ms>`, `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`.
+//! `SLEEP <ms>`, `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`,
+//! `ORDERED <key> <ms>` (sleeps, in arrival order per key).
 
 use cgp_protocol::data::{Value, parse_values};
 use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
@@ -18,15 +19,20 @@ impl Helper for Probe {
         Ok(Probe)
     }
 
+    fn order_key(&self, req: &Request) -> Option<Vec<u8>> {
+        let key = req.rest.split(|b| *b == b' ').next().unwrap_or_default();
+        (req.command == "ORDERED").then(|| key.to_vec())
+    }
+
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        let text = String::from_utf8_lossy(&req.rest).into_owned();
+        // The number is the last word: `SLEEP 5`, `ORDERED key 5`, `BIG 9`.
         let arg = || {
-            String::from_utf8_lossy(&req.rest)
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
+            let last = text.split_whitespace().last().unwrap_or_default();
+            last.parse::<u64>().unwrap_or(0)
         };
         match req.command.as_str() {
-            "SLEEP" => {
+            "SLEEP" | "ORDERED" => {
                 tokio::time::sleep(Duration::from_millis(arg())).await;
                 Reply::ok()
             }

@@ -19,7 +19,7 @@ use config::{ConfigError, HelperConfig, RuntimeConfig};
 use futures_util::FutureExt;
 use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use config::{BasicConfig, KeyError, LogConfig};
 
@@ -64,6 +64,14 @@ pub trait Helper: Send + Sync + Sized + 'static {
 
     /// Answers one request other than INTF, KEY and QUIT.
     fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> impl Future<Output = Reply> + Send;
+
+    /// Requests that must be handled in arrival order return the same key
+    /// (the balancer's commands for one group): such a request starts only
+    /// once the one before it with its key has been answered, and the wait
+    /// counts against its deadline. Requests with no key run freely.
+    fn order_key(&self, _req: &Request) -> Option<Vec<u8>> {
+        None
+    }
 
     /// The reply when the deadline passes before `handle` finishes.
     fn timeout_reply(&self, _command: &str) -> Reply {
@@ -183,6 +191,8 @@ struct Shared<H> {
     runtime: RwLock<RuntimeConfig>,
     intf: Arc<AtomicU32>,
     in_flight: Mutex<HashSet<SeqKey>>,
+    /// Per order key, the signal that the last request with that key is done.
+    order_tails: Mutex<HashMap<Vec<u8>, oneshot::Receiver<()>>>,
     stats: Stats,
     writer: Writer,
     info: HelperInfo,
@@ -240,6 +250,7 @@ async fn serve<H: Helper>(
         runtime: RwLock::new(runtime_cfg),
         intf: Arc::new(AtomicU32::new(0)),
         in_flight: Mutex::new(HashSet::new()),
+        order_tails: Mutex::new(HashMap::new()),
         stats: Stats::default(),
         writer,
         info,
@@ -433,6 +444,14 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         deadline: started + deadline,
         writer: shared.writer.clone(),
     };
+    let (previous, done) = match helper.order_key(&req) {
+        Some(key) => {
+            let (done, tail) = oneshot::channel::<()>();
+            let previous = join_order(&shared.order_tails, key, tail);
+            (previous, Some(done))
+        }
+        None => (None, None),
+    };
     let shared = shared.clone();
     // Boxed so that spawning moves a pointer, not the whole future (with its
     // timer and the handler's state inside, copying it cost more than the
@@ -443,7 +462,15 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         // Dropping the handler's future at the deadline cancels it; a panic
         // inside it is caught here and never reaches the runtime.
         let handled = AssertUnwindSafe(helper.clone().handle(ctx, req)).catch_unwind();
-        let mut reply = match tokio::time::timeout(deadline, handled).await {
+        let in_turn = async move {
+            if let Some(previous) = previous {
+                // Err only means the previous request's task is gone: either
+                // way it is finished.
+                let _ = previous.await;
+            }
+            handled.await
+        };
+        let mut reply = match tokio::time::timeout(deadline, in_turn).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => helper.panic_reply(&command),
             Err(_) => {
@@ -467,8 +494,26 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        // The next request with this order key may start now that this
+        // reply is out.
+        drop(done);
         drop(permit);
     }));
+}
+
+/// Queues a request behind the last one with the same order key; returns the
+/// signal to wait for. Finished keys are pruned so that a stream of distinct
+/// keys cannot grow the map.
+fn join_order(
+    tails: &Mutex<HashMap<Vec<u8>, oneshot::Receiver<()>>>,
+    key: Vec<u8>,
+    tail: oneshot::Receiver<()>,
+) -> Option<oneshot::Receiver<()>> {
+    let mut tails = tails.lock().unwrap_or_else(|p| p.into_inner());
+    if tails.len() >= 64 {
+        tails.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+    }
+    tails.insert(key, tail)
 }
 
 async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
