@@ -3,7 +3,7 @@
 
 use crate::config::{FailureConfig, FilterConfig, Policy, Settings};
 use crate::directory::{Cached, Directory};
-use crate::queue::{Limits, OpenError, QueueFile, resolve};
+use crate::queue::{Limits, OpenError, QueueFile, open_inside};
 use crate::reply::Verdict;
 use crate::rules::RuleSet;
 use cgp_protocol::data::Value;
@@ -78,8 +78,8 @@ impl<D: Directory> Filter<D> {
         };
         let name = OsStr::from_bytes(&name);
         let shown = name.to_string_lossy().into_owned();
-        let path = match resolve(&self.base, name) {
-            Ok(p) => p,
+        let (file, path) = match open_inside(&self.base, name) {
+            Ok(opened) => opened,
             Err(OpenError::Escapes) => {
                 tracing::warn!(file = %shown, base = %self.base.display(), "FILE outside the base directory refused");
                 let notes = Notes {
@@ -94,7 +94,7 @@ impl<D: Directory> Filter<D> {
                 return (v.reply(true).0, Notes::default());
             }
         };
-        let verdict = self.verdict(path, &shown).await;
+        let verdict = self.verdict(file, path, &shown).await;
         let (reply, dropped) = verdict.reply(self.settings.dialect.modifiers(intf));
         if dropped {
             tracing::warn!("MIRRORTO/ADDROUTE left out: the negotiated dialect has no modifiers");
@@ -107,7 +107,7 @@ impl<D: Directory> Filter<D> {
     }
 
     /// The verdict on a queue file inside the base directory.
-    async fn verdict(&self, path: PathBuf, shown: &str) -> Verdict {
+    async fn verdict(&self, file: std::fs::File, path: PathBuf, shown: &str) -> Verdict {
         let limits = Limits {
             envelope: self.settings.max_envelope_bytes,
             header: self.settings.max_header_bytes,
@@ -117,21 +117,19 @@ impl<D: Directory> Filter<D> {
                 0
             },
         };
-        let read_path = path.clone();
-        let read = tokio::task::spawn_blocking(move || QueueFile::read(&read_path, limits)).await;
-        let qf = match read {
-            Ok(Ok(qf)) => qf,
-            Ok(Err(e)) => {
+        // Read on the worker thread: a queue file CGP has just written is in
+        // the page cache, and a hand-off to the blocking pool costs more
+        // (two thread wake-ups) than the read itself. The read is bounded by
+        // the limits above.
+        let qf = match QueueFile::read(file, &path, limits) {
+            Ok(qf) => qf,
+            Err(e) => {
                 tracing::warn!(file = %shown, error = %e, "queue file cannot be read");
                 let age = std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok());
                 return self.policy(self.failure.unreadable, age);
-            }
-            Err(e) => {
-                tracing::error!(file = %shown, error = %e, "queue file reader failed");
-                return self.policy(self.failure.unreadable, None);
             }
         };
         if qf.header_truncated {

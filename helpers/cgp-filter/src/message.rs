@@ -2,7 +2,7 @@
 //! with their decoded values (folding undone, RFC 2047 words and 8-bit text
 //! decoded), the From addresses and the attachments within the scan limit.
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};
 
 /// The header fields of a message, parsed once.
 #[derive(Debug, Default)]
@@ -13,16 +13,61 @@ pub struct Headers {
     pub from: Vec<String>,
 }
 
-impl Headers {
-    pub fn parse(header: &[u8]) -> Headers {
-        let parser = MessageParser::new().default_header_text();
-        let Some(msg) = parser.parse_headers(header) else {
-            return Headers::default();
-        };
-        let raw = msg.raw_message();
+/// Fields parsed as addresses; every other wanted field is decoded text.
+const ADDRESS_FIELDS: [&str; 11] = [
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "resent-from",
+    "resent-sender",
+    "resent-to",
+    "resent-cc",
+    "resent-bcc",
+];
+
+/// Parses the header fields some rule looks at, and skips the others.
+#[derive(Debug)]
+pub struct HeaderParser {
+    parser: MessageParser,
+    names: Vec<String>,
+}
+
+impl HeaderParser {
+    /// A parser for the fields called `names` (any case).
+    pub fn new(names: impl IntoIterator<Item = String>) -> HeaderParser {
+        let mut names: Vec<String> = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        names.sort();
+        names.dedup();
+        let mut parser = MessageParser::new().default_header_ignore();
+        for n in &names {
+            let Some(h) = HeaderName::parse(n.clone()) else {
+                continue;
+            };
+            parser = if ADDRESS_FIELDS.contains(&n.as_str()) {
+                parser.header_address(h)
+            } else {
+                parser.header_text(h)
+            };
+        }
+        HeaderParser { parser, names }
+    }
+
+    pub fn parse(&self, header: &[u8]) -> Headers {
         let mut out = Headers::default();
+        if self.names.is_empty() {
+            return out;
+        }
+        let Some(msg) = self.parser.parse_headers(header) else {
+            return out;
+        };
         for h in msg.headers() {
             let name = h.name().to_ascii_lowercase();
+            if self.names.binary_search(&name).is_err() {
+                continue;
+            }
             let value = match h.value() {
                 HeaderValue::Text(t) => t.to_string(),
                 HeaderValue::TextList(l) => l.join(", "),
@@ -39,21 +84,15 @@ impl Headers {
                         .collect::<Vec<_>>()
                         .join(", ")
                 }
-                // Dates, content types, received lines and ids: the field as
-                // written, unfolded.
-                _ => {
-                    let start = h.offset_start() as usize;
-                    let end = (h.offset_end() as usize).min(raw.len());
-                    unfold(&String::from_utf8_lossy(
-                        raw.get(start..end).unwrap_or_default(),
-                    ))
-                }
+                _ => String::new(),
             };
             out.fields.push((name, value));
         }
         out
     }
+}
 
+impl Headers {
     /// The decoded values of the fields called `name` (lower-case).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.fields
@@ -66,14 +105,6 @@ impl Headers {
 fn addresses<'a>(a: &'a Address<'_>) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + 'a {
     a.iter()
         .filter_map(|x| Some((x.name.as_deref(), x.address.as_deref()?)))
-}
-
-fn unfold(raw: &str) -> String {
-    raw.split(['\r', '\n'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// One attachment: its file name and `type/subtype`, lower-case.
@@ -113,12 +144,14 @@ mod tests {
 
     #[test]
     fn folded_encoded_and_8bit_fields() {
-        let h = Headers::parse(
+        let wanted = ["From", "subject", "X-Tag", "date", "nope"].map(String::from);
+        let h = HeaderParser::new(wanted).parse(
             "From: =?UTF-8?B?w4Rsw69jZQ==?= <Alice@Example.test>, bob@example.test\r\n\
              Subject: =?ISO-8859-1?Q?Gr=FC=DFe?= aus\r\n\tdem Labor\r\n\
              X-Tag: caf\u{e9} cr\u{e8}me\r\n\
              X-Tag: second\r\n\
-             Date: Fri, 26 Apr 2019 15:57:14 +0000\r\n\r\n"
+             Date: Fri, 26 Apr 2019 15:57:14 +0000\r\n\
+             X-Other: not wanted\r\n\r\n"
                 .as_bytes(),
         );
         assert_eq!(h.from, ["alice@example.test", "bob@example.test"]);
@@ -137,6 +170,14 @@ mod tests {
             ["Fri, 26 Apr 2019 15:57:14 +0000"]
         );
         assert_eq!(h.values("nope").count(), 0);
+        assert_eq!(h.values("x-other").count(), 0);
+        assert_eq!(
+            HeaderParser::new([])
+                .parse(b"Subject: x\r\n\r\n")
+                .values("subject")
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -111,9 +113,9 @@ pub enum OpenError {
     Unreadable(std::io::Error),
 }
 
-/// Resolves a `FILE` argument against the base directory (canonical) and
-/// refuses anything that leads out of it.
-pub fn resolve(base: &Path, name: impl AsRef<Path>) -> Result<PathBuf, OpenError> {
+/// Opens a `FILE` argument, relative to the (canonical) base directory,
+/// read-only; refuses anything that leads out of it.
+pub fn open_inside(base: &Path, name: impl AsRef<Path>) -> Result<(File, PathBuf), OpenError> {
     let joined = base.join(name);
     // Lexical check first, so that a missing file reached through `..` is
     // still refused rather than reported as unreadable.
@@ -130,12 +132,23 @@ pub fn resolve(base: &Path, name: impl AsRef<Path>) -> Result<PathBuf, OpenError
     if !normal.starts_with(base) || normal == base {
         return Err(OpenError::Escapes);
     }
-    // Then the real path: symlinks anywhere on the way must stay inside too.
-    let real = normal.canonicalize().map_err(OpenError::Unreadable)?;
+    // O_NONBLOCK: a FIFO planted in the queue must not hang the open; it
+    // changes nothing for regular files.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&normal)
+        .map_err(OpenError::Unreadable)?;
+    // Then the real path of what was opened: symlinks anywhere on the way
+    // must stay inside too. /proc gives it with one call; realpath is the
+    // portable fallback.
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| normal.canonicalize())
+        .map_err(OpenError::Unreadable)?;
     if !real.starts_with(base) {
         return Err(OpenError::Escapes);
     }
-    Ok(real)
+    Ok((file, real))
 }
 
 /// Limits of one read.
@@ -165,11 +178,16 @@ pub struct QueueFile {
 }
 
 impl QueueFile {
-    /// Reads `path` (already resolved) within `limits`.
-    pub fn read(path: &Path, limits: Limits) -> std::io::Result<QueueFile> {
-        let file = File::open(path)?;
+    /// Reads an opened queue file within `limits`; `path` names it.
+    pub fn read(file: File, path: &Path, limits: Limits) -> std::io::Result<QueueFile> {
         let meta = file.metadata()?;
-        let mut r = BufReader::with_capacity(64 * 1024, file);
+        if !meta.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut r = BufReader::with_capacity(16 * 1024, file);
         let mut line = Vec::new();
         let mut env_lines = Vec::new();
         let mut env_bytes = 0usize;
@@ -299,10 +317,15 @@ mod tests {
     #[test]
     fn paths_stay_inside_the_base_directory() {
         let (root, base) = base();
-        assert!(resolve(&base, "Queue/1.msg").is_ok());
-        assert!(resolve(&base, "./Queue/../Queue/1.msg").is_ok());
         let abs = base.join("Queue/1.msg");
-        assert!(resolve(&base, abs.to_str().unwrap()).is_ok());
+        for good in [
+            "Queue/1.msg",
+            "./Queue/../Queue/1.msg",
+            abs.to_str().unwrap(),
+        ] {
+            let (_, real) = open_inside(&base, good).unwrap_or_else(|_| panic!("{good}"));
+            assert_eq!(real, abs);
+        }
         for bad in [
             "../secret.msg",
             "Queue/../../secret.msg",
@@ -312,18 +335,30 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(resolve(&base, bad), Err(OpenError::Escapes)),
+                matches!(open_inside(&base, bad), Err(OpenError::Escapes)),
                 "{bad}"
             );
         }
         assert!(matches!(
-            resolve(&base, "../nope.msg"),
+            open_inside(&base, "../nope.msg"),
             Err(OpenError::Escapes)
         ));
         assert!(matches!(
-            resolve(&base, "Queue/nope.msg"),
+            open_inside(&base, "Queue/nope.msg"),
             Err(OpenError::Unreadable(_))
         ));
+        // A FIFO neither hangs the open nor gets read.
+        let fifo = base.join("Queue/fifo.msg");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo gets a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (file, _) = open_inside(&base, "Queue/fifo.msg").unwrap();
+        let limits = Limits {
+            envelope: 1024,
+            header: 1024,
+            body: 0,
+        };
+        assert!(QueueFile::read(file, &fifo, limits).is_err());
         drop(root);
     }
 
@@ -341,31 +376,26 @@ mod tests {
             header: 1024,
             body: 100,
         };
-        let qf = QueueFile::read(&path, limits).unwrap();
+        let read = |l: Limits| QueueFile::read(File::open(&path).unwrap(), &path, l);
+        let qf = read(limits).unwrap();
         assert_eq!(qf.queue_id, "big");
         assert_eq!(qf.envelope.recipients, ["b@example.test"]);
         assert_eq!(qf.header, b"Subject: hello\r\n\tworld\r\nX-A: 1\r\n\r\n");
         assert_eq!(qf.body.len(), 100);
         let envelope_len = text.find("\r\n\r\n").unwrap() + 4;
         assert_eq!(qf.size, (text.len() - envelope_len) as u64);
-        let no_body = QueueFile::read(&path, Limits { body: 0, ..limits }).unwrap();
+        let no_body = read(Limits { body: 0, ..limits }).unwrap();
         assert!(no_body.body.is_empty());
-        let short = QueueFile::read(
-            &path,
-            Limits {
-                header: 20,
-                ..limits
-            },
-        )
+        let short = read(Limits {
+            header: 20,
+            ..limits
+        })
         .unwrap();
         assert!(short.header_truncated && short.header.len() == 20);
-        let e = QueueFile::read(
-            &path,
-            Limits {
-                envelope: 40,
-                ..limits
-            },
-        )
+        let e = read(Limits {
+            envelope: 40,
+            ..limits
+        })
         .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         drop(root);

@@ -10,7 +10,7 @@
 
 use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
 use crate::directory::{Directory, Person, Unavailable};
-use crate::message::{Attachment, Headers, attachments};
+use crate::message::{Attachment, HeaderParser, Headers, attachments};
 use crate::patterns::{AddressSet, IpSet};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
@@ -26,6 +26,8 @@ pub struct RuleSet {
     /// Every header regex of every rule, one set per field name, so each
     /// field value is scanned once whatever the number of rules.
     header_sets: Vec<(String, regex::RegexSet)>,
+    /// Parses only the fields the rules look at.
+    header_parser: HeaderParser,
     /// Some rule looks at attachments: the body prefix must be read.
     pub needs_body: bool,
     /// Directory attributes some rule or template reads.
@@ -111,7 +113,7 @@ impl RuleSet {
         for (i, r) in cfg.rules.iter().enumerate() {
             rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut sets)?);
         }
-        let header_sets = sets
+        let header_sets: Vec<(String, regex::RegexSet)> = sets
             .0
             .into_iter()
             .map(|(name, sources)| {
@@ -142,10 +144,11 @@ impl RuleSet {
                     .collect()
             })
             .unwrap_or_default();
-        if rules.iter().any(|r| {
+        let uses_from = rules.iter().any(|r| {
             r.when.from_is_own.is_some()
                 || r.unless.as_ref().is_some_and(|u| u.from_is_own.is_some())
-        }) {
+        });
+        if uses_from {
             attributes.extend(address_attributes.iter().cloned());
         }
         if needs_groups && dir.is_some_and(|d| d.group_base.is_none()) {
@@ -157,6 +160,12 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             local: AddressSet::compile(&cfg.filter.local_domains, "filter.local_domains")?,
+            header_parser: HeaderParser::new(
+                header_sets
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .chain(uses_from.then(|| "from".to_string())),
+            ),
             header_sets,
             needs_body,
             attributes,
@@ -173,7 +182,10 @@ impl RuleSet {
         qf: &QueueFile,
         dir: Option<&D>,
     ) -> Result<Verdict, Unavailable> {
+        let env = &qf.envelope;
         let mut facts = Facts {
+            sender: env.sender.as_deref().unwrap_or("").to_lowercase(),
+            recipients: env.recipients.iter().map(|r| r.to_lowercase()).collect(),
             set: self,
             qf,
             dir,
@@ -343,6 +355,9 @@ fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond
 
 /// What is known about one message, worked out on first use.
 struct Facts<'a, D> {
+    /// The envelope sender and recipients in lower case, as lists compare.
+    sender: String,
+    recipients: Vec<String>,
     set: &'a RuleSet,
     qf: &'a QueueFile,
     dir: Option<&'a D>,
@@ -398,7 +413,7 @@ impl<D: Directory> Facts<'_, D> {
 
     fn headers(&mut self) -> &Headers {
         self.headers
-            .get_or_insert_with(|| Headers::parse(&self.qf.header))
+            .get_or_insert_with(|| self.set.header_parser.parse(&self.qf.header))
     }
 
     fn header_hit(&mut self, set: usize, pattern: usize) -> bool {
@@ -425,7 +440,7 @@ impl<D: Directory> Facts<'_, D> {
             return Ok(e);
         }
         let mut external = false;
-        for rcpt in &self.qf.envelope.recipients {
+        for rcpt in &self.recipients {
             // `<postmaster>` and other bare names are local by definition.
             let Some((_, domain)) = rcpt.rsplit_once('@') else {
                 continue;
@@ -459,12 +474,10 @@ impl<D: Directory> Facts<'_, D> {
                 .is_none_or(|want| env.self_generated() == want),
             c.authenticated
                 .is_none_or(|want| env.auth_user().is_some() == want),
-            c.sender
-                .as_ref()
-                .is_none_or(|s| s.matches(env.sender.as_deref().unwrap_or(""))),
+            c.sender.as_ref().is_none_or(|s| s.matches(&self.sender)),
             c.recipient
                 .as_ref()
-                .is_none_or(|s| env.recipients.iter().any(|r| s.matches(r))),
+                .is_none_or(|s| self.recipients.iter().any(|r| s.matches(r))),
             c.client_ip
                 .as_ref()
                 .is_none_or(|s| env.client_ip().is_some_and(|ip| s.contains(ip))),
