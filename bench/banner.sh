@@ -9,5 +9,4 @@ set -eu
 cd "$(dirname "$0")/.."
 cargo build --release -p cgp-banner -p cgp-helper-sim
 cargo build --release -p cgp-protocol --examples
-cargo test --release -p cgp-tests --test banner -- --ignored --nocapture bench_banner 2>&1 |
-    grep -E '^(cached banners|burst of)|test result'
+cargo run --release -q -p cgp-tests --example bench_banner

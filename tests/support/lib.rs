@@ -2,6 +2,7 @@
 //! running a helper on a transcript and checking the Helper protocol contract
 //! on everything it wrote.
 
+pub mod banner;
 pub mod fake_ami;
 pub mod fake_cli;
 pub mod haproxy;
