@@ -306,9 +306,14 @@ fn summary(stdout: &str) -> Option<(u64, u64, u64)> {
 fn rounds(plan: &Plan, deadline: Instant, slot: &Mutex<Slot>, mut rng: fastrand::Rng) -> Totals {
     let mut totals = Totals::default();
     let mut after_kill = false;
+    // Rounds aim at 2-20 s of work at the helper's last measured rate, so
+    // that a slow helper (cgp-auth delays wrong passwords on purpose) still
+    // gets many restarts and kills in a run.
+    let mut rate = 500.0_f64;
     while Instant::now() < deadline {
         totals.rounds += 1;
-        let n = rng.u32(200..=3000);
+        let n = ((rate * (2.0 + rng.f64() * 18.0)) as u32).clamp(20, 3000);
+        let started = Instant::now();
         let in_flight = [1, 4, 16, 64][rng.usize(..4)];
         let mut cmd = Command::new(&plan.sim);
         cmd.arg("--cwd")
@@ -352,6 +357,9 @@ fn rounds(plan: &Plan, deadline: Instant, slot: &Mutex<Slot>, mut rng: fastrand:
             continue;
         }
         let (requests, replies, violations) = summary(&stdout).unwrap_or((0, 0, 0));
+        if requests > 0 {
+            rate = requests as f64 / started.elapsed().as_secs_f64().max(0.001);
+        }
         totals.requests += requests;
         totals.replies += replies;
         if !out.status.success() {
