@@ -71,7 +71,7 @@ impl Default for Settings {
             dialect: Dialect::Auto,
             local_domains: Vec::new(),
             max_envelope_bytes: 4 << 20,
-            max_header_bytes: 1 << 20,
+            max_header_bytes: 256 << 10,
             scan_limit: 1 << 20,
             oversize: Fallback {
                 action: Policy::Pass,

@@ -114,13 +114,10 @@ pub struct Attachment {
     pub content_type: String,
 }
 
-/// The attachments found in the header and the body prefix; parts past the
-/// scan limit are not seen.
-pub fn attachments(header: &[u8], body: &[u8]) -> Vec<Attachment> {
-    let mut raw = Vec::with_capacity(header.len() + body.len());
-    raw.extend_from_slice(header);
-    raw.extend_from_slice(body);
-    let Some(msg) = MessageParser::new().parse(&raw) else {
+/// The attachments of a message given as its header and a prefix of its
+/// body; parts past the prefix are not seen.
+pub fn attachments(raw: &[u8]) -> Vec<Attachment> {
+    let Some(msg) = MessageParser::new().parse(raw) else {
         return Vec::new();
     };
     msg.attachments()
@@ -187,7 +184,7 @@ mod tests {
 --b\r\nContent-Type: application/x-msdownload; name=\"run.exe\"\r\n\
 Content-Disposition: attachment; filename=\"run.exe\"\r\n\r\nMZ\r\n\
 --b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"=?UTF-8?Q?R=C3=A9sum=C3=A9.pdf?=\"\r\n\r\n%PDF\r\n--b--\r\n";
-        let all = attachments(header, body);
+        let all = attachments(&[&header[..], &body[..]].concat());
         let names: Vec<_> = all
             .iter()
             .map(|a| a.name.clone().unwrap_or_default())
@@ -196,7 +193,7 @@ Content-Disposition: attachment; filename=\"run.exe\"\r\n\r\nMZ\r\n\
         assert_eq!(all[0].content_type, "application/x-msdownload");
         // Cut where the PDF part starts: the scan limit falls between parts.
         let cut = body.windows(5).position(|w| w == b"MZ\r\n-").unwrap() + 4;
-        let first = attachments(header, &body[..cut]);
+        let first = attachments(&[&header[..], &body[..cut]].concat());
         assert_eq!(first.len(), 1, "{first:?}");
     }
 }

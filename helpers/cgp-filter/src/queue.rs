@@ -6,6 +6,7 @@
 //! body only when a rule needs it and only up to the scan limit, so memory
 //! stays bounded whatever the message size.
 
+use crate::message::{Attachment, attachments};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
@@ -169,8 +170,10 @@ pub struct QueueFile {
     /// The RFC 5322 header, ending with its empty line when complete.
     pub header: Vec<u8>,
     pub header_truncated: bool,
-    /// The start of the body, up to `Limits::body` bytes.
-    pub body: Vec<u8>,
+    /// The attachments within the first `Limits::body` bytes of the body.
+    /// The body itself is not kept: it is parsed as soon as it is read, so
+    /// that no more than one body per worker thread is ever in memory.
+    pub attachments: Vec<Attachment>,
     /// Size of the message (header and body) in bytes.
     pub size: u64,
     /// Time since the file was last written.
@@ -238,9 +241,11 @@ impl QueueFile {
             }
         }
         if limits.body > 0 && !qf.header_truncated {
-            (&mut r)
-                .take(limits.body as u64)
-                .read_to_end(&mut qf.body)?;
+            let left = (meta.len() as usize).saturating_sub(env_bytes + qf.header.len());
+            let mut raw = Vec::with_capacity(qf.header.len() + left.min(limits.body));
+            raw.extend_from_slice(&qf.header);
+            (&mut r).take(limits.body as u64).read_to_end(&mut raw)?;
+            qf.attachments = attachments(&raw);
         }
         Ok(qf)
     }
@@ -368,24 +373,44 @@ mod tests {
         let path = base.join("Queue/big.msg");
         let mut text =
             String::from("S <a@example.test> XIMSS [192.0.2.5]\r\nR W x <b@example.test>\r\n\r\n");
-        text.push_str("Subject: hello\r\n\tworld\r\nX-A: 1\r\n\r\n");
+        text.push_str(
+            "Subject: hello\r\n\tworld\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n",
+        );
+        text.push_str("--b\r\nContent-Type: image/png; name=early.png\r\n\r\nPNG\r\n");
         text.push_str(&"0123456789".repeat(1000));
+        text.push_str("\r\n--b\r\nContent-Type: image/gif; name=late.gif\r\n\r\nGIF\r\n--b--\r\n");
         std::fs::write(&path, &text).unwrap();
         let limits = Limits {
             envelope: 1024,
             header: 1024,
-            body: 100,
+            body: 200,
         };
         let read = |l: Limits| QueueFile::read(File::open(&path).unwrap(), &path, l);
         let qf = read(limits).unwrap();
         assert_eq!(qf.queue_id, "big");
         assert_eq!(qf.envelope.recipients, ["b@example.test"]);
-        assert_eq!(qf.header, b"Subject: hello\r\n\tworld\r\nX-A: 1\r\n\r\n");
-        assert_eq!(qf.body.len(), 100);
+        assert_eq!(
+            qf.header,
+            b"Subject: hello\r\n\tworld\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        );
+        let names = |q: &QueueFile| {
+            let names = q
+                .attachments
+                .iter()
+                .map(|a| a.name.clone().unwrap_or_default());
+            names.collect::<Vec<_>>()
+        };
+        assert_eq!(names(&qf), ["early.png"]);
+        let all = read(Limits {
+            body: 1 << 20,
+            ..limits
+        })
+        .unwrap();
+        assert_eq!(names(&all), ["early.png", "late.gif"]);
         let envelope_len = text.find("\r\n\r\n").unwrap() + 4;
         assert_eq!(qf.size, (text.len() - envelope_len) as u64);
         let no_body = read(Limits { body: 0, ..limits }).unwrap();
-        assert!(no_body.body.is_empty());
+        assert!(no_body.attachments.is_empty());
         let short = read(Limits {
             header: 20,
             ..limits

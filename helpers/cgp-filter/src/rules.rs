@@ -10,7 +10,7 @@
 
 use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
 use crate::directory::{Directory, Person, Unavailable};
-use crate::message::{Attachment, HeaderParser, Headers, attachments};
+use crate::message::{HeaderParser, Headers};
 use crate::patterns::{AddressSet, IpSet};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
@@ -191,7 +191,6 @@ impl RuleSet {
             dir,
             headers: None,
             header_hits: vec![None; self.header_sets.len()],
-            attachments: None,
             person: None,
             external: None,
         };
@@ -363,7 +362,6 @@ struct Facts<'a, D> {
     dir: Option<&'a D>,
     headers: Option<Headers>,
     header_hits: Vec<Option<Vec<bool>>>,
-    attachments: Option<Vec<Attachment>>,
     person: Option<Option<Arc<Person>>>,
     external: Option<bool>,
 }
@@ -430,11 +428,6 @@ impl<D: Directory> Facts<'_, D> {
         self.header_hits[set].as_ref().is_some_and(|h| h[pattern])
     }
 
-    fn attachments(&mut self) -> &[Attachment] {
-        self.attachments
-            .get_or_insert_with(|| attachments(&self.qf.header, &self.qf.body))
-    }
-
     async fn has_external_recipient(&mut self) -> Result<bool, Unavailable> {
         if let Some(e) = self.external {
             return Ok(e);
@@ -498,14 +491,15 @@ impl<D: Directory> Facts<'_, D> {
             }
         }
         if let Some(re) = &c.attachment_name {
-            let names = self.attachments().iter().filter_map(|a| a.name.as_deref());
-            if !names.clone().any(|n| re.is_match(n)) {
+            let mut names = self.qf.attachments.iter().filter_map(|a| a.name.as_deref());
+            if !names.any(|n| re.is_match(n)) {
                 return Ok(false);
             }
         }
         if let Some(re) = &c.attachment_type {
             if !self
-                .attachments()
+                .qf
+                .attachments
                 .iter()
                 .any(|a| re.is_match(&a.content_type))
             {
@@ -573,6 +567,7 @@ impl<D: Directory> Facts<'_, D> {
 mod tests {
     use super::*;
     use crate::directory::fake::Fake;
+    use crate::message::attachments;
     use crate::queue::Envelope;
     use std::sync::atomic::Ordering;
 
@@ -825,7 +820,8 @@ add_header = ["X-PDF: yes"]
         assert!(set.attributes.contains("departmentnumber"));
         let mut m = alice_out();
         m.header = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
-        m.body = b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=Setup.EXE\r\n\r\nMZ\r\n--b--\r\n".to_vec();
+        let body = b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=Setup.EXE\r\n\r\nMZ\r\n--b--\r\n";
+        m.attachments = attachments(&[&m.header[..], body].concat());
         let dir = fake();
         assert!(matches!(
             set.evaluate(&m, Some(&dir)).await,
@@ -833,8 +829,13 @@ add_header = ["X-PDF: yes"]
         ));
         m.envelope = Envelope::parse(["S <bob@example.test> SMTP [192.0.2.1]"]);
         assert_eq!(set.evaluate(&m, Some(&dir)).await, Ok(Verdict::pass()));
-        m.body =
-            b"--b\r\nContent-Type: application/pdf; name=a.pdf\r\n\r\n%PDF\r\n--b--\r\n".to_vec();
+        m.attachments = attachments(
+            &[
+                &m.header[..],
+                b"--b\r\nContent-Type: application/pdf; name=a.pdf\r\n\r\n%PDF\r\n--b--\r\n",
+            ]
+            .concat(),
+        );
         let Ok(Verdict::Accept(mods)) = set.evaluate(&m, Some(&dir)).await else {
             panic!()
         };
