@@ -33,6 +33,8 @@ struct Auth {
     config: Arc<AuthConfig>,
     backend: Backend,
     state: Arc<State>,
+    /// The cache generation this configuration writes under.
+    generation: u64,
     cli: Option<Arc<CliClient>>,
 }
 
@@ -76,11 +78,17 @@ impl Auth {
         match self.backend.verify(&account, &password).await {
             Ok(v) => {
                 match v {
-                    Verdict::Ok => self.state.remember(&cfg.cache, &address, &fp, Cached::Ok),
-                    Verdict::Invalid => {
+                    Verdict::Ok => {
                         self.state
-                            .remember(&cfg.cache, &address, &fp, Cached::Invalid)
+                            .remember(self.generation, &cfg.cache, &address, &fp, Cached::Ok)
                     }
+                    Verdict::Invalid => self.state.remember(
+                        self.generation,
+                        &cfg.cache,
+                        &address,
+                        &fp,
+                        Cached::Invalid,
+                    ),
                     _ => {}
                 }
                 self.finish(&address, ip, &fp, v, "directory")
@@ -235,6 +243,7 @@ impl Helper for Auth {
         Ok(Auth {
             config,
             backend,
+            generation: state.generation(),
             state,
             cli,
         })

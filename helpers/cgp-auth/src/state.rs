@@ -10,6 +10,7 @@ use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type Fingerprint = [u8; 32];
@@ -27,6 +28,10 @@ pub struct State {
     cache: sled::Tree,
     throttle: sled::Tree,
     salt: [u8; 32],
+    /// Bumped when the cache is emptied on reload; a verdict reached under
+    /// an older generation (a request in flight across the reload) is not
+    /// stored. Writers hold it shared, the clear holds it exclusively.
+    generation: RwLock<u64>,
     /// What happened at open, for the start-up log.
     pub opened: String,
 }
@@ -119,6 +124,7 @@ impl State {
             cache,
             throttle,
             salt,
+            generation: RwLock::new(0),
             opened,
         }
     }
@@ -175,7 +181,18 @@ impl State {
 
     /// Records a verdict from the back end. Errors are logged, never fatal:
     /// the cache only saves work.
-    pub fn remember(&self, cfg: &CacheConfig, account: &str, fp: &Fingerprint, verdict: Cached) {
+    pub fn remember(
+        &self,
+        generation: u64,
+        cfg: &CacheConfig,
+        account: &str,
+        fp: &Fingerprint,
+        verdict: Cached,
+    ) {
+        let current = self.generation.read().unwrap_or_else(|p| p.into_inner());
+        if *current != generation {
+            return;
+        }
         let stamp = now_ms().to_be_bytes();
         let positive = Self::key(b'p', account.as_bytes());
         let result = match verdict {
@@ -330,9 +347,16 @@ impl State {
     /// Forgets every cached verdict (after a reload: users, rules or the
     /// back end may have changed). Throttling state stays.
     pub fn clear_cache(&self) {
+        let mut generation = self.generation.write().unwrap_or_else(|p| p.into_inner());
+        *generation += 1;
         if let Err(e) = self.cache.clear() {
             tracing::warn!(error = %e, "cache clear failed");
         }
+    }
+
+    /// The cache generation a new helper instance writes under.
+    pub fn generation(&self) -> u64 {
+        *self.generation.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn flush(&self) {
@@ -360,30 +384,30 @@ mod tests {
         let new = s.fingerprint("a@x", b"new");
         assert_ne!(old, new);
         assert_eq!(s.cached(&cfg, "a@x", &old, Duration::ZERO), None);
-        s.remember(&cfg, "a@x", &old, Cached::Ok);
+        s.remember(s.generation(), &cfg, "a@x", &old, Cached::Ok);
         assert_eq!(
             s.cached(&cfg, "a@x", &old, Duration::ZERO),
             Some(Cached::Ok)
         );
-        s.remember(&cfg, "a@x", &new, Cached::Ok);
+        s.remember(s.generation(), &cfg, "a@x", &new, Cached::Ok);
         assert_eq!(s.cached(&cfg, "a@x", &old, Duration::ZERO), None);
         assert_eq!(
             s.cached(&cfg, "a@x", &new, Duration::ZERO),
             Some(Cached::Ok)
         );
         let wrong = s.fingerprint("a@x", b"wrong");
-        s.remember(&cfg, "a@x", &wrong, Cached::Invalid);
+        s.remember(s.generation(), &cfg, "a@x", &wrong, Cached::Invalid);
         assert_eq!(
             s.cached(&cfg, "a@x", &wrong, Duration::ZERO),
             Some(Cached::Invalid)
         );
         // The directory refusing a cached password (changed there) drops it.
-        s.remember(&cfg, "a@x", &new, Cached::Invalid);
+        s.remember(s.generation(), &cfg, "a@x", &new, Cached::Invalid);
         assert_eq!(
             s.cached(&cfg, "a@x", &new, Duration::ZERO),
             Some(Cached::Invalid)
         );
-        s.remember(&cfg, "a@x", &old, Cached::Ok);
+        s.remember(s.generation(), &cfg, "a@x", &old, Cached::Ok);
         assert_eq!(
             s.cached(&cfg, "a@x", &old, Duration::ZERO),
             Some(Cached::Ok)
@@ -401,13 +425,13 @@ mod tests {
             stale_window: Duration::ZERO,
         };
         let fp = s.fingerprint("a@x", b"pw");
-        s.remember(&off, "a@x", &fp, Cached::Ok);
+        s.remember(s.generation(), &off, "a@x", &fp, Cached::Ok);
         assert_eq!(s.cached(&off, "a@x", &fp, Duration::ZERO), None);
         let short = CacheConfig {
             positive_ttl: Duration::from_millis(1),
             ..CacheConfig::default()
         };
-        s.remember(&short, "a@x", &fp, Cached::Ok);
+        s.remember(s.generation(), &short, "a@x", &fp, Cached::Ok);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(s.cached(&short, "a@x", &fp, Duration::ZERO), None);
         assert_eq!(
@@ -449,6 +473,21 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_of_an_older_generation_are_not_stored() {
+        let s = State::open(None);
+        let cfg = CacheConfig::default();
+        let fp = s.fingerprint("a@x", b"pw");
+        let before = s.generation();
+        s.remember(before, &cfg, "a@x", &fp, Cached::Ok);
+        s.clear_cache();
+        assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), None);
+        s.remember(before, &cfg, "a@x", &fp, Cached::Invalid);
+        assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), None);
+        s.remember(s.generation(), &cfg, "a@x", &fp, Cached::Ok);
+        assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), Some(Cached::Ok));
+    }
+
+    #[test]
     fn sweep_drops_only_expired_entries() {
         let s = State::open(None);
         let short = CacheConfig {
@@ -461,8 +500,9 @@ mod tests {
             ..throttle()
         };
         let old = s.fingerprint("old@x", b"pw");
-        s.remember(&short, "old@x", &old, Cached::Ok);
+        s.remember(s.generation(), &short, "old@x", &old, Cached::Ok);
         s.remember(
+            s.generation(),
             &short,
             "old@x",
             &s.fingerprint("old@x", b"bad"),
@@ -471,7 +511,7 @@ mod tests {
         s.failed(&t, "old@x", Some("192.0.2.1".parse().unwrap()), &old);
         std::thread::sleep(Duration::from_millis(60));
         let fresh = s.fingerprint("new@x", b"pw");
-        s.remember(&short, "new@x", &fresh, Cached::Ok);
+        s.remember(s.generation(), &short, "new@x", &fresh, Cached::Ok);
         s.failed(&t, "new@x", None, &fresh);
         s.sweep(&short, &t);
         assert_eq!(s.cache.len(), 1);
@@ -490,7 +530,7 @@ mod tests {
         let fp = {
             let s = State::open(Some(&path));
             let fp = s.fingerprint("a@x", b"pw");
-            s.remember(&cfg, "a@x", &fp, Cached::Ok);
+            s.remember(s.generation(), &cfg, "a@x", &fp, Cached::Ok);
             s.flush();
             fp
         };
