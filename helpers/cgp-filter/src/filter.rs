@@ -3,7 +3,7 @@
 
 use crate::config::{FailureConfig, FilterConfig, Policy, Settings};
 use crate::directory::{Cached, Directory};
-use crate::queue::{Limits, OpenError, QueueFile, open_inside};
+use crate::queue::{BaseDir, Limits, OpenError, QueueFile};
 use crate::reply::Verdict;
 use crate::rules::RuleSet;
 use cgp_protocol::data::Value;
@@ -17,8 +17,7 @@ pub struct Filter<D> {
     rules: Arc<RuleSet>,
     settings: Settings,
     failure: FailureConfig,
-    /// The canonical base directory.
-    base: PathBuf,
+    base: BaseDir,
     directory: Option<Cached<D>>,
 }
 
@@ -42,9 +41,8 @@ impl<D: Directory> Filter<D> {
             Some(b) => b.clone(),
             None => std::env::current_dir().map_err(|e| format!("working directory: {e}"))?,
         };
-        let base = base
-            .canonicalize()
-            .map_err(|e| format!("filter.base_dir {}: {e}", base.display()))?;
+        let base =
+            BaseDir::open(&base).map_err(|e| format!("filter.base_dir {}: {e}", base.display()))?;
         let ttl = cfg
             .directory
             .as_ref()
@@ -78,10 +76,10 @@ impl<D: Directory> Filter<D> {
         };
         let name = OsStr::from_bytes(&name);
         let shown = name.to_string_lossy().into_owned();
-        let (file, path) = match open_inside(&self.base, name) {
+        let (file, path) = match self.base.open_file(name) {
             Ok(opened) => opened,
             Err(OpenError::Escapes) => {
-                tracing::warn!(file = %shown, base = %self.base.display(), "FILE outside the base directory refused");
+                tracing::warn!(file = %shown, base = %self.base.path().display(), "FILE outside the base directory refused");
                 let notes = Notes {
                     refused: Some(shown),
                     ..Notes::default()

@@ -10,7 +10,8 @@ use crate::message::{Attachment, attachments};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -114,42 +115,114 @@ pub enum OpenError {
     Unreadable(std::io::Error),
 }
 
-/// Opens a `FILE` argument, relative to the (canonical) base directory,
-/// read-only; refuses anything that leads out of it.
-pub fn open_inside(base: &Path, name: impl AsRef<Path>) -> Result<(File, PathBuf), OpenError> {
-    let joined = base.join(name);
-    // Lexical check first, so that a missing file reached through `..` is
-    // still refused rather than reported as unreadable.
-    let mut normal = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                normal.pop();
-            }
-            Component::CurDir => {}
-            other => normal.push(other),
+/// The CGP base directory, which `FILE` paths must not leave.
+#[derive(Debug)]
+pub struct BaseDir {
+    /// Canonical path.
+    path: PathBuf,
+    /// Open directory, the anchor of `openat2(RESOLVE_BENEATH)`.
+    dir: File,
+}
+
+impl BaseDir {
+    pub fn open(path: &Path) -> std::io::Result<BaseDir> {
+        let path = path.canonicalize()?;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&path)?;
+        Ok(BaseDir { path, dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a `FILE` argument read-only; refuses anything that leads out of
+    /// the base directory. Returns the file and its path (lexically
+    /// normalised).
+    pub fn open_file(&self, name: impl AsRef<Path>) -> Result<(File, PathBuf), OpenError> {
+        let normal = self.inside(name.as_ref())?;
+        let relative = normal.strip_prefix(&self.path).unwrap_or(&normal);
+        match self.open_beneath(relative) {
+            Some(Ok(file)) => Ok((file, normal)),
+            // EXDEV: a symlink that leaves, or an absolute one, which may
+            // still point inside; the real path decides.
+            Some(Err(e)) if e.raw_os_error() != Some(libc::EXDEV) => Err(OpenError::Unreadable(e)),
+            _ => self.open_then_check(normal),
         }
     }
-    if !normal.starts_with(base) || normal == base {
-        return Err(OpenError::Escapes);
+
+    /// The lexical check: `..` and absolute paths may not lead out. Done
+    /// first, so that a missing file reached through `..` is refused rather
+    /// than reported as unreadable.
+    fn inside(&self, name: &Path) -> Result<PathBuf, OpenError> {
+        let mut normal = PathBuf::new();
+        for c in self.path.join(name).components() {
+            match c {
+                Component::ParentDir => {
+                    normal.pop();
+                }
+                Component::CurDir => {}
+                other => normal.push(other),
+            }
+        }
+        if !normal.starts_with(&self.path) || normal == self.path {
+            return Err(OpenError::Escapes);
+        }
+        Ok(normal)
     }
-    // O_NONBLOCK: a FIFO planted in the queue must not hang the open; it
-    // changes nothing for regular files.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&normal)
-        .map_err(OpenError::Unreadable)?;
-    // Then the real path of what was opened: symlinks anywhere on the way
-    // must stay inside too. /proc gives it with one call; realpath is the
-    // portable fallback.
-    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .or_else(|_| normal.canonicalize())
-        .map_err(OpenError::Unreadable)?;
-    if !real.starts_with(base) {
-        return Err(OpenError::Escapes);
+
+    /// One `openat2` call that the kernel keeps beneath the base directory,
+    /// symlinks included (EXDEV otherwise). `None` where the call does not
+    /// exist (Linux before 5.6, seccomp filters).
+    fn open_beneath(&self, relative: &Path) -> Option<std::io::Result<File>> {
+        let c_path = std::ffi::CString::new(relative.as_os_str().as_bytes()).ok()?;
+        // SAFETY: open_how is plain integers, for which all zeroes is valid.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        // O_NONBLOCK: a FIFO planted in the queue must not hang the open; it
+        // changes nothing for regular files.
+        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH;
+        // SAFETY: the arguments are a valid directory descriptor, a
+        // NUL-terminated path and a pointer to an open_how of the given size,
+        // all alive for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.dir.as_raw_fd(),
+                c_path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::EPERM) => None,
+                _ => Some(Err(e)),
+            };
+        }
+        // SAFETY: the kernel just returned this descriptor to us alone.
+        Some(Ok(unsafe { File::from_raw_fd(fd as RawFd) }))
     }
-    Ok((file, real))
+
+    /// The portable way: open, then check the real path of what was opened
+    /// (symlinks anywhere on the way must stay inside too).
+    fn open_then_check(&self, normal: PathBuf) -> Result<(File, PathBuf), OpenError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&normal)
+            .map_err(OpenError::Unreadable)?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .or_else(|_| normal.canonicalize())
+            .map_err(OpenError::Unreadable)?;
+        if !real.starts_with(&self.path) {
+            return Err(OpenError::Escapes);
+        }
+        Ok((file, normal))
+    }
 }
 
 /// Limits of one read.
@@ -316,20 +389,35 @@ mod tests {
         std::fs::write(root.path().join("secret.msg"), "x").unwrap();
         std::os::unix::fs::symlink(root.path().join("secret.msg"), base.join("Queue/link.msg"))
             .unwrap();
+        std::os::unix::fs::symlink(base.join("Queue/1.msg"), base.join("Queue/abs.msg")).unwrap();
         (root, base.canonicalize().unwrap())
     }
 
     #[test]
     fn paths_stay_inside_the_base_directory() {
         let (root, base) = base();
+        let dir = BaseDir::open(&base).unwrap();
+        // Both ways of opening: openat2 and the portable fallback.
+        let both = |name: &str| {
+            let fallback = dir
+                .inside(Path::new(name))
+                .and_then(|n| dir.open_then_check(n));
+            [dir.open_file(name), fallback]
+        };
         let abs = base.join("Queue/1.msg");
         for good in [
             "Queue/1.msg",
             "./Queue/../Queue/1.msg",
             abs.to_str().unwrap(),
         ] {
-            let (_, real) = open_inside(&base, good).unwrap_or_else(|_| panic!("{good}"));
-            assert_eq!(real, abs);
+            for r in both(good) {
+                let (_, path) = r.unwrap_or_else(|_| panic!("{good}"));
+                assert_eq!(path, abs);
+            }
+        }
+        // An absolute symlink that stays inside is fine.
+        for r in both("Queue/abs.msg") {
+            assert!(r.is_ok());
         }
         for bad in [
             "../secret.msg",
@@ -338,32 +426,29 @@ mod tests {
             "Queue/link.msg",
             "..",
             "",
+            "../nope.msg",
         ] {
-            assert!(
-                matches!(open_inside(&base, bad), Err(OpenError::Escapes)),
-                "{bad}"
-            );
+            for r in both(bad) {
+                assert!(matches!(r, Err(OpenError::Escapes)), "{bad}");
+            }
         }
-        assert!(matches!(
-            open_inside(&base, "../nope.msg"),
-            Err(OpenError::Escapes)
-        ));
-        assert!(matches!(
-            open_inside(&base, "Queue/nope.msg"),
-            Err(OpenError::Unreadable(_))
-        ));
+        for r in both("Queue/nope.msg") {
+            assert!(matches!(r, Err(OpenError::Unreadable(_))));
+        }
         // A FIFO neither hangs the open nor gets read.
         let fifo = base.join("Queue/fifo.msg");
         let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo gets a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let (file, _) = open_inside(&base, "Queue/fifo.msg").unwrap();
         let limits = Limits {
             envelope: 1024,
             header: 1024,
             body: 0,
         };
-        assert!(QueueFile::read(file, &fifo, limits).is_err());
+        for r in both("Queue/fifo.msg") {
+            let (file, _) = r.unwrap();
+            assert!(QueueFile::read(file, &fifo, limits).is_err());
+        }
         drop(root);
     }
 
