@@ -30,7 +30,8 @@ work=$(mktemp -d /tmp/cgp-filter-bench.XXXXXX)
 slapd_pid=""
 cleanup() {
   if [ -n "$slapd_pid" ]; then kill "$slapd_pid" 2>/dev/null || true; wait "$slapd_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  # KEEP_WORK=1 keeps the queue files and configurations, for profiling.
+  if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
 }
 trap cleanup EXIT
 
