@@ -334,8 +334,31 @@ impl Slapd {
     }
 
     /// Suspends slapd with SIGSTOP: connections stay open, nothing answers.
+    /// Returns once every thread has stopped: a thread still running could
+    /// otherwise answer one more request.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(child) = &self.child else { return };
+        let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+        let started = Instant::now();
+        let all_stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|t| {
+                    // The state follows the parenthesised command name.
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with('T'))
+                    })
+                })
+            })
+        };
+        while !all_stopped() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "slapd did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Resumes a frozen slapd.
