@@ -636,6 +636,30 @@ text = "{user} may not send outside the organisation"
     }
 
     #[tokio::test]
+    async fn recipients_in_the_directory_can_count_as_local() {
+        let cfg = format!("{OUTBOUND}{DIRECTORY}local_recipients = true\n");
+        let dir = fake().with("partner@other.test", &[], &[]);
+        let mut bob = alice_out();
+        bob.envelope = Envelope::parse([
+            "S <bob@example.test> SMTP [192.0.2.11]",
+            "R W x <Partner@other.test>",
+        ]);
+        assert_eq!(run(&cfg, &bob, &dir).await, Ok(Verdict::pass()));
+        bob.envelope.recipients.push("stranger@other.test".into());
+        assert!(matches!(
+            run(&cfg, &bob, &dir).await,
+            Ok(Verdict::Bounce(_))
+        ));
+        // Without the setting, only local_domains count.
+        bob.envelope.recipients.pop();
+        let cfg = format!("{OUTBOUND}{DIRECTORY}");
+        assert!(matches!(
+            run(&cfg, &bob, &dir).await,
+            Ok(Verdict::Bounce(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn outbound_restriction_by_group() {
         let cfg = format!("{OUTBOUND}{DIRECTORY}");
         let dir = fake();
