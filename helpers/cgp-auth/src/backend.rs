@@ -335,3 +335,36 @@ fn same_dn(a: &str, b: &str) -> bool {
     };
     norm(a) == norm(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dn_comparison_ignores_case_and_spaces() {
+        assert!(same_dn(
+            "CN=Mail Users, OU=Groups,DC=corp",
+            "cn=mail users,ou=groups,dc=corp"
+        ));
+        assert!(!same_dn("cn=staff,ou=groups", "cn=outbound,ou=groups"));
+        assert!(!same_dn("cn=staff", "cn=staff,ou=groups"));
+    }
+
+    #[test]
+    fn placeholders_are_escaped_for_their_context() {
+        let a = Account::parse(b"x*)(uid=*@ex.test").unwrap();
+        assert_eq!(
+            fill("(uid={user})", &a, escape_filter),
+            "(uid=x\\2a\\29\\28uid=\\2a)"
+        );
+        let a = Account::parse(b"a,ou=admins@ex.test").unwrap();
+        assert_eq!(
+            fill("uid={user},ou=people", &a, escape_dn),
+            "uid=a\\,ou\\=admins,ou=people"
+        );
+        assert_eq!(
+            fill("(mail={email})", &a, escape_filter),
+            "(mail=a,ou=admins@ex.test)"
+        );
+    }
+}
