@@ -144,6 +144,7 @@ argsfile {d}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload ppolicy
+moduleload memberof
 {tls}database mdb
 maxsize 104857600
 suffix "{BASE}"
@@ -152,6 +153,7 @@ rootpw secret
 directory {d}/db
 index objectClass eq
 index uid,mail,AstAccountName eq
+overlay memberof
 overlay ppolicy
 ppolicy_default "cn=default,ou=policies,{BASE}"
 ppolicy_use_lockout

@@ -299,6 +299,17 @@ access_filter = "(departmentNumber=Sales)"
 base = "ou=partners,dc=example,dc=org"
 filter = "(mail={email})"
 
+[domains."memberof.test"]
+base = "ou=people,dc=example,dc=org"
+groups = ["CN=Outbound, OU=Groups, DC=example, DC=org"]
+group_check = "memberof"
+
+[domains."memberof-template.test"]
+base = "ou=people,dc=example,dc=org"
+dn_template = "uid={user},ou=people,dc=example,dc=org"
+groups = ["cn=staff,ou=groups,dc=example,dc=org"]
+group_check = "memberof"
+
 [throttle]
 enabled = false
 "#;
@@ -346,6 +357,20 @@ enabled = false
     assert_eq!(
         h.vrfy("x,ou=people@template.test", "bobpw"),
         r#"ERROR "invalid credentials""#
+    );
+    // memberOf, read with the search or after a template bind.
+    assert_eq!(h.vrfy("alice@memberof.test", "alicepw"), "OK");
+    assert_eq!(
+        h.vrfy("bob@memberof.test", "bobpw"),
+        r#"ERROR "not permitted""#
+    );
+    assert_eq!(h.vrfy("bob@memberof-template.test", "bobpw"), "OK");
+    assert_eq!(
+        h.vrfy(
+            "carol@memberof-template.test",
+            "sp ace \"quote\" back\\slash é"
+        ),
+        r#"ERROR "not permitted""#
     );
     // Per-domain base and filter: dave lives under ou=partners.
     assert_eq!(h.vrfy("dave@other.test", "davepw"), "OK");
