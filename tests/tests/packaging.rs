@@ -37,25 +37,27 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("UTF-8 output")
 }
 
-/// The package, built once for all the tests of this file.
+/// The package, built once for all the tests of this file, into the build
+/// profile's directory (a temporary directory held by a static would never
+/// be removed).
 fn deb() -> &'static Path {
-    static DEB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DEB.get_or_init(|| {
-        let out = tempfile::tempdir().expect("temp dir");
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
         let bin_dir = bin("cgp-auth").parent().expect("profile dir").to_path_buf();
+        let out = bin_dir.join("packaging-test");
+        let _ = std::fs::remove_dir_all(&out);
         let printed = stdout(
             Command::new(workspace().join("packaging/debian/build-deb.sh"))
                 .arg("--bin-dir")
                 .arg(&bin_dir)
                 .arg("--out")
-                .arg(out.path())
+                .arg(&out)
                 .args(["--compress", "gzip"]),
         );
         let path = PathBuf::from(printed.trim());
         assert!(path.is_file(), "build-deb.sh printed {printed:?}");
-        (out, path)
+        path
     })
-    .1
 }
 
 /// `dpkg-deb -c` as path → (mode string, owner/group).
