@@ -244,7 +244,7 @@ fn helper_sections(r: &mut Roff, name: &str, short: &str, examples: &[(String, S
     r.control("SH", ["FILES"]);
     for (path, what) in [
         (
-            format!("/etc/cgp-helpers/{name}.toml"),
+            format!("/etc/cgp-helpers/{short}.toml"),
             "the configuration named with --config in WebAdmin (mode 0640, group cgp-helpers)",
         ),
         (
