@@ -113,7 +113,7 @@ fn write_all(out: &Path, examples: &Path) -> std::io::Result<Vec<PathBuf>> {
         match p.short {
             Some(short) => {
                 let found = find_examples(examples, short, &name)?;
-                helper_sections(&mut extra, &name, short, &found);
+                helper_sections(&mut extra, short, &found);
             }
             None => sim_sections(&mut extra),
         }
@@ -168,7 +168,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// CONFIGURATION, FILES and EXIT STATUS of a helper.
-fn helper_sections(r: &mut Roff, name: &str, short: &str, examples: &[(String, String)]) {
+fn helper_sections(r: &mut Roff, short: &str, examples: &[(String, String)]) {
     let rt = RuntimeConfig::default();
     let log = LogConfig::default();
     r.control("SH", ["CONFIGURATION"]).text([
