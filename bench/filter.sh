@@ -50,6 +50,7 @@ argsfile $work/ldap/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload ppolicy
+moduleload memberof
 database mdb
 maxsize 104857600
 suffix "dc=example,dc=org"
@@ -58,6 +59,7 @@ rootpw secret
 directory $work/ldap/db
 index objectClass eq
 index uid,mail eq
+overlay memberof
 overlay ppolicy
 access to * by * read
 EOF
