@@ -306,10 +306,12 @@ fn summary(stdout: &str) -> Option<(u64, u64, u64)> {
 fn rounds(plan: &Plan, deadline: Instant, slot: &Mutex<Slot>, mut rng: fastrand::Rng) -> Totals {
     let mut totals = Totals::default();
     let mut after_kill = false;
-    // Rounds aim at 2-20 s of work at the helper's last measured rate, so
-    // that a slow helper (cgp-auth delays wrong passwords on purpose) still
-    // gets many restarts and kills in a run.
-    let mut rate = 500.0_f64;
+    // Rounds aim at 2-20 s of work at the helper's last measured rate
+    // (replies per second, killed rounds included), so that a slow helper
+    // (cgp-auth delays wrong passwords on purpose) still gets many restarts
+    // and kills in a run. The first guess is low: a fast helper catches up
+    // in a round or two, a slow one never starts with a minutes-long round.
+    let mut rate = 20.0_f64;
     while Instant::now() < deadline {
         totals.rounds += 1;
         let n = ((rate * (2.0 + rng.f64() * 18.0)) as u32).clamp(20, 3000);
@@ -351,14 +353,14 @@ fn rounds(plan: &Plan, deadline: Instant, slot: &Mutex<Slot>, mut rng: fastrand:
             continue;
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
+        let (requests, replies, violations) = summary(&stdout).unwrap_or((0, 0, 0));
+        if replies > 0 {
+            rate = replies as f64 / started.elapsed().as_secs_f64().max(0.001);
+        }
         if killed {
             totals.killed_rounds += 1;
             after_kill = true;
             continue;
-        }
-        let (requests, replies, violations) = summary(&stdout).unwrap_or((0, 0, 0));
-        if requests > 0 {
-            rate = requests as f64 / started.elapsed().as_secs_f64().max(0.001);
         }
         totals.requests += requests;
         totals.replies += replies;
