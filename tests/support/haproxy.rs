@@ -9,7 +9,7 @@
 //! `nobody` when the tests run as root. Tests read the result of a helper's
 //! work back from HAProxy itself with `show servers state`.
 
-use crate::slapd::free_port;
+use crate::process::{free_port, unprivileged, wait_ready};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -58,21 +58,6 @@ impl Server {
 pub fn sbin(name: &str) -> PathBuf {
     let p = Path::new("/usr/sbin").join(name);
     if p.exists() { p } else { PathBuf::from(name) }
-}
-
-/// uid and gid of `nobody` when running as root (HAProxy must not run as
-/// root in tests).
-fn unprivileged() -> Option<(u32, u32)> {
-    // SAFETY: getuid has no preconditions; getpwnam gets a NUL-terminated
-    // name and its result is read before any other call.
-    unsafe {
-        if libc::getuid() != 0 {
-            return None;
-        }
-        let pw = libc::getpwnam(c"nobody".as_ptr());
-        assert!(!pw.is_null(), "no user nobody");
-        Some(((*pw).pw_uid, (*pw).pw_gid))
-    }
 }
 
 impl Haproxy {
@@ -137,28 +122,14 @@ impl Haproxy {
         if let Some((uid, gid)) = unprivileged() {
             cmd.uid(uid).gid(gid);
         }
-        self.child = Some(
-            cmd.spawn()
-                .expect("spawn haproxy (is the haproxy package installed?)"),
-        );
-        let started = Instant::now();
-        while self.try_command("show info").is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "haproxy exited with {status}: {}",
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "haproxy admin socket not up within 20s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = cmd
+            .spawn()
+            .expect("spawn haproxy (is the haproxy package installed?)");
+        let log = self.log();
+        wait_ready(&mut child, "haproxy", &log, || {
+            self.try_command("show info").is_ok()
+        });
+        self.child = Some(child);
     }
 
     fn try_command(&self, line: &str) -> std::io::Result<String> {

@@ -7,7 +7,9 @@
 //! The configuration follows the recipe in ecosystem.md §D.1, plus the
 //! ppolicy overlay so that locked and expired accounts can be tested.
 
-use std::net::{TcpListener, TcpStream};
+pub use crate::process::free_port;
+use crate::process::{chown_tree, unprivileged, wait_ready};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,37 +26,6 @@ pub struct Slapd {
     /// The LDAPS port, when started with TLS.
     tls_port: Option<u16>,
     child: Option<Child>,
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// uid and gid of `nobody`, when running as root.
-fn unprivileged() -> Option<(u32, u32)> {
-    // SAFETY: getuid has no preconditions; getpwnam gets a NUL-terminated
-    // name and its result is only read before the next call.
-    unsafe {
-        if libc::getuid() != 0 {
-            return None;
-        }
-        let pw = libc::getpwnam(c"nobody".as_ptr());
-        assert!(!pw.is_null(), "no user nobody");
-        Some(((*pw).pw_uid, (*pw).pw_gid))
-    }
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown fixture");
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).expect("read fixture dir") {
-            chown_tree(&e.expect("dir entry").path(), uid, gid);
-        }
-    }
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost,
@@ -278,26 +249,12 @@ impl Slapd {
         if let Some((uid, gid)) = unprivileged() {
             cmd.uid(uid).gid(gid);
         }
-        self.child = Some(cmd.spawn().expect("spawn slapd"));
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "slapd exited with {status}: {}",
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "slapd did not listen on port {} within 20s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = cmd.spawn().expect("spawn slapd");
+        let port = self.port;
+        wait_ready(&mut child, "slapd", &self.log(), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.child = Some(child);
     }
 
     fn listeners(&self) -> String {

@@ -3,6 +3,7 @@
 //! for cgp-balancer to fill, and an admin socket. Runs in the foreground as
 //! `nobody` when the soak runs as root; freeze, restart and drop stop it.
 
+use cgp_tests::process::{free_port, unprivileged};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,24 +17,11 @@ pub struct Haproxy {
     child: Option<Child>,
 }
 
-/// uid and gid of `nobody`, when running as root.
-fn unprivileged() -> Option<(u32, u32)> {
-    // SAFETY: getuid has no preconditions; getpwnam gets a NUL-terminated
-    // name and its result is read before any other call.
-    unsafe {
-        if libc::getuid() != 0 {
-            return None;
-        }
-        let pw = libc::getpwnam(c"nobody".as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    }
-}
-
 impl Haproxy {
     /// Writes the configuration into `dir` and starts HAProxy.
     pub fn start(dir: &Path) -> std::io::Result<Haproxy> {
         std::fs::create_dir_all(dir)?;
-        let port = cgp_tests::slapd::free_port();
+        let port = free_port();
         let d = dir.display();
         std::fs::write(
             dir.join("haproxy.cfg"),
