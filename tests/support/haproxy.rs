@@ -9,7 +9,7 @@
 //! `nobody` when the tests run as root. Tests read the result of a helper's
 //! work back from HAProxy itself with `show servers state`.
 
-use crate::process::{free_port, unprivileged, wait_ready};
+use crate::process::{self, free_port, unprivileged, wait_ready};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -203,11 +203,7 @@ impl Haproxy {
 
     fn signal(&self, sig: libc::c_int) {
         if let Some(child) = &self.child {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // own child, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
+            process::signal(child, sig);
         }
     }
 
@@ -221,18 +217,8 @@ impl Haproxy {
     }
 
     pub fn stop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.signal(libc::SIGTERM);
-        if let Some(mut child) = self.child.take() {
-            let started = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if started.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            process::terminate(child);
         }
     }
 
@@ -343,11 +329,7 @@ impl Helper {
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) the helper process.
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
+        process::signal(&self.child, sig);
     }
 
     pub fn kill(mut self) {

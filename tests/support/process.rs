@@ -59,3 +59,29 @@ pub fn wait_ready(child: &mut Child, what: &str, log: &Path, mut ready: impl FnM
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends `sig` to a child not yet reaped; false when the kernel refused.
+pub fn signal(child: &Child, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return false;
+    };
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own
+    // child, not yet reaped, so it cannot name another process.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Stops a peer the way an administrator would: wakes it if frozen, asks it
+/// to stop, and kills it only if it has not exited within 10 s.
+pub fn terminate(mut child: Child) {
+    signal(&child, libc::SIGCONT);
+    signal(&child, libc::SIGTERM);
+    let started = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

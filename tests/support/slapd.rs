@@ -8,7 +8,7 @@
 //! ppolicy overlay so that locked and expired accounts can be tested.
 
 pub use crate::process::free_port;
-use crate::process::{chown_tree, unprivileged, wait_ready};
+use crate::process::{self, chown_tree, unprivileged, wait_ready};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -267,28 +267,14 @@ impl Slapd {
 
     fn signal(&self, sig: libc::c_int) {
         if let Some(child) = &self.child {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // own child, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
+            process::signal(child, sig);
         }
     }
 
     /// Stops slapd (the port stays reserved for `start_again`).
     pub fn stop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.signal(libc::SIGTERM);
-        if let Some(mut child) = self.child.take() {
-            let started = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if started.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            process::terminate(child);
         }
     }
 

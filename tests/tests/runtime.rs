@@ -77,9 +77,7 @@ impl Running {
     }
 
     fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        assert!(cgp_tests::process::signal(&self.child, sig));
     }
 
     fn finish(mut self) -> (Option<i32>, String) {

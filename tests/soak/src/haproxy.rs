@@ -94,11 +94,7 @@ impl Haproxy {
 
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(child) = &self.child {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // own child, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
+            cgp_tests::process::signal(child, sig);
         }
     }
 
