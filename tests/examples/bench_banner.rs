@@ -7,7 +7,7 @@
 
 use cgp_tests::banner::{ALICE_IDLE, Session, config, pbx};
 use cgp_tests::bin;
-use cgp_tests::fake_ami::Fault;
+use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -16,16 +16,7 @@ fn main() {
     const N: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
-    let users: String = (0..100)
-        .map(|i| {
-            fake.set_mailbox(&format!("{}@default", 2000 + i), i, 0);
-            fake.set_extension(&format!("{}", 2000 + i), "default", "PJSIP/x", 0);
-            format!(
-                "[directory.users.\"u{i}@example.com\"]\nreal_name = \"U{i}\"\nmailbox = \"{0}@default\"\nextension = \"{0}\"\n",
-                2000 + i
-            )
-        })
-        .collect();
+    let users = hundred_users(&fake, "u", 2000);
     let cfg = config(dir.path(), fake.port(), &users);
 
     // cgp-helper-sim drives both helpers; rounds alternate so that load
@@ -68,16 +59,7 @@ fn main() {
 
     let slow = pbx();
     slow.set_fault(Fault::Slow(Duration::from_millis(5)));
-    let users: String = (0..100)
-        .map(|i| {
-            slow.set_mailbox(&format!("{}@default", 3000 + i), i, 0);
-            slow.set_extension(&format!("{}", 3000 + i), "default", "PJSIP/x", 0);
-            format!(
-                "[directory.users.\"v{i}@example.com\"]\nreal_name = \"V{i}\"\nmailbox = \"{0}@default\"\nextension = \"{0}\"\n",
-                3000 + i
-            )
-        })
-        .collect();
+    let users = hundred_users(&slow, "v", 3000);
     let dir2 = tempfile::tempdir().unwrap();
     let mut s = Session::start(&config(dir2.path(), slow.port(), &users));
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
@@ -104,4 +86,20 @@ fn main() {
         time.as_secs_f64() * 1000.0
     );
     s.finish();
+}
+
+/// 100 users `<prefix>0@example.com`… with mailboxes and extensions from
+/// `first` on, set up on the PBX and returned as configuration.
+fn hundred_users(pbx: &FakeAmi, prefix: &str, first: u32) -> String {
+    (0..100)
+        .map(|i| {
+            let ext = first + i;
+            pbx.set_mailbox(&format!("{ext}@default"), i, 0);
+            pbx.set_extension(&ext.to_string(), "default", "PJSIP/x", 0);
+            let upper = prefix.to_uppercase();
+            format!(
+                "[directory.users.\"{prefix}{i}@example.com\"]\nreal_name = \"{upper}{i}\"\nmailbox = \"{ext}@default\"\nextension = \"{ext}\"\n"
+            )
+        })
+        .collect()
 }
