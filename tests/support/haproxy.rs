@@ -112,8 +112,11 @@ impl Haproxy {
         assert!(self.child.is_none(), "haproxy is already running");
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::File::create(self.log()).expect("haproxy log");
+        // Started in its own directory: running as `nobody`, it could not
+        // return to a test working directory that only root may enter.
         let mut cmd = Command::new(sbin("haproxy"));
-        cmd.arg("-db")
+        cmd.current_dir(self.dir.path())
+            .arg("-db")
             .arg("-f")
             .arg(self.dir.path().join("haproxy.cfg"))
             .stdin(Stdio::null())

@@ -237,8 +237,11 @@ impl Slapd {
         if let Some((uid, gid)) = unprivileged() {
             std::os::unix::fs::chown(self.log(), Some(uid), Some(gid)).expect("chown log");
         }
+        // Started in its own directory: running as `nobody`, it could not
+        // return to a test working directory that only root may enter.
         let mut cmd = Command::new("slapd");
-        cmd.arg("-f")
+        cmd.current_dir(self.dir.path())
+            .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
             .arg("-h")
             .arg(self.listeners())

@@ -69,8 +69,11 @@ impl Haproxy {
             .create(true)
             .append(true)
             .open(self.dir.join("haproxy.log"))?;
+        // Started in its own directory: running as `nobody`, it could not
+        // return to a test working directory that only root may enter.
         let mut cmd = Command::new("haproxy");
-        cmd.arg("-db")
+        cmd.current_dir(&self.dir)
+            .arg("-db")
             .arg("-f")
             .arg(self.dir.join("haproxy.cfg"))
             .stdin(Stdio::null())
