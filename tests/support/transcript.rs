@@ -133,18 +133,19 @@ pub fn check_contract(o: &Outcome, input: &[u8]) -> Vec<String> {
     problems
 }
 
-/// Runs one case of a helper's testdata directory; returns the problems found.
-pub fn run_case(program: &Path, dir: &Path, case: &str) -> Vec<String> {
+/// Runs one case of a helper's testdata directory, with `extra` before the
+/// case's own arguments; returns the problems found.
+pub fn run_case(program: &Path, extra: &[&str], dir: &Path, case: &str) -> Vec<String> {
     let input = std::fs::read(dir.join(format!("{case}.in"))).expect("case input");
     // Compared as lossy text on both sides: replies may carry 8-bit bytes.
     let expected = std::fs::read(dir.join(format!("{case}.out"))).expect("case output");
     let expected = String::from_utf8_lossy(&expected);
-    let mut args = Vec::new();
-    for config in [format!("{case}.toml"), "config.toml".to_string()] {
-        if dir.join(&config).exists() {
-            args = vec!["--config".to_string(), config];
-            break;
-        }
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    if let Some(config) = [format!("{case}.toml"), "config.toml".to_string()]
+        .into_iter()
+        .find(|c| dir.join(c).exists())
+    {
+        args.extend(["--config".to_string(), config]);
     }
     let o = run(program, &args, dir, &input, Duration::from_secs(60));
     let mut problems = check_contract(&o, &input);
@@ -174,6 +175,11 @@ pub fn run_case(program: &Path, dir: &Path, case: &str) -> Vec<String> {
 /// Runs every case in `testdata/<dir>` against `program`; panics with all
 /// problems of all cases.
 pub fn run_all(program: &Path, dir: &str) {
+    run_all_with(program, &[], dir);
+}
+
+/// [`run_all`] with arguments given to the program before each case's own.
+pub fn run_all_with(program: &Path, extra: &[&str], dir: &str) {
     let dir = crate::testdata(dir);
     let mut cases: Vec<String> = std::fs::read_dir(&dir)
         .expect("testdata directory")
@@ -188,7 +194,7 @@ pub fn run_all(program: &Path, dir: &str) {
     assert!(!cases.is_empty(), "no cases in {}", dir.display());
     let mut report = Vec::new();
     for case in &cases {
-        for p in run_case(program, &dir, case) {
+        for p in run_case(program, extra, &dir, case) {
             report.push(format!("{case}: {p}"));
         }
     }

@@ -10,6 +10,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The probe helper's two dispatch paths: requests always spawned, and
+/// requests polled once on the dispatcher first (`Helper::INLINE_FIRST_POLL`).
+const MODES: [&[&str]; 2] = [&[], &["--inline"]];
+
 /// A probe helper running with piped stdio; stdout lines arrive on a channel.
 struct Running {
     child: Child,
@@ -19,7 +23,12 @@ struct Running {
 
 impl Running {
     fn start(config: &std::path::Path) -> Running {
+        Running::start_with(config, &[])
+    }
+
+    fn start_with(config: &std::path::Path, extra: &[&str]) -> Running {
         let mut child = Command::new(bin("probe_helper"))
+            .args(extra)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::piped())
@@ -97,50 +106,56 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn replies_leave_in_completion_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = Running::start(&config(&dir, ""));
-    h.send("1 INTF 4");
-    assert_eq!(h.next(false), "1 INTF 4");
-    h.send("2 SLEEP 600");
-    h.send("3 SLEEP 300");
-    h.send("4 SLEEP 0");
-    assert_eq!(h.next(false), "4 OK");
-    assert_eq!(h.next(false), "3 OK");
-    assert_eq!(h.next(false), "2 OK");
-    let (code, err) = h.finish();
-    assert_eq!((code, err.as_str()), (Some(0), ""));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Running::start_with(&config(&dir, ""), mode);
+        h.send("1 INTF 4");
+        assert_eq!(h.next(false), "1 INTF 4");
+        h.send("2 SLEEP 600");
+        h.send("3 SLEEP 300");
+        h.send("4 SLEEP 0");
+        assert_eq!(h.next(false), "4 OK", "{mode:?}");
+        assert_eq!(h.next(false), "3 OK", "{mode:?}");
+        assert_eq!(h.next(false), "2 OK", "{mode:?}");
+        let (code, err) = h.finish();
+        assert_eq!((code, err.as_str()), (Some(0), ""));
+    }
 }
 
 #[test]
 fn requests_with_one_order_key_keep_their_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = Running::start(&config(&dir, ""));
-    h.send("1 INTF 4");
-    assert_eq!(h.next(false), "1 INTF 4");
-    // 2 is slow; 3 has its key and must wait for it; 4 has another key.
-    h.send("2 ORDERED group-a 500");
-    h.send("3 ORDERED group-a 0");
-    h.send("4 ORDERED group-b 0");
-    assert_eq!(h.next(false), "4 OK");
-    assert_eq!(h.next(false), "2 OK");
-    assert_eq!(h.next(false), "3 OK");
-    let (code, err) = h.finish();
-    assert_eq!((code, err.as_str()), (Some(0), ""));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Running::start_with(&config(&dir, ""), mode);
+        h.send("1 INTF 4");
+        assert_eq!(h.next(false), "1 INTF 4");
+        // 2 is slow; 3 has its key and must wait for it; 4 has another key.
+        h.send("2 ORDERED group-a 500");
+        h.send("3 ORDERED group-a 0");
+        h.send("4 ORDERED group-b 0");
+        assert_eq!(h.next(false), "4 OK", "{mode:?}");
+        assert_eq!(h.next(false), "2 OK", "{mode:?}");
+        assert_eq!(h.next(false), "3 OK", "{mode:?}");
+        let (code, err) = h.finish();
+        assert_eq!((code, err.as_str()), (Some(0), ""));
+    }
 }
 
 #[test]
 fn sigterm_drains_requests_in_flight_then_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = Running::start(&config(&dir, ""));
-    h.send("1 INTF 3");
-    assert_eq!(h.next(false), "1 INTF 3");
-    h.send("2 SLEEP 500");
-    std::thread::sleep(Duration::from_millis(100));
-    h.signal(libc::SIGTERM);
-    h.info_starting("* SIGTERM received");
-    assert_eq!(h.next(false), "2 OK");
-    let (code, err) = h.finish();
-    assert_eq!((code, err.as_str()), (Some(0), ""));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Running::start_with(&config(&dir, ""), mode);
+        h.send("1 INTF 3");
+        assert_eq!(h.next(false), "1 INTF 3");
+        h.send("2 SLEEP 500");
+        std::thread::sleep(Duration::from_millis(100));
+        h.signal(libc::SIGTERM);
+        h.info_starting("* SIGTERM received");
+        assert_eq!(h.next(false), "2 OK", "{mode:?}");
+        let (code, err) = h.finish();
+        assert_eq!((code, err.as_str()), (Some(0), ""));
+    }
 }
 
 #[test]

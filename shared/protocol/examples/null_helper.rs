@@ -11,6 +11,8 @@ struct Null;
 impl Helper for Null {
     type Config = BasicConfig;
 
+    const INLINE_FIRST_POLL: bool = true;
+
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Null)
     }

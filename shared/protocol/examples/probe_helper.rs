@@ -2,6 +2,8 @@
 //! the transcript tests in `testdata/runtime/`:
 //! `SLEEP <ms>`, `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`,
 //! `ORDERED <key> <ms>` (sleeps, in arrival order per key).
+//! With `--inline` it sets `Helper::INLINE_FIRST_POLL`, so the same cases
+//! cover both of the runtime's dispatch paths.
 
 use cgp_protocol::data::{Value, parse_values};
 use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
@@ -10,10 +12,12 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Probe;
+struct Probe<const INLINE: bool>;
 
-impl Helper for Probe {
+impl<const INLINE: bool> Helper for Probe<INLINE> {
     type Config = BasicConfig;
+
+    const INLINE_FIRST_POLL: bool = INLINE;
 
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Probe)
@@ -53,6 +57,9 @@ impl Helper for Probe {
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    /// Answer requests ready at their first poll on the dispatcher.
+    #[arg(long)]
+    inline: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,5 +68,10 @@ fn main() -> std::process::ExitCode {
         version: env!("CARGO_PKG_VERSION"),
         max_intf: 4,
     };
-    run::<Probe>(info, &Cli::parse().common)
+    let cli = Cli::parse();
+    if cli.inline {
+        run::<Probe<true>>(info, &cli.common)
+    } else {
+        run::<Probe<false>>(info, &cli.common)
+    }
 }

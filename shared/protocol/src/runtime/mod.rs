@@ -16,16 +16,18 @@ pub mod stats;
 
 use crate::request::{LineError, Reply, Request, sequence_token};
 use config::{ConfigError, HelperConfig, RuntimeConfig};
-use futures_util::FutureExt;
 use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -87,6 +89,17 @@ pub trait Helper: Send + Sync + Sized + 'static {
     fn oversize_reply(&self, _command: &str) -> Reply {
         Reply::failure("reply too long")
     }
+
+    /// Set by helpers whose handlers do no heavy work before their first
+    /// `.await` (cache hits, state lookups, network calls, blocking work
+    /// already moved to `spawn_blocking`). The runtime then polls each new
+    /// request once on the dispatcher and answers it there when it is
+    /// ready: no task spawn and no hand-over to another worker thread,
+    /// which is most of a quick request's cost. Handlers that parse or
+    /// compute before they first wait (the content filter) leave it off,
+    /// so their requests spread over both workers instead of queueing
+    /// behind the dispatcher.
+    const INLINE_FIRST_POLL: bool = false;
 }
 
 /// What a handler may know about its request's context.
@@ -224,8 +237,13 @@ async fn serve<H: Helper>(
     config: H::Config,
     target: logging::LogTarget,
 ) -> i32 {
-    let (writer, writer_thread) =
-        io::spawn_writer(std::io::stdout(), config.runtime().max_in_flight + 256);
+    let queue = config.runtime().max_in_flight + 256;
+    // Straight to the pipe through a duplicate of fd 1: std's Stdout would
+    // take its lock and copy every line into its line buffer first.
+    let (writer, writer_thread) = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => io::spawn_writer(std::fs::File::from(fd), queue),
+        Err(_) => io::spawn_writer(std::io::stdout(), queue),
+    };
     writer.info(&format!("{} {} started", info.name, info.version));
     tracing::info!(name = info.name, version = info.version, logs = ?target, "started");
     let runtime_cfg = config.runtime().clone();
@@ -414,34 +432,46 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
 async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semaphore>, req: Request) {
     // A token already in flight would make two replies CGP cannot tell apart.
     let key = SeqKey::of(&req.seq);
-    let fresh = shared
-        .in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key);
-    if !fresh {
-        shared.writer.info(&format!(
-            "request {} dropped: its sequence number is already in flight",
-            req.seq_str()
-        ));
-        return;
+    {
+        let in_flight = lock(&shared.in_flight);
+        if !in_flight.is_empty() && in_flight.contains(&key) {
+            drop(in_flight);
+            shared.writer.info(&format!(
+                "request {} dropped: its sequence number is already in flight",
+                req.seq_str()
+            ));
+            return;
+        }
     }
-    // Waiting here holds back further input: the in-flight bound queues
-    // requests in the pipe instead of dropping them.
-    let Ok(permit) = permits.clone().acquire_owned().await else {
-        return;
-    };
+    // A request answered by its first poll needs no permit: it is over
+    // before the dispatcher reads on. The dispatcher is the only one taking
+    // permits, so a free one now is still free after that poll.
+    let inline = H::INLINE_FIRST_POLL && permits.available_permits() > 0;
+    let mut permit = None;
+    if !inline {
+        // Waiting here holds back further input: the in-flight bound
+        // queues requests in the pipe instead of dropping them.
+        match permits.clone().acquire_owned().await {
+            Ok(p) => permit = Some(p),
+            Err(_) => return,
+        }
+    }
     shared.stats.request();
     let helper = shared
         .helper
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let deadline = read(&shared.runtime).deadline;
+    let deadline = shared
+        .runtime
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .deadline;
     let started = Instant::now();
+    let until = started + deadline;
     let ctx = Ctx {
         intf: shared.intf.clone(),
-        deadline: started + deadline,
+        deadline: until,
         writer: shared.writer.clone(),
     };
     let (previous, done) = match helper.order_key(&req) {
@@ -452,27 +482,48 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         }
         None => (None, None),
     };
-    let shared = shared.clone();
-    // Boxed so that spawning moves a pointer, not the whole future (with its
-    // timer and the handler's state inside, copying it cost more than the
-    // rest of the request path together).
-    tokio::spawn(Box::pin(async move {
-        let Request { seq, command, .. } = &req;
-        let (seq, command) = (seq.clone(), command.clone());
-        // Dropping the handler's future at the deadline cancels it; a panic
-        // inside it is caught here and never reaches the runtime.
-        let handled = AssertUnwindSafe(helper.clone().handle(ctx, req)).catch_unwind();
-        let in_turn = async move {
-            if let Some(previous) = previous {
-                // Err only means the previous request's task is gone: either
-                // way it is finished.
-                let _ = previous.await;
-            }
-            handled.await
+    let task_shared = shared.clone();
+    // Boxed so that spawning moves a pointer, not the whole future.
+    let mut task = Box::pin(async move {
+        let shared = task_shared;
+        let (seq, command) = (req.seq.clone(), req.command.clone());
+        let until = tokio::time::Instant::from_std(until);
+        // Waiting for the previous request with the same order key counts
+        // against the deadline. Err only means that request's task is gone:
+        // either way it is finished.
+        let in_turn = match previous {
+            Some(previous) => tokio::time::timeout_at(until, previous).await.is_ok(),
+            None => true,
         };
-        let mut reply = match tokio::time::timeout(deadline, in_turn).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => helper.panic_reply(&command),
+        let outcome = if in_turn {
+            // Pinned in place and polled through references: wrapping the
+            // handler's future in catch_unwind and timeout adapters moved
+            // it (memcpy) at each layer.
+            let mut handler = std::pin::pin!(helper.clone().handle(ctx, req));
+            // A panic inside the handler is caught here and never reaches
+            // the runtime.
+            let mut guarded = std::pin::pin!(std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(reply)) => Poll::Ready(Some(reply)),
+                    Err(_) => Poll::Ready(None),
+                }
+            }));
+            // The first poll needs no timer: most quick requests are
+            // answered by it. Dropping the handler's future at the deadline
+            // cancels it.
+            match poll_once(guarded.as_mut()).await {
+                Poll::Ready(outcome) => Ok(outcome),
+                Poll::Pending => tokio::time::timeout_at(until, guarded)
+                    .await
+                    .map_err(|_| ()),
+            }
+        } else {
+            Err(())
+        };
+        let mut reply = match outcome {
+            Ok(Some(reply)) => reply,
+            Ok(None) => helper.panic_reply(&command),
             Err(_) => {
                 tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "deadline passed");
                 helper.timeout_reply(&command)
@@ -489,16 +540,40 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         shared.stats.reply(reply.kind(), latency);
         tracing::debug!(seq = %String::from_utf8_lossy(&seq), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
         shared.writer.reply(&seq, &reply);
-        shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
         // The next request with this order key may start now that this
         // reply is out.
         drop(done);
+    });
+    // A future may be polled with a different waker each time (the spawned
+    // task's first poll registers its own), so one poll here is sound; a
+    // request answered by it never touches the in-flight set, a permit or
+    // the scheduler.
+    if inline && poll_once(task.as_mut()).await.is_ready() {
+        return;
+    }
+    let permit = match permit {
+        Some(p) => p,
+        None => match permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+    };
+    lock(&shared.in_flight).insert(key);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        task.await;
+        lock(&shared.in_flight).remove(&key);
         drop(permit);
-    }));
+    });
+}
+
+/// Polls a future once with the current task's waker.
+async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Queues a request behind the last one with the same order key; returns the
@@ -509,7 +584,7 @@ fn join_order(
     key: Vec<u8>,
     tail: oneshot::Receiver<()>,
 ) -> Option<oneshot::Receiver<()>> {
-    let mut tails = tails.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tails = lock(tails);
     if tails.len() >= 64 {
         tails.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
@@ -560,6 +635,8 @@ pub struct Unsupported;
 
 impl Helper for Unsupported {
     type Config = BasicConfig;
+
+    const INLINE_FIRST_POLL: bool = true;
 
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Unsupported)
