@@ -88,7 +88,10 @@ impl<D: Directory> Directory for Cached<D> {
         if let Some(hit) = self.lookup(&key) {
             return Ok(hit);
         }
-        let answer = self.inner.person(&key).await?;
+        // Boxed: a directory search (the LDAP client's futures) is several
+        // kilobytes of state, which would otherwise be part of every
+        // request's future and be copied with it, cache hit or not.
+        let answer = Box::pin(self.inner.person(&key)).await?;
         self.keep(key, answer.clone());
         Ok(answer)
     }

@@ -9,7 +9,6 @@ use cgp_protocol::runtime::config::KeyError;
 use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -75,11 +74,35 @@ impl<'de> Deserialize<'de> for AddressPattern {
     }
 }
 
+/// An address in lower case with its domain found once, as address lists
+/// compare it: a message's sender and recipients meet many lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub lower: String,
+    /// Where the domain starts (past the last `@`); the end when none.
+    domain_at: usize,
+}
+
+impl Address {
+    pub fn new(address: &str) -> Address {
+        let lower = address.to_lowercase();
+        let domain_at = lower.rfind('@').map_or(lower.len(), |at| at + 1);
+        Address { lower, domain_at }
+    }
+
+    /// The domain, empty when the address has no `@`.
+    pub fn domain(&self) -> &str {
+        &self.lower[self.domain_at..]
+    }
+}
+
 /// A compiled address list.
 #[derive(Clone, Debug, Default)]
 pub struct AddressSet {
-    exact: HashSet<String>,
-    domains: HashSet<String>,
+    /// Sorted (binary search: no hashing of every address against every
+    /// list, and list files of thousands of entries stay cheap).
+    exact: Vec<String>,
+    domains: Vec<String>,
     regexes: Option<regex::RegexSet>,
 }
 
@@ -91,6 +114,10 @@ impl AddressSet {
         let mut regexes = Vec::new();
         for p in patterns {
             set.add(p, &mut regexes, key)?;
+        }
+        for list in [&mut set.exact, &mut set.domains] {
+            list.sort_unstable();
+            list.dedup();
         }
         if !regexes.is_empty() {
             let sources = regexes.iter().map(|r: &regex::Regex| r.as_str());
@@ -111,12 +138,8 @@ impl AddressSet {
         key: &str,
     ) -> Result<(), KeyError> {
         match p {
-            AddressPattern::Exact(a) => {
-                self.exact.insert(a.clone());
-            }
-            AddressPattern::Domain(d) => {
-                self.domains.insert(d.clone());
-            }
+            AddressPattern::Exact(a) => self.exact.push(a.clone()),
+            AddressPattern::Domain(d) => self.domains.push(d.clone()),
             AddressPattern::Regex(r) => regexes.push(r.clone()),
             AddressPattern::File(path) => {
                 for entry in list_file(path, key)? {
@@ -129,24 +152,28 @@ impl AddressSet {
         Ok(())
     }
 
-    /// Whether `address` (any case) is in the list.
-    /// Whether `lower`, an address in lower case, is in the list.
-    pub fn matches(&self, lower: &str) -> bool {
-        if self.exact.contains(lower) {
+    /// Whether `address` is in the list.
+    pub fn matches(&self, address: &Address) -> bool {
+        if listed(&self.exact, &address.lower) {
             return true;
         }
-        let domain = lower.rsplit_once('@').map_or("", |(_, d)| d);
-        if !domain.is_empty() && self.domains.contains(domain) {
+        let domain = address.domain();
+        if !domain.is_empty() && listed(&self.domains, domain) {
             return true;
         }
-        self.regexes.as_ref().is_some_and(|r| r.is_match(lower))
+        self.regexes
+            .as_ref()
+            .is_some_and(|r| r.is_match(&address.lower))
     }
 
-    /// Whether `domain` is listed as a domain.
     /// Whether `lower`, a domain in lower case, is listed as a domain.
     pub fn has_domain(&self, lower: &str) -> bool {
-        self.domains.contains(lower)
+        listed(&self.domains, lower)
     }
+}
+
+fn listed(sorted: &[String], item: &str) -> bool {
+    sorted.binary_search_by(|e| e.as_str().cmp(item)).is_ok()
 }
 
 /// One entry of a network list: an address, a CIDR block or `file:PATH`.
@@ -267,13 +294,16 @@ mod tests {
             "partner.test",
             "/^list-.*@/",
         ]);
-        assert!(s.matches("alice@example.test"));
-        assert!(!s.matches("bob@example.test"));
-        assert!(s.matches("anyone@corp.test"));
-        assert!(s.matches("x@partner.test"));
-        assert!(!s.matches("x@sub.partner.test"));
-        assert!(s.matches("list-dev@elsewhere.test"));
-        assert!(!s.matches(""));
+        let m = |a: &str| s.matches(&Address::new(a));
+        assert!(m("Alice@example.test"));
+        assert!(!m("bob@example.test"));
+        assert!(m("anyone@corp.test"));
+        assert!(m("x@partner.test"));
+        assert!(!m("x@sub.partner.test"));
+        assert!(m("list-dev@elsewhere.test"));
+        assert!(!m(""));
+        assert!(!m("partner.test"));
+        assert!(s.has_domain("corp.test") && !s.has_domain("example.test"));
     }
 
     #[test]
@@ -286,8 +316,9 @@ mod tests {
         )
         .unwrap();
         let s = set(&[&format!("file:{}", list.display())]);
-        assert!(s.matches("ceo@example.test") && s.matches("x@board.test"));
-        assert!(!s.matches("cfo@example.test"));
+        let m = |a: &str| s.matches(&Address::new(a));
+        assert!(m("ceo@example.test") && m("x@board.test"));
+        assert!(!m("cfo@example.test"));
         std::fs::write(&list, "/regex/\n").unwrap();
         let p = AddressPattern::parse(&format!("file:{}", list.display()), true).unwrap();
         let e = AddressSet::compile(&[p], "rule[0].when.sender").unwrap_err();

@@ -11,7 +11,7 @@
 use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
 use crate::directory::{Directory, Person, Unavailable};
 use crate::message::{HeaderParser, Headers};
-use crate::patterns::{AddressSet, IpSet};
+use crate::patterns::{Address, AddressSet, IpSet};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
 use cgp_protocol::runtime::config::KeyError;
@@ -184,8 +184,12 @@ impl RuleSet {
     ) -> Result<Verdict, Unavailable> {
         let env = &qf.envelope;
         let mut facts = Facts {
-            sender: env.sender.as_deref().unwrap_or("").to_lowercase(),
-            recipients: env.recipients.iter().map(|r| r.to_lowercase()).collect(),
+            sender: Address::new(env.sender.as_deref().unwrap_or("")),
+            recipients: env.recipients.iter().map(|r| Address::new(r)).collect(),
+            tag: env.source.as_ref().map_or("", |s| s.tag.as_str()),
+            self_generated: env.self_generated(),
+            authenticated: env.auth_user().is_some(),
+            client_ip: env.client_ip(),
             set: self,
             qf,
             dir,
@@ -355,18 +359,23 @@ fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond
 /// What is known about one message, worked out on first use.
 struct Facts<'a, D> {
     /// The envelope sender and recipients in lower case, as lists compare.
-    sender: String,
-    recipients: Vec<String>,
+    sender: Address,
+    recipients: Vec<Address>,
+    /// Envelope facts that many rules ask about, worked out once.
+    tag: &'a str,
+    self_generated: bool,
+    authenticated: bool,
+    client_ip: Option<std::net::IpAddr>,
     set: &'a RuleSet,
     qf: &'a QueueFile,
     dir: Option<&'a D>,
-    headers: Option<Headers>,
+    headers: Option<Headers<'a>>,
     header_hits: Vec<Option<Vec<bool>>>,
     person: Option<Option<Arc<Person>>>,
     external: Option<bool>,
 }
 
-impl<D: Directory> Facts<'_, D> {
+impl<'a, D: Directory> Facts<'a, D> {
     /// The address directory facts are about: the authenticated user, else
     /// the envelope sender.
     fn identity(&self) -> Option<String> {
@@ -409,9 +418,10 @@ impl<D: Directory> Facts<'_, D> {
         }
     }
 
-    fn headers(&mut self) -> &Headers {
+    fn headers(&mut self) -> &Headers<'a> {
+        let (set, qf) = (self.set, self.qf);
         self.headers
-            .get_or_insert_with(|| self.set.header_parser.parse(&self.qf.header))
+            .get_or_insert_with(|| set.header_parser.parse(&qf.header))
     }
 
     fn header_hit(&mut self, set: usize, pattern: usize) -> bool {
@@ -419,6 +429,11 @@ impl<D: Directory> Facts<'_, D> {
             let (name, regexes) = &self.set.header_sets[set];
             let mut hits = vec![false; regexes.len()];
             for value in self.headers().values(name) {
+                // Most values match none of the set: `is_match` can say so
+                // without tracking every pattern.
+                if !regexes.is_match(value) {
+                    continue;
+                }
                 for i in regexes.matches(value).iter() {
                     hits[i] = true;
                 }
@@ -435,15 +450,15 @@ impl<D: Directory> Facts<'_, D> {
         let mut external = false;
         for rcpt in &self.recipients {
             // `<postmaster>` and other bare names are local by definition.
-            let Some((_, domain)) = rcpt.rsplit_once('@') else {
+            if !rcpt.lower.contains('@') {
                 continue;
-            };
-            if self.set.local.has_domain(domain) {
+            }
+            if self.set.local.has_domain(rcpt.domain()) {
                 continue;
             }
             if self.set.local_by_directory {
                 if let Some(dir) = self.dir {
-                    if dir.person(rcpt).await?.is_some() {
+                    if dir.person(&rcpt.lower).await?.is_some() {
                         continue;
                     }
                 }
@@ -455,29 +470,29 @@ impl<D: Directory> Facts<'_, D> {
         Ok(external)
     }
 
+    /// Whether the envelope conditions of `c` hold, cheapest first.
+    fn envelope_holds(&self, c: &Cond) -> bool {
+        c.authenticated
+            .is_none_or(|want| self.authenticated == want)
+            && c.self_generated
+                .is_none_or(|want| self.self_generated == want)
+            && c.size_over.is_none_or(|n| self.qf.size > n)
+            && c.size_under.is_none_or(|n| self.qf.size < n)
+            && c.source
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|t| t.eq_ignore_ascii_case(self.tag)))
+            && c.client_ip
+                .as_ref()
+                .is_none_or(|s| self.client_ip.is_some_and(|ip| s.contains(ip)))
+            && c.sender.as_ref().is_none_or(|s| s.matches(&self.sender))
+            && c.recipient
+                .as_ref()
+                .is_none_or(|s| self.recipients.iter().any(|r| s.matches(r)))
+    }
+
     /// Whether every condition given in `c` holds.
     async fn holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
-        let env = &self.qf.envelope;
-        let tag = env.source.as_ref().map_or("", |s| s.tag.as_str());
-        let checks = [
-            c.source
-                .as_ref()
-                .is_none_or(|l| l.iter().any(|t| t.eq_ignore_ascii_case(tag))),
-            c.self_generated
-                .is_none_or(|want| env.self_generated() == want),
-            c.authenticated
-                .is_none_or(|want| env.auth_user().is_some() == want),
-            c.sender.as_ref().is_none_or(|s| s.matches(&self.sender)),
-            c.recipient
-                .as_ref()
-                .is_none_or(|s| self.recipients.iter().any(|r| s.matches(r))),
-            c.client_ip
-                .as_ref()
-                .is_none_or(|s| env.client_ip().is_some_and(|ip| s.contains(ip))),
-            c.size_over.is_none_or(|n| self.qf.size > n),
-            c.size_under.is_none_or(|n| self.qf.size < n),
-        ];
-        if checks.contains(&false) {
+        if !self.envelope_holds(c) {
             return Ok(false);
         }
         if let Some(want) = c.external_recipient {
