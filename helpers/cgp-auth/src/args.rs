@@ -17,22 +17,37 @@ impl Account {
     pub fn parse(raw: &[u8]) -> Result<Account, &'static str> {
         let text = std::str::from_utf8(raw).map_err(|_| "the account name is not UTF-8")?;
         let (user, domain) = text.split_once('@').ok_or("expected user@domain")?;
+        // ASCII names, the common case, are checked and lower-cased byte by
+        // byte (the same rules: ASCII whitespace and controls are what
+        // `char::is_whitespace`/`is_control` find there), without Unicode
+        // tables.
         let bad = |s: &str| {
             s.is_empty()
-                || s.contains('@')
-                || s.chars().any(|c| c.is_whitespace() || c.is_control())
+                || if s.is_ascii() {
+                    s.bytes()
+                        .any(|b| b == b'@' || b == b' ' || b.is_ascii_control())
+                } else {
+                    s.contains('@') || s.chars().any(|c| c.is_whitespace() || c.is_control())
+                }
         };
         if bad(user) || bad(domain) {
             return Err("expected user@domain");
         }
+        let lower = |s: &str| {
+            if s.is_ascii() {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_lowercase()
+            }
+        };
         Ok(Account {
-            user: user.to_lowercase(),
-            domain: domain.to_lowercase(),
+            user: lower(user),
+            domain: lower(domain),
         })
     }
 
     pub fn address(&self) -> String {
-        format!("{}@{}", self.user, self.domain)
+        [self.user.as_str(), "@", self.domain.as_str()].concat()
     }
 }
 
@@ -118,13 +133,18 @@ fn word<'a>(t: &'a Token<'_>) -> Option<&'a [u8]> {
 /// The first IP address among the words of a mode group such as
 /// `(IMAP [192.0.2.7])` or `(SMTP, 2001:db8::1)`.
 fn ip_in(group: &[u8]) -> Option<IpAddr> {
-    let text = String::from_utf8_lossy(group);
-    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '"'))
+    group
+        .split(|&c| c.is_ascii_whitespace() || matches!(c, b',' | b';' | b'(' | b')' | b'"'))
         .filter_map(|w| {
-            let w = w.trim_start_matches('[');
+            let w = &w[w.iter().take_while(|&&c| c == b'[').count()..];
             // `[addr]` or `[addr]:port`
-            let w = w.split(']').next().unwrap_or(w);
-            w.parse::<IpAddr>().ok()
+            let w = w.split(|&c| c == b']').next().unwrap_or(w);
+            // Only words that can be addresses are worth a parse (the
+            // protocol names in front never are).
+            if !w.iter().any(|&c| c == b'.' || c == b':') {
+                return None;
+            }
+            std::str::from_utf8(w).ok()?.parse::<IpAddr>().ok()
         })
         .next()
 }

@@ -75,7 +75,10 @@ impl Auth {
         if let Some(hit) = self.state.cached(&cfg.cache, &address, &fp, Duration::ZERO) {
             return self.finish(&address, ip, &fp, hit.into(), "cache");
         }
-        match self.backend.verify(&account, &password).await {
+        // Boxed: the back end's futures (LDAP operations, pooled
+        // connections) are large, and the runtime moves the whole request
+        // future into its task; a cache hit should not pay for copying them.
+        match Box::pin(self.backend.verify(&account, &password)).await {
             Ok(v) => {
                 match v {
                     Verdict::Ok => {
@@ -253,8 +256,9 @@ impl Helper for Auth {
         match req.command.as_str() {
             "VRFY" => self.vrfy(&ctx, &req).await,
             "SASL" => Reply::error("unsupported SASL method"),
-            "READPLAIN" => self.readplain(&req).await,
-            "NEW" => self.new_account(&req).await,
+            // Boxed for the same reason as the back-end call in `vrfy`.
+            "READPLAIN" => Box::pin(self.readplain(&req)).await,
+            "NEW" => Box::pin(self.new_account(&req)).await,
             _ => Reply::error("unsupported command"),
         }
     }
@@ -265,6 +269,11 @@ impl Helper for Auth {
             _ => Reply::failure("timeout"),
         }
     }
+
+    // Before its first wait a request parses its line, hashes the password
+    // once and reads the cache: a cache hit is answered on the dispatcher.
+    // Slow hashes (bcrypt, argon2) already run in `spawn_blocking`.
+    const INLINE_FIRST_POLL: bool = true;
 }
 
 /// Expired entries are dropped in the background, so a flood of random

@@ -8,9 +8,12 @@
 use crate::config::{CacheConfig, ThrottleConfig};
 use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type Fingerprint = [u8; 32];
@@ -22,12 +25,64 @@ const RECENT: usize = 8;
 /// sled page cache of the in-memory state.
 const MEMORY_CACHE: u64 = 16 << 20;
 
+/// Accounts whose good-password fingerprint is kept in memory in front of
+/// sled (about 100 bytes each); beyond this, lookups fall through to sled.
+const FRONT_ENTRIES: usize = 32 * 1024;
+
+/// Buckets of [`KeyCounts`] (4 bytes each).
+const BUCKETS: usize = 16 * 1024;
+
+/// How many throttle keys hash to each bucket, never less than the truth
+/// (counted up before a key is written, down after it is removed). A bucket
+/// at zero proves a key has no failures on record, which spares the sled
+/// read on nearly every request from a client and account that never
+/// failed; any other bucket only means "look in sled".
+struct KeyCounts {
+    counts: Box<[AtomicU32]>,
+    // Per-process random keys, so nobody can aim keys at one bucket.
+    hasher: RandomState,
+}
+
+impl KeyCounts {
+    fn new() -> KeyCounts {
+        KeyCounts {
+            counts: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> &AtomicU32 {
+        &self.counts[self.hasher.hash_one(key) as usize % BUCKETS]
+    }
+
+    fn maybe_present(&self, key: &[u8]) -> bool {
+        self.bucket(key).load(Ordering::Acquire) != 0
+    }
+
+    fn add(&self, key: &[u8]) {
+        self.bucket(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn sub(&self, key: &[u8]) {
+        self.bucket(key).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct State {
     // Kept open for as long as the trees are used.
     _store: Option<Store>,
     cache: sled::Tree,
     throttle: sled::Tree,
-    salt: [u8; 32],
+    throttled: KeyCounts,
+    /// SHA-256 having absorbed one block, the salt padded with zeros: each
+    /// fingerprint starts from a copy of it, so that an account and a
+    /// password of usual lengths cost one compression, not two.
+    salted: Sha256,
+    /// The positive cache entries in memory, account -> (fingerprint,
+    /// stamp), mirroring sled's `p` entries: every write goes to both, so
+    /// an account found here needs no sled read. An account absent here may
+    /// still be in sled (evicted, or from an earlier run).
+    front: Mutex<HashMap<String, (Fingerprint, u64)>>,
     /// Bumped when the cache is emptied on reload; a verdict reached under
     /// an older generation (a request in flight across the reload) is not
     /// stored. Writers hold it shared, the clear holds it exclusively.
@@ -119,19 +174,25 @@ impl State {
                 s
             }
         };
+        // Failures recorded by an earlier run still count.
+        let throttled = KeyCounts::new();
+        for key in throttle.iter().keys().flatten() {
+            throttled.add(&key);
+        }
         State {
             _store: store,
             cache,
             throttle,
-            salt,
+            throttled,
+            salted: Sha256::new_with_prefix([&salt[..], &[0u8; 32]].concat()),
+            front: Mutex::new(HashMap::new()),
             generation: RwLock::new(0),
             opened,
         }
     }
 
     pub fn fingerprint(&self, account: &str, password: &[u8]) -> Fingerprint {
-        let mut h = Sha256::new();
-        h.update(self.salt);
+        let mut h = self.salted.clone();
         h.update((account.len() as u64).to_be_bytes());
         h.update(account.as_bytes());
         h.update(password);
@@ -157,14 +218,8 @@ impl State {
         extra: Duration,
     ) -> Option<Cached> {
         if !cfg.positive_ttl.is_zero() {
-            if let Some(v) = self
-                .cache
-                .get(Self::key(b'p', account.as_bytes()))
-                .ok()
-                .flatten()
-            {
-                let fresh = stamp_of(&v, 32).is_some_and(|t| age(t) < cfg.positive_ttl + extra);
-                if fresh && v.get(..32) == Some(&fp[..]) {
+            if let Some((good, stamp)) = self.positive(account) {
+                if age(stamp) < cfg.positive_ttl + extra && good == *fp {
                     return Some(Cached::Ok);
                 }
             }
@@ -177,6 +232,44 @@ impl State {
             }
         }
         None
+    }
+
+    fn front(&self) -> MutexGuard<'_, HashMap<String, (Fingerprint, u64)>> {
+        self.front.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The account's latest good fingerprint and its stamp: from memory,
+    /// else from sled (and then kept in memory).
+    fn positive(&self, account: &str) -> Option<(Fingerprint, u64)> {
+        if let Some(hit) = self.front().get(account) {
+            return Some(*hit);
+        }
+        let v = self
+            .cache
+            .get(Self::key(b'p', account.as_bytes()))
+            .ok()
+            .flatten()?;
+        let entry = (v.get(..32)?.try_into().ok()?, stamp_of(&v, 32)?);
+        self.keep_front(account, entry);
+        Some(entry)
+    }
+
+    /// Puts an entry in memory. A full map is emptied (the sweep drops
+    /// expired entries every minute, so it fills only with live ones), which
+    /// costs no more than sled reads until it refills.
+    fn keep_front(&self, account: &str, entry: (Fingerprint, u64)) {
+        Self::put_front(&mut self.front(), account, entry);
+    }
+
+    fn put_front(
+        front: &mut HashMap<String, (Fingerprint, u64)>,
+        account: &str,
+        entry: (Fingerprint, u64),
+    ) {
+        if front.len() >= FRONT_ENTRIES && !front.contains_key(account) {
+            front.clear();
+        }
+        front.insert(account.to_string(), entry);
     }
 
     /// Records a verdict from the back end. Errors are logged, never fatal:
@@ -193,28 +286,33 @@ impl State {
         if *current != generation {
             return;
         }
-        let stamp = now_ms().to_be_bytes();
+        let now = now_ms();
+        let stamp = now.to_be_bytes();
         let positive = Self::key(b'p', account.as_bytes());
         let result = match verdict {
             Cached::Ok if !cfg.positive_ttl.is_zero() => {
                 let mut v = Vec::with_capacity(40);
                 v.extend_from_slice(fp);
                 v.extend_from_slice(&stamp);
-                self.cache
-                    .insert(positive, v)
+                // Both copies change under the lock, so that two logins
+                // racing with different passwords leave memory and sled
+                // agreeing on the later one.
+                let mut front = self.front();
+                let stored = self.cache.insert(positive, v);
+                if stored.is_ok() {
+                    Self::put_front(&mut front, account, (*fp, now));
+                }
+                drop(front);
+                stored
                     .and_then(|_| self.cache.remove(Self::key(b'n', fp)))
                     .map(drop)
             }
             Cached::Invalid => {
                 // The directory now refuses a password the cache accepted:
                 // it was changed there.
-                let stale = self
-                    .cache
-                    .get(&positive)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.get(..32) == Some(&fp[..]));
-                let dropped = if stale {
+                let dropped = if self.positive(account).is_some_and(|(good, _)| good == *fp) {
+                    let mut front = self.front();
+                    front.remove(account);
                     self.cache.remove(&positive).map(drop)
                 } else {
                     Ok(())
@@ -253,6 +351,7 @@ impl State {
         }
         Self::throttle_keys(account, ip)
             .iter()
+            .filter(|k| self.throttled.maybe_present(k))
             .filter_map(|k| self.throttle.get(k).ok().flatten())
             .filter_map(|v| {
                 let failures = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
@@ -280,7 +379,10 @@ impl State {
         }
         let tag = &fp[..8];
         for key in Self::throttle_keys(account, ip) {
-            let result = self.throttle.update_and_fetch(&key, |old| {
+            // Counted before the write, so that a reader never misses it;
+            // taken back when the key was there already.
+            self.throttled.add(&key);
+            let result = self.throttle.fetch_and_update(&key, |old| {
                 let (mut failures, mut recent) = match old {
                     Some(v)
                         if v.len() >= 12
@@ -307,8 +409,13 @@ impl State {
                 v.extend_from_slice(&recent);
                 Some(v)
             });
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "throttle write failed");
+            match result {
+                Ok(None) => {}
+                Ok(Some(_)) => self.throttled.sub(&key),
+                Err(e) => {
+                    self.throttled.sub(&key);
+                    tracing::warn!(error = %e, "throttle write failed");
+                }
             }
         }
     }
@@ -317,16 +424,23 @@ impl State {
     /// one good password must not unlock guessing at other accounts).
     pub fn succeeded(&self, account: &str) {
         let key = Self::key(b'u', account.as_bytes());
-        // A read first: most logins have nothing to clear, and a sled
+        // Reads first: most logins have nothing to clear, and a sled
         // removal is a write.
-        if self.throttle.contains_key(&key).unwrap_or(true) {
-            let _ = self.throttle.remove(key);
+        if self.throttled.maybe_present(&key) && self.throttle.contains_key(&key).unwrap_or(true) {
+            self.remove_throttle(&key);
+        }
+    }
+
+    fn remove_throttle(&self, key: &[u8]) {
+        if let Ok(Some(_)) = self.throttle.remove(key) {
+            self.throttled.sub(key);
         }
     }
 
     /// Drops cache and throttle entries that can no longer answer.
     pub fn sweep(&self, cache: &CacheConfig, throttle: &ThrottleConfig) {
         let cache_limit = cache.positive_ttl.max(cache.negative_ttl) + cache.stale_window;
+        self.front().retain(|_, (_, t)| age(*t) < cache_limit);
         for (k, v) in self.cache.iter().flatten() {
             let stamp = match k.first() {
                 Some(b'p') => stamp_of(&v, 32),
@@ -339,7 +453,7 @@ impl State {
         }
         for (k, v) in self.throttle.iter().flatten() {
             if stamp_of(&v, 4).is_none_or(|t| age(t) >= throttle.reset_after) {
-                let _ = self.throttle.remove(k);
+                self.remove_throttle(&k);
             }
         }
     }
@@ -349,6 +463,7 @@ impl State {
     pub fn clear_cache(&self) {
         let mut generation = self.generation.write().unwrap_or_else(|p| p.into_inner());
         *generation += 1;
+        self.front().clear();
         if let Err(e) = self.cache.clear() {
             tracing::warn!(error = %e, "cache clear failed");
         }
@@ -527,15 +642,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         let cfg = CacheConfig::default();
+        let t = throttle();
+        let ip = Some("192.0.2.1".parse().unwrap());
         let fp = {
             let s = State::open(Some(&path));
             let fp = s.fingerprint("a@x", b"pw");
             s.remember(s.generation(), &cfg, "a@x", &fp, Cached::Ok);
+            s.failed(&t, "b@x", ip, &fp);
             s.flush();
             fp
         };
         let s = State::open(Some(&path));
         assert_eq!(s.fingerprint("a@x", b"pw"), fp);
+        // Read from sled (nothing in memory yet), then from memory.
+        assert!(s.front().is_empty());
         assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), Some(Cached::Ok));
+        assert_eq!(s.front().len(), 1);
+        assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), Some(Cached::Ok));
+        // The failures of the earlier run still delay.
+        assert_eq!(s.delay(&t, "b@x", None), Duration::from_secs(1));
+        assert_eq!(s.delay(&t, "c@x", ip), Duration::from_secs(1));
+        s.succeeded("b@x");
+        assert_eq!(s.delay(&t, "b@x", None), Duration::ZERO);
+    }
+
+    #[test]
+    fn key_counts_follow_the_throttle_tree() {
+        let s = State::open(None);
+        let t = throttle();
+        let ip = Some("192.0.2.1".parse().unwrap());
+        let total = |s: &State| {
+            s.throttled
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u32>()
+        };
+        for pw in [&b"one"[..], b"two", b"two"] {
+            s.failed(&t, "a@x", ip, &s.fingerprint("a@x", pw));
+        }
+        // One key for the account, one for the address, however many
+        // failures.
+        assert_eq!(total(&s), 2);
+        assert_eq!(s.throttle.len(), 2);
+        s.succeeded("a@x");
+        assert_eq!(total(&s), 1);
+        s.succeeded("a@x");
+        assert_eq!(total(&s), 1);
+        let gone = ThrottleConfig {
+            reset_after: Duration::ZERO,
+            ..t
+        };
+        s.sweep(&CacheConfig::default(), &gone);
+        assert_eq!((total(&s), s.throttle.len()), (0, 0));
     }
 }
