@@ -842,3 +842,112 @@ fn sighup_reloads_users_and_keeps_the_state() {
     }
     h.quit();
 }
+
+/// A TCP relay in front of slapd that records the LDAP operations the
+/// helper sends, by protocol tag (RFC 4511: 0x60 BindRequest, 0x63
+/// SearchRequest): what the directory is asked, seen from outside.
+struct OpRelay {
+    port: u16,
+    ops: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+const BIND: u8 = 0x60;
+const SEARCH: u8 = 0x63;
+
+impl OpRelay {
+    fn start(upstream: u16) -> OpRelay {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ops = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ops.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    while let Some((op, message)) = read_ldap_message(&mut client) {
+                        seen.lock().unwrap().push(op);
+                        if server.write_all(&message).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        OpRelay { port, ops }
+    }
+
+    fn uri(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The operations sent since the last call.
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.ops.lock().unwrap())
+    }
+}
+
+/// One BER-encoded LDAPMessage: its operation tag and its bytes.
+fn read_ldap_message(r: &mut impl std::io::Read) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).ok()?;
+    let mut message = head.to_vec();
+    let len = if head[1] < 0x80 {
+        head[1] as usize
+    } else {
+        let mut n = vec![0u8; (head[1] & 0x7f) as usize];
+        r.read_exact(&mut n).ok()?;
+        message.extend_from_slice(&n);
+        n.iter().fold(0usize, |acc, b| acc << 8 | *b as usize)
+    };
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    // messageID INTEGER (tag, short length, value), then the operation.
+    let op = *body.get(2 + *body.get(1)? as usize)?;
+    message.extend_from_slice(&body);
+    Some((op, message))
+}
+
+#[test]
+fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
+    let slapd = Slapd::start_default();
+    let relay = OpRelay::start(slapd.port());
+    let dir = tempdir();
+    let extra = format!(
+        "{LOOKUP}\n[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n[throttle]\nenabled = false\n"
+    );
+    // One connection of each kind, so that no connection opens (with its
+    // service bind) after the first request.
+    let cfg = config(dir.path(), &[relay.uri()], "", &extra).replace(
+        "max_backoff = \"200ms\"",
+        "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
+    );
+    let mut h = Helper::start(dir.path(), &cfg);
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    relay.take();
+    assert_eq!(
+        h.vrfy("alice@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    let wrong = relay.take();
+    assert_eq!(wrong, [SEARCH, BIND]);
+    assert_eq!(
+        h.vrfy("ghost@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(relay.take(), wrong);
+    // The extra bind never lets anybody in.
+    assert_eq!(
+        h.vrfy("ghost@example.test", "alicepw"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    h.quit();
+}

@@ -6,7 +6,7 @@ use crate::config::{AuthConfig, BackendKind, GroupCheck, Lookup, Mode};
 use crate::hash::{self, Stored};
 use cgp_lookup::ldap::{BindOutcome, Directory, Entry, LdapError, Scope, escape_dn, escape_filter};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The back end's verdict on a password.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,13 +65,56 @@ pub struct StaticUser {
 }
 
 pub enum Backend {
-    Static(HashMap<String, StaticUser>),
+    Static(Box<StaticBackend>),
     Ldap(Box<LdapBackend>),
+}
+
+pub struct StaticBackend {
+    users: HashMap<String, StaticUser>,
+    /// What an unknown user's password is checked against, so that the
+    /// reply takes as long as for a known user with a wrong password (the
+    /// time must not tell which users exist). `None` with no users at all.
+    dummy: Option<Stored>,
 }
 
 pub struct LdapBackend {
     dir: Directory,
     config: Arc<AuthConfig>,
+    /// The first RDN of a DN no entry has (a random name), bound with the
+    /// given password when a search finds no user, so that an unknown
+    /// user costs the same bind as a wrong password.
+    absent_rdn: String,
+    /// Compare mode: the last stored password value read from the
+    /// directory, checked against when no user is found (same reason;
+    /// until one is seen, an `{SSHA}` value, the OpenLDAP default).
+    compare_dummy: Mutex<Stored>,
+}
+
+/// The scheme and cost of a stored value: users of one scheme take one
+/// time to check.
+fn scheme_of(stored: &Stored) -> String {
+    match stored {
+        Stored::Sha { alg, salt, .. } => format!("{alg:?}/{}", salt.len()),
+        // `$2b$12$`: variant and cost.
+        Stored::Bcrypt(h) => h.chars().take(7).collect(),
+        // `$argon2id$v=19$m=19456,t=2,p=1$`: everything before the salt.
+        Stored::Argon2(h) => h.rsplitn(3, '$').last().unwrap_or_default().to_string(),
+        Stored::Plain(_) => "plain".into(),
+    }
+}
+
+/// The dummy for unknown users: a stored value of the scheme most users
+/// have. Its password is somebody's, but an unknown user's verdict is
+/// "invalid" whatever the check says: only its cost matters.
+fn dummy_of<'a>(stored: impl Iterator<Item = &'a Stored>) -> Option<Stored> {
+    let mut by_scheme: HashMap<String, (usize, &Stored)> = HashMap::new();
+    for s in stored {
+        by_scheme.entry(scheme_of(s)).or_insert((0, s)).0 += 1;
+    }
+    by_scheme
+        .into_values()
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, s)| s.clone())
 }
 
 impl Backend {
@@ -97,22 +140,36 @@ impl Backend {
                         },
                     );
                 }
-                Ok(Backend::Static(users))
+                let dummy = dummy_of(users.values().map(|u: &StaticUser| &u.stored));
+                Ok(Backend::Static(Box::new(StaticBackend { users, dummy })))
             }
             // A reload builds new pools (the old ones close when their last
             // request finishes): connecting again costs little, and it picks
             // up a changed password file too.
-            BackendKind::Ldap => Ok(Backend::Ldap(Box::new(LdapBackend {
-                dir: Directory::new(&config.ldap)?,
-                config: config.clone(),
-            }))),
+            BackendKind::Ldap => {
+                let mut nonce = [0u8; 8];
+                getrandom::fill(&mut nonce).map_err(|e| format!("random source: {e}"))?;
+                let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+                Ok(Backend::Ldap(Box::new(LdapBackend {
+                    dir: Directory::new(&config.ldap)?,
+                    config: config.clone(),
+                    absent_rdn: format!("cn=cgp-auth-no-such-user-{nonce}"),
+                    compare_dummy: Mutex::new(
+                        Stored::parse("{SSHA}AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", false)
+                            .expect("a well-formed {SSHA} value"),
+                    ),
+                })))
+            }
         }
     }
 
     pub async fn verify(&self, account: &Account, password: &[u8]) -> Result<Verdict, LdapError> {
         match self {
-            Backend::Static(users) => {
-                let Some(u) = users.get(&account.address()) else {
+            Backend::Static(b) => {
+                let Some(u) = b.users.get(&account.address()) else {
+                    if let Some(dummy) = &b.dummy {
+                        hash::verify(dummy.clone(), password.to_vec()).await;
+                    }
                     return Ok(Verdict::Invalid);
                 };
                 if !hash::verify(u.stored.clone(), password.to_vec()).await {
@@ -135,7 +192,7 @@ impl Backend {
         attrs: &[&str],
     ) -> Result<Option<Found>, LdapError> {
         match self {
-            Backend::Static(users) => Ok(users.get(&account.address()).map(|u| Found {
+            Backend::Static(b) => Ok(b.users.get(&account.address()).map(|u| Found {
                 entry: u.entry.clone(),
                 permitted: !u.disabled,
             })),
@@ -147,7 +204,8 @@ impl Backend {
     /// permitted user, `Ok(Some(None))` when the user has none.
     pub async fn secret(&self, account: &Account) -> Result<Option<Option<String>>, LdapError> {
         match self {
-            Backend::Static(users) => Ok(users
+            Backend::Static(b) => Ok(b
+                .users
                 .get(&account.address())
                 .filter(|u| !u.disabled)
                 .map(|u| u.secret.clone())),
@@ -272,6 +330,13 @@ impl LdapBackend {
             }
             (Mode::Bind, None) => {
                 let Some(entry) = self.search_user(lookup, account, &[]).await? else {
+                    // The same bind a wrong password costs, as a DN that
+                    // does not exist: its answer (invalid credentials, or
+                    // an error) changes nothing.
+                    let absent = format!("{},{}", self.absent_rdn, lookup.base);
+                    if let Err(e) = self.dir.check_password(&absent, password).await {
+                        tracing::debug!(error = %e, "bind for an unknown user failed");
+                    }
                     return Ok(Verdict::Invalid);
                 };
                 let v = Verdict::from(self.dir.check_password(&entry.dn, password).await?);
@@ -280,6 +345,10 @@ impl LdapBackend {
             (Mode::Compare, _) => {
                 let attr = lookup.password_attribute.as_str();
                 let Some(entry) = self.search_user(lookup, account, &[attr]).await? else {
+                    // The check a wrong password costs, against the last
+                    // value seen in the directory.
+                    let dummy = lock(&self.compare_dummy).clone();
+                    hash::verify(dummy, password.to_vec()).await;
                     return Ok(Verdict::Invalid);
                 };
                 let mut matched = false;
@@ -287,6 +356,7 @@ impl LdapBackend {
                     // Clear-text values in the directory are never accepted.
                     match Stored::parse(value, false) {
                         Ok(stored) => {
+                            *lock(&self.compare_dummy) = stored.clone();
                             if hash::verify(stored, password.to_vec()).await {
                                 matched = true;
                                 break;
@@ -325,6 +395,10 @@ impl LdapBackend {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// DN equality, ignoring case and spaces after separators; good enough for
 /// the group DNs an administrator writes in the configuration.
 fn same_dn(a: &str, b: &str) -> bool {
@@ -339,6 +413,70 @@ fn same_dn(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::tests::VERIFIED;
+
+    fn ssha(salt: &[u8]) -> String {
+        use base64::Engine;
+        use sha1::Digest;
+        let mut raw = sha1::Sha1::new_with_prefix(b"pw")
+            .chain_update(salt)
+            .finalize()
+            .to_vec();
+        raw.extend_from_slice(salt);
+        format!(
+            "{{SSHA}}{}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    fn static_backend(users: &[(&str, String)]) -> Backend {
+        let mut toml = String::from("backend = \"static\"\n");
+        for (name, password) in users {
+            toml.push_str(&format!(
+                "[[static.users]]\nname = \"{name}\"\npassword = \"{password}\"\n"
+            ));
+        }
+        let config: AuthConfig = toml::from_str(&toml).unwrap();
+        Backend::new(&Arc::new(config)).unwrap()
+    }
+
+    fn verify(b: &Backend, user: &str, password: &[u8]) -> (Verdict, Vec<Stored>) {
+        VERIFIED.with(|v| v.borrow_mut().clear());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let account = Account::parse(user.as_bytes()).unwrap();
+        let verdict = rt.block_on(b.verify(&account, password)).unwrap();
+        (verdict, VERIFIED.with(|v| v.take()))
+    }
+
+    #[test]
+    fn an_unknown_user_costs_the_check_of_a_wrong_password() {
+        let bcrypt = bcrypt::hash_with_salt("pw", 4, [1u8; 16])
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoB);
+        let b = static_backend(&[
+            ("a@x", ssha(b"salt0001")),
+            ("b@x", ssha(b"salt0002")),
+            ("c@x", bcrypt),
+        ]);
+        let (v, known) = verify(&b, "a@x", b"wrong");
+        assert_eq!(v, Verdict::Invalid);
+        assert_eq!(known.len(), 1);
+        let (v, unknown) = verify(&b, "nobody@x", b"wrong");
+        assert_eq!(v, Verdict::Invalid);
+        // One check, of the scheme most users have (salted SHA-1 here).
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(scheme_of(&unknown[0]), scheme_of(&known[0]));
+        // Even the password of the user the dummy came from is refused.
+        assert_eq!(verify(&b, "nobody@x", b"pw").0, Verdict::Invalid);
+        assert_eq!(verify(&b, "a@x", b"pw").0, Verdict::Ok);
+        // No users, nothing to imitate.
+        assert_eq!(
+            verify(&static_backend(&[]), "a@x", b"pw"),
+            (Verdict::Invalid, vec![])
+        );
+    }
 
     #[test]
     fn dn_comparison_ignores_case_and_spaces() {

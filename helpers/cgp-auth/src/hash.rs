@@ -166,6 +166,8 @@ fn is_bcrypt(s: &str) -> bool {
 /// Checks a password against a stored value, off the async threads when the
 /// scheme is slow. An unparseable stored value never matches.
 pub async fn verify(stored: Stored, password: Vec<u8>) -> bool {
+    #[cfg(test)]
+    tests::VERIFIED.with(|v| v.borrow_mut().push(stored.clone()));
     if stored.is_slow() {
         tokio::task::spawn_blocking(move || stored.verify(&password))
             .await
@@ -176,8 +178,14 @@ pub async fn verify(stored: Stored, password: Vec<u8>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+
+    thread_local! {
+        /// The stored values [`verify`] checked on this thread, so that
+        /// tests can see which paths check a password.
+        pub static VERIFIED: std::cell::RefCell<Vec<Stored>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
 
     #[test]
     fn slappasswd_ssha_matches() {
