@@ -13,13 +13,36 @@ use tokio::sync::mpsc;
 /// CGP's limit for any line a helper writes, end-of-line included.
 pub const MAX_REPLY_LINE: usize = 4096;
 
+/// One item of a [`Batch`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Input {
+pub enum Input<'a> {
     /// One line without its LF (and without a trailing CR).
-    Line(Vec<u8>),
+    Line(&'a [u8]),
     /// A line over the limit was discarded; its start is kept so the sequence
     /// token can still be answered.
-    TooLong { prefix: Vec<u8> },
+    TooLong { prefix: &'a [u8] },
+}
+
+/// The complete lines one read brought in, in one buffer: one allocation
+/// (and one free on another thread) per batch instead of per line.
+#[derive(Debug, Default)]
+pub struct Batch {
+    text: Vec<u8>,
+    /// Start, end and "too long" of each line in `text`.
+    lines: Vec<(usize, usize, bool)>,
+}
+
+impl Batch {
+    pub fn inputs(&self) -> impl Iterator<Item = Input<'_>> {
+        self.lines.iter().map(|&(start, end, too_long)| {
+            let text = &self.text[start..end];
+            if too_long {
+                Input::TooLong { prefix: text }
+            } else {
+                Input::Line(text)
+            }
+        })
+    }
 }
 
 /// Reads lines until end of input, then closes the channel. Lines arrive in
@@ -28,7 +51,7 @@ pub enum Input {
 pub fn spawn_reader<R: Read + Send + 'static>(
     source: R,
     max_line: usize,
-    tx: mpsc::Sender<Vec<Input>>,
+    tx: mpsc::Sender<Batch>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("stdin-reader".into())
@@ -36,55 +59,67 @@ pub fn spawn_reader<R: Read + Send + 'static>(
         .expect("spawning the stdin reader thread")
 }
 
-fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender<Vec<Input>>) {
-    let mut line = Vec::with_capacity(256);
+fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender<Batch>) {
+    let mut batch = Batch::default();
+    // Where the line being read starts in `batch.text`.
+    let mut start = 0;
     let mut too_long = false;
-    let mut batch = Vec::new();
     loop {
         let (done, used) = match src.fill_buf() {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => (true, 0),
             Ok([]) => (true, 0),
-            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
-                Some(pos) => {
-                    too_long |= append(&mut line, &buf[..pos], max_line, too_long);
-                    (false, pos + 1)
+            Ok(buf) => {
+                if batch.text.capacity() == 0 {
+                    batch.text.reserve(buf.len());
                 }
-                None => {
-                    too_long |= append(&mut line, buf, max_line, too_long);
-                    let n = buf.len();
-                    src.consume(n);
-                    // The rest of this line needs another read, which may
-                    // block: hand over the lines already complete first.
-                    if !batch.is_empty() && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-                        return;
+                match buf.iter().position(|b| *b == b'\n') {
+                    Some(pos) => {
+                        too_long |= append(&mut batch.text, start, &buf[..pos], max_line, too_long);
+                        (false, pos + 1)
                     }
-                    continue;
+                    None => {
+                        too_long |= append(&mut batch.text, start, buf, max_line, too_long);
+                        let n = buf.len();
+                        src.consume(n);
+                        // The rest of this line needs another read, which may
+                        // block: hand over the lines already complete first,
+                        // and carry the started one into a new batch.
+                        if !batch.lines.is_empty() {
+                            let started = Batch {
+                                text: batch.text.split_off(start),
+                                lines: Vec::new(),
+                            };
+                            start = 0;
+                            if tx
+                                .blocking_send(std::mem::replace(&mut batch, started))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                 }
-            },
+            }
         };
         src.consume(used);
+        let mut end = batch.text.len();
         // A last line without LF still counts as a line.
-        if !done || !line.is_empty() || too_long {
-            let input = if too_long {
-                Input::TooLong {
-                    prefix: std::mem::take(&mut line),
-                }
-            } else {
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                Input::Line(std::mem::replace(&mut line, Vec::with_capacity(256)))
-            };
+        if !done || end > start || too_long {
+            if !too_long && end > start && batch.text[end - 1] == b'\r' {
+                end -= 1;
+            }
+            batch.lines.push((start, end, too_long));
+            start = batch.text.len();
             too_long = false;
-            batch.push(input);
         }
         // Hand the batch over before the next read could block.
-        if (done || src.buffer().is_empty())
-            && !batch.is_empty()
-            && tx.blocking_send(std::mem::take(&mut batch)).is_err()
-        {
-            return;
+        if (done || src.buffer().is_empty()) && !batch.lines.is_empty() {
+            start = 0;
+            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
         }
         if done {
             return;
@@ -92,22 +127,27 @@ fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender
     }
 }
 
-/// Appends a chunk unless the line is already too long; returns true when the
-/// line has just passed the limit. Only the start of an overlong line is
-/// kept, enough to read its sequence token.
-fn append(line: &mut Vec<u8>, chunk: &[u8], max_line: usize, already_too_long: bool) -> bool {
+/// Appends a chunk to the line that starts at `start` unless it is already
+/// too long; returns true when the line has just passed the limit. Only the
+/// start of an overlong line is kept, enough to read its sequence token.
+fn append(
+    text: &mut Vec<u8>,
+    start: usize,
+    chunk: &[u8],
+    max_line: usize,
+    already_too_long: bool,
+) -> bool {
     if already_too_long {
         return false;
     }
-    if line.len() + chunk.len() > max_line {
-        let keep = (MAX_SEQ_LEN + 1)
-            .saturating_sub(line.len())
-            .min(chunk.len());
-        line.extend_from_slice(&chunk[..keep]);
-        line.truncate(MAX_SEQ_LEN + 1);
+    let len = text.len() - start;
+    if len + chunk.len() > max_line {
+        let keep = (MAX_SEQ_LEN + 1).saturating_sub(len).min(chunk.len());
+        text.extend_from_slice(&chunk[..keep]);
+        text.truncate(start + MAX_SEQ_LEN + 1);
         return true;
     }
-    line.extend_from_slice(chunk);
+    text.extend_from_slice(chunk);
     false
 }
 
@@ -122,7 +162,14 @@ impl Writer {
     /// Sends a reply line. The caller has already made sure it fits.
     pub fn reply(&self, seq: &[u8], reply: &Reply) {
         debug_assert!(reply.line_len(seq) <= MAX_REPLY_LINE);
-        let _ = self.tx.send(reply.line(seq));
+        self.line(reply.line(seq));
+    }
+
+    /// Sends a whole reply line, end of line included. The caller has
+    /// already made sure it fits.
+    pub fn line(&self, line: Vec<u8>) {
+        debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
+        let _ = self.tx.send(line);
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
@@ -176,18 +223,35 @@ pub fn spawn_writer<W: Write + Send + 'static>(
 mod tests {
     use super::*;
 
-    fn read_all(input: &[u8], max: usize) -> Vec<Input> {
-        let (tx, mut rx) = mpsc::channel(100);
-        // A small buffer makes lines span reads, as they do on a pipe.
+    /// What a reader makes of `input`: each line as text, an overlong one as
+    /// `TooLong:<prefix>`.
+    fn read_all(input: &[u8], max: usize) -> Vec<String> {
+        batches(input, max, 7).into_iter().flatten().collect()
+    }
+
+    /// The batches of a reader whose reads return at most `read` bytes, as
+    /// they do on a pipe.
+    fn batches(input: &[u8], max: usize, read: usize) -> Vec<Vec<String>> {
+        let (tx, mut rx) = mpsc::channel(1000);
         read_lines(
-            BufReader::with_capacity(7, std::io::Cursor::new(input.to_vec())),
+            BufReader::with_capacity(read, std::io::Cursor::new(input.to_vec())),
             max,
             &tx,
         );
         drop(tx);
         let mut out = Vec::new();
         while let Ok(batch) = rx.try_recv() {
-            out.extend(batch);
+            out.push(
+                batch
+                    .inputs()
+                    .map(|i| match i {
+                        Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                        Input::TooLong { prefix } => {
+                            format!("TooLong:{}", String::from_utf8_lossy(prefix))
+                        }
+                    })
+                    .collect(),
+            );
         }
         out
     }
@@ -195,15 +259,7 @@ mod tests {
     #[test]
     fn lf_crlf_and_a_last_line_without_eol() {
         let got = read_all(b"1 INTF 3\r\n2 KEY\n\n3 QUIT", 100);
-        assert_eq!(
-            got,
-            vec![
-                Input::Line(b"1 INTF 3".to_vec()),
-                Input::Line(b"2 KEY".to_vec()),
-                Input::Line(vec![]),
-                Input::Line(b"3 QUIT".to_vec()),
-            ]
-        );
+        assert_eq!(got, ["1 INTF 3", "2 KEY", "", "3 QUIT"]);
     }
 
     #[test]
@@ -213,43 +269,53 @@ mod tests {
         input.extend_from_slice(b"\n8 KEY\n");
         let got = read_all(&input, 1024);
         assert_eq!(got.len(), 2);
-        match &got[0] {
-            Input::TooLong { prefix } => {
-                assert!(prefix.starts_with(b"7 FILE "));
-                assert!(prefix.len() <= MAX_SEQ_LEN + 1);
-            }
-            other => panic!("{other:?}"),
+        let prefix = got[0].strip_prefix("TooLong:").expect(&got[0]);
+        assert!(prefix.starts_with("7 FILE "));
+        assert!(prefix.len() <= MAX_SEQ_LEN + 1);
+        assert_eq!(got[1], "8 KEY");
+    }
+
+    #[test]
+    fn lines_spanning_reads_and_batches_stay_whole() {
+        let input: Vec<u8> = (0..200)
+            .flat_map(|i| format!("{i} ECHO {}\r\n", "y".repeat(i % 37)).into_bytes())
+            .collect();
+        let want: Vec<String> = (0..200)
+            .map(|i| format!("{i} ECHO {}", "y".repeat(i % 37)))
+            .collect();
+        for read in [1, 5, 16, 64, 4096] {
+            assert_eq!(read_all_with(&input, read), want, "reads of {read}");
         }
-        assert_eq!(got[1], Input::Line(b"8 KEY".to_vec()));
+    }
+
+    fn read_all_with(input: &[u8], read: usize) -> Vec<String> {
+        batches(input, 100, read).into_iter().flatten().collect()
     }
 
     #[test]
     fn batches_never_grow_past_one_read() {
-        let (tx, mut rx) = mpsc::channel(1000);
         let input: Vec<u8> = (0..100)
             .flat_map(|i| format!("{i} KEY\n").into_bytes())
             .collect();
         // Reads of 16 bytes end in the middle of lines.
-        read_lines(
-            BufReader::with_capacity(16, std::io::Cursor::new(input)),
-            100,
-            &tx,
-        );
-        drop(tx);
-        let mut total = 0;
-        while let Ok(batch) = rx.try_recv() {
+        let got = batches(&input, 100, 16);
+        for batch in &got {
             assert!(batch.len() <= 3, "a batch of {} lines", batch.len());
-            total += batch.len();
         }
-        assert_eq!(total, 100);
+        assert_eq!(got.concat().len(), 100);
     }
 
     #[test]
     fn invalid_utf8_is_carried_through() {
-        assert_eq!(
-            read_all(b"1 X \xff\xfe\n", 100),
-            vec![Input::Line(b"1 X \xff\xfe".to_vec())]
+        let (tx, mut rx) = mpsc::channel(10);
+        read_lines(
+            BufReader::new(std::io::Cursor::new(b"1 X \xff\xfe\n".to_vec())),
+            100,
+            &tx,
         );
+        let batch = rx.try_recv().unwrap();
+        let got: Vec<Input> = batch.inputs().collect();
+        assert_eq!(got, [Input::Line(b"1 X \xff\xfe")]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod stats;
 
 use crate::request::{LineError, Reply, Request, sequence_token};
 use config::{ConfigError, HelperConfig, RuntimeConfig};
-use io::{Input, MAX_REPLY_LINE, Writer};
+use io::{Batch, Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -338,16 +338,16 @@ async fn serve<H: Helper>(
 async fn dispatch_batch<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
-    batch: Vec<Input>,
+    batch: Batch,
 ) -> Option<Vec<u8>> {
-    for input in batch {
+    for input in batch.inputs() {
         match input {
             Input::Line(line) => {
-                if let Step::Quit(seq) = dispatch(shared, permits, &line).await {
+                if let Step::Quit(seq) = dispatch(shared, permits, line).await {
                     return Some(seq);
                 }
             }
-            Input::TooLong { prefix } => too_long(shared, &prefix),
+            Input::TooLong { prefix } => too_long(shared, prefix),
         }
     }
     None
@@ -486,7 +486,13 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
     // Boxed so that spawning moves a pointer, not the whole future.
     let mut task = Box::pin(async move {
         let shared = task_shared;
-        let (seq, command) = (req.seq.clone(), req.command.clone());
+        // The reply line starts with the token now, so the token needs no
+        // copy of its own once the handler owns the request.
+        let seq_len = req.seq.len();
+        let mut line = Vec::with_capacity(seq_len + 32);
+        line.extend_from_slice(&req.seq);
+        line.push(b' ');
+        let command = req.command.clone();
         let until = tokio::time::Instant::from_std(until);
         // Waiting for the previous request with the same order key counts
         // against the deadline. Err only means that request's task is gone:
@@ -521,25 +527,28 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         } else {
             Err(())
         };
+        let seq = || String::from_utf8_lossy(&line[..seq_len]);
         let mut reply = match outcome {
             Ok(Some(reply)) => reply,
             Ok(None) => helper.panic_reply(&command),
             Err(_) => {
-                tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "deadline passed");
+                tracing::warn!(seq = %seq(), %command, "deadline passed");
                 helper.timeout_reply(&command)
             }
         };
-        if reply.line_len(&seq) > MAX_REPLY_LINE {
-            tracing::warn!(seq = %String::from_utf8_lossy(&seq), %command, "reply over 4096 bytes replaced");
+        if line.len() + reply.body().len() + 1 > MAX_REPLY_LINE {
+            tracing::warn!(seq = %seq(), %command, "reply over 4096 bytes replaced");
             reply = helper.oversize_reply(&command);
-            if reply.line_len(&seq) > MAX_REPLY_LINE {
+            if line.len() + reply.body().len() + 1 > MAX_REPLY_LINE {
                 reply = Reply::failure("reply too long");
             }
         }
         let latency = started.elapsed();
         shared.stats.reply(reply.kind(), latency);
-        tracing::debug!(seq = %String::from_utf8_lossy(&seq), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
-        shared.writer.reply(&seq, &reply);
+        tracing::debug!(seq = %seq(), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
+        line.extend_from_slice(reply.body());
+        line.push(b'\n');
+        shared.writer.line(line);
         // The next request with this order key may start now that this
         // reply is out.
         drop(done);
