@@ -4,7 +4,7 @@
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};
-use memchr::{memchr, memmem};
+use memchr::{memchr, memchr2, memmem};
 
 /// The header fields of a message, parsed once.
 #[derive(Debug, Default)]
@@ -80,17 +80,36 @@ impl HeaderParser {
                     }
                 }
             }
-            let Some(name) = s.parse_header_name() else {
-                if s.is_eof() {
-                    return out;
+            // A name without white space up to its colon, as nearly all
+            // are, is the name mail-parser finds (its known names are
+            // their lower-case spellings): only odd lines go through its
+            // byte-by-byte scan.
+            let at = s.offset();
+            let parsed;
+            let name = match memchr2(b':', b'\n', &header[at..]) {
+                Some(len)
+                    if len > 0
+                        && header[at + len] == b':'
+                        && !header[at..at + len].iter().any(u8::is_ascii_whitespace) =>
+                {
+                    s.skip_bytes(len + 1);
+                    &header[at..at + len]
                 }
-                continue;
+                _ => {
+                    let Some(name) = s.parse_header_name() else {
+                        if s.is_eof() {
+                            return out;
+                        }
+                        continue;
+                    };
+                    parsed = name;
+                    parsed.as_str().as_bytes()
+                }
             };
-            let name = name.as_str();
             let Some((wanted, address)) = self
                 .names
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
             else {
                 let end = field_end(header, s.offset());
                 skip_to(&mut s, end);

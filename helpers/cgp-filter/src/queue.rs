@@ -7,9 +7,13 @@
 //! stays bounded whatever the message size.
 
 use crate::message::{Attachment, attachments};
+use memchr::memchr;
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -143,7 +147,9 @@ impl BaseDir {
     /// normalised).
     pub fn open_file(&self, name: impl AsRef<Path>) -> Result<(File, PathBuf), OpenError> {
         let normal = self.inside(name.as_ref())?;
-        let relative = normal.strip_prefix(&self.path).unwrap_or(&normal);
+        // `inside` returns the base path followed by more components.
+        let below = &normal.as_os_str().as_bytes()[self.path.as_os_str().len()..];
+        let relative = Path::new(OsStr::from_bytes(below.strip_prefix(b"/").unwrap_or(below)));
         match self.open_beneath(relative) {
             Some(Ok(file)) => Ok((file, normal)),
             // EXDEV: a symlink that leaves, or an absolute one, which may
@@ -157,6 +163,13 @@ impl BaseDir {
     /// first, so that a missing file reached through `..` is refused rather
     /// than reported as unreadable.
     fn inside(&self, name: &Path) -> Result<PathBuf, OpenError> {
+        // What CGP sends (`Queue/123.msg`) is already normal: only the
+        // join is needed.
+        let plain = |seg: &[u8]| !matches!(seg, b"" | b"." | b"..");
+        let bytes = name.as_os_str().as_bytes();
+        if !bytes.starts_with(b"/") && bytes.split(|&b| b == b'/').all(plain) {
+            return Ok(self.path.join(name));
+        }
         let mut normal = PathBuf::new();
         for c in self.path.join(name).components() {
             match c {
@@ -263,18 +276,22 @@ impl QueueFile {
                 "not a regular file",
             ));
         }
-        let mut r = BufReader::with_capacity(16 * 1024, file);
-        let mut line = Vec::new();
+        let mut r = Reader {
+            file,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+            size: meta.len(),
+        };
         let mut env_lines = Vec::new();
         let mut env_bytes = 0usize;
         loop {
-            line.clear();
-            let n = read_line(&mut r, &mut line, limits.envelope.saturating_sub(env_bytes))?;
-            if n == 0 {
+            let line = r.line(limits.envelope.saturating_sub(env_bytes))?;
+            if line.is_empty() {
                 break;
             }
-            env_bytes += n;
-            if is_blank(&line) {
+            env_bytes += line.len();
+            if is_blank(&r.buf[line.clone()]) {
                 break;
             }
             if env_bytes >= limits.envelope {
@@ -283,9 +300,10 @@ impl QueueFile {
                     format!("envelope longer than {} bytes", limits.envelope),
                 ));
             }
-            env_lines.push(String::from_utf8_lossy(&line).into_owned());
+            env_lines.push(line);
         }
-        let envelope = Envelope::parse(env_lines.iter().map(String::as_str));
+        let lines: Vec<_> = env_lines.into_iter().map(|l| text(&r.buf[l])).collect();
+        let envelope = Envelope::parse(lines.iter().map(|l| l.as_ref()));
         let mut qf = QueueFile {
             queue_id: path
                 .file_name()
@@ -299,34 +317,115 @@ impl QueueFile {
                 .unwrap_or_default(),
             ..QueueFile::default()
         };
+        let header_start = r.pos;
         loop {
-            let room = limits.header.saturating_sub(qf.header.len());
+            let room = limits.header.saturating_sub(r.pos - header_start);
             if room == 0 {
                 qf.header_truncated = true;
                 break;
             }
-            let start = qf.header.len();
-            if read_line(&mut r, &mut qf.header, room)? == 0 {
-                break;
-            }
-            if is_blank(&qf.header[start..]) {
+            let line = r.line(room)?;
+            if line.is_empty() || is_blank(&r.buf[line]) {
                 break;
             }
         }
+        let header_end = r.pos;
         if limits.body > 0 && !qf.header_truncated {
-            let left = (meta.len() as usize).saturating_sub(env_bytes + qf.header.len());
-            let mut raw = Vec::with_capacity(qf.header.len() + left.min(limits.body));
-            raw.extend_from_slice(&qf.header);
-            (&mut r).take(limits.body as u64).read_to_end(&mut raw)?;
-            qf.attachments = attachments(&raw);
+            r.read_more(limits.body)?;
+            qf.attachments = attachments(&r.buf[header_start..]);
         }
+        let mut buf = r.buf;
+        buf.truncate(header_end);
+        buf.drain(..header_start);
+        qf.header = buf;
         Ok(qf)
     }
 }
 
-/// Appends one line (LF included) of at most `max` bytes; returns its length.
-fn read_line(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
-    r.take(max as u64).read_until(b'\n', out)
+/// Reads a file front to back into one buffer, which keeps every byte read
+/// (the envelope, the header and the scanned part of the body are parsed
+/// from it); lines are found with `memchr`, with no copy per line.
+struct Reader {
+    file: File,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already taken as lines.
+    pos: usize,
+    eof: bool,
+    /// The file's size when it was opened.
+    size: u64,
+}
+
+/// The first read: the envelope and header of most messages fit in it, so
+/// most files take one `read` call and the body is never copied.
+const FIRST_READ: usize = 4096;
+
+impl Reader {
+    /// The next line (LF included) of at most `max` bytes, as a range of
+    /// `buf`; empty at the end of the file.
+    fn line(&mut self, max: usize) -> std::io::Result<Range<usize>> {
+        loop {
+            let avail = &self.buf[self.pos..];
+            let within = avail.len().min(max);
+            let len = match memchr(b'\n', &avail[..within]) {
+                Some(i) => i + 1,
+                None if within == max || self.eof => within,
+                // Each read doubles the buffer: a long header takes a few
+                // reads, not one per line.
+                None => {
+                    self.fill(FIRST_READ.max(self.buf.len()))?;
+                    continue;
+                }
+            };
+            let line = self.pos..self.pos + len;
+            self.pos += len;
+            return Ok(line);
+        }
+    }
+
+    /// Reads up to `want` more bytes onto the end of `buf`: one `read` call
+    /// when the file has that many bytes left (`left` says how many it had
+    /// when opened), so the end of a small file costs no extra call.
+    fn fill(&mut self, want: usize) -> std::io::Result<()> {
+        let left = self.size.saturating_sub(self.buf.len() as u64);
+        let want = if left > 0 {
+            want.min(left as usize)
+        } else {
+            want
+        };
+        // Reserved first: `read_to_end` then reads straight into the spare
+        // room, without zeroing it or probing with a small read.
+        self.buf.reserve(want);
+        let n = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.buf)?;
+        self.eof = n == 0;
+        Ok(())
+    }
+
+    /// Reads until `more` bytes past the taken lines are in `buf`, or to the
+    /// end of the file.
+    fn read_more(&mut self, more: usize) -> std::io::Result<()> {
+        let have = self.buf.len() - self.pos;
+        let want = more.saturating_sub(have);
+        if want > 0 && !self.eof {
+            self.buf.reserve(want);
+            (&mut self.file)
+                .take(want as u64)
+                .read_to_end(&mut self.buf)?;
+        }
+        self.buf
+            .truncate(self.pos + more.min(self.buf.len() - self.pos));
+        Ok(())
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced; checked the fast way first, as
+/// envelope lines are ASCII.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 fn is_blank(line: &[u8]) -> bool {

@@ -198,13 +198,19 @@ impl Template {
     /// nothing for one of them. Values are made single-line.
     pub fn expand(&self, value: impl Fn(&Var) -> Option<String>) -> Option<String> {
         let mut out = String::new();
+        self.expand_into(&mut out, value)?;
+        Some(out)
+    }
+
+    /// `expand`, onto the end of `out`.
+    fn expand_into(&self, out: &mut String, value: impl Fn(&Var) -> Option<String>) -> Option<()> {
         for p in &self.0 {
             match p {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Var(v) => out.push_str(&one_line(&value(v)?)),
+                Piece::Var(v) => push_one_line(out, &value(v)?),
             }
         }
-        Some(out)
+        Some(())
     }
 }
 
@@ -216,12 +222,16 @@ impl<'de> Deserialize<'de> for Template {
 
 /// Control characters (CR and LF above all) would let a directory value or
 /// an address start a new header field: they become spaces.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_string()
+fn push_one_line(out: &mut String, s: &str) {
+    if s.contains(char::is_control) {
+        let spaced: String = s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        out.push_str(spaced.trim());
+    } else {
+        out.push_str(s.trim());
+    }
 }
 
 /// A header field to add: `Name: value template`.
@@ -251,8 +261,15 @@ impl HeaderTemplate {
 
     /// The folded field, or `None` when a placeholder has no value.
     pub fn render(&self, value: impl Fn(&Var) -> Option<String>) -> Option<String> {
-        let v = self.value.expand(value)?;
-        Some(fold(&format!("{}: {v}", self.name)))
+        let mut field = String::with_capacity(self.name.len() + 64);
+        field.push_str(&self.name);
+        field.push_str(": ");
+        self.value.expand_into(&mut field, value)?;
+        // A field that fits on one line is what folding would give back.
+        if field.len() <= FOLD_AT {
+            return Some(field);
+        }
+        Some(fold(&field))
     }
 }
 
