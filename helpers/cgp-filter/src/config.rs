@@ -8,10 +8,12 @@
 
 use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
 use crate::reply::{Dialect, HeaderTemplate, Template};
+use crate::rules::RuleSet;
 use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -25,6 +27,10 @@ pub struct FilterConfig {
     /// `[[rule]]` tables, evaluated in order.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// The rules as `validate()` compiled them, so that starting compiles
+    /// them once (regex sets, list files) instead of twice.
+    #[serde(skip)]
+    pub compiled: OnceLock<Arc<RuleSet>>,
 }
 
 impl HelperConfig for FilterConfig {
@@ -38,7 +44,10 @@ impl HelperConfig for FilterConfig {
         if let Some(d) = &self.directory {
             d.ldap.validate("directory.ldap")?;
         }
-        crate::rules::RuleSet::compile(self).map(|_| ())
+        let rules = RuleSet::compile(self)?;
+        // Set once: a configuration is validated once, right after loading.
+        let _ = self.compiled.set(Arc::new(rules));
+        Ok(())
     }
 }
 

@@ -34,7 +34,7 @@ impl<D: Directory> Filter<D> {
     /// `directory` is the back end for `[directory]`, when there is one.
     pub fn new(
         cfg: &FilterConfig,
-        rules: RuleSet,
+        rules: Arc<RuleSet>,
         directory: Option<D>,
     ) -> Result<Filter<D>, String> {
         let base = match &cfg.filter.base_dir {
@@ -49,7 +49,7 @@ impl<D: Directory> Filter<D> {
             .map(|d| d.cache_ttl)
             .unwrap_or_default();
         Ok(Filter {
-            rules: Arc::new(rules),
+            rules,
             settings: cfg.filter.clone(),
             failure: cfg.failure.clone(),
             base,

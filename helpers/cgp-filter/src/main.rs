@@ -33,8 +33,12 @@ impl Helper for FilterHelper {
     type Config = FilterConfig;
 
     async fn build(cfg: FilterConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
-        let rules =
-            rules::RuleSet::compile(&cfg).map_err(|e| format!("{}: {}", e.key, e.message))?;
+        let rules = match cfg.compiled.get() {
+            Some(rules) => rules.clone(),
+            None => Arc::new(
+                rules::RuleSet::compile(&cfg).map_err(|e| format!("{}: {}", e.key, e.message))?,
+            ),
+        };
         let directory = match &cfg.directory {
             Some(d) => Some(LdapPeople::new(
                 d,
