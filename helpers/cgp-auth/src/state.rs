@@ -6,7 +6,7 @@
 //! same state in memory.
 
 use crate::config::{CacheConfig, ThrottleConfig};
-use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
+use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -21,9 +21,6 @@ pub type Fingerprint = [u8; 32];
 /// Fingerprints kept per throttled key, so that retrying the same wrong
 /// password does not escalate the delay.
 const RECENT: usize = 8;
-
-/// sled page cache of the in-memory state.
-const MEMORY_CACHE: u64 = 16 << 20;
 
 /// Accounts whose good-password fingerprint is kept in memory in front of
 /// sled (about 100 bytes each); beyond this, lookups fall through to sled.
@@ -150,10 +147,11 @@ impl State {
         let (store, (cache, throttle, meta), opened) = match trees {
             Some(t) => (store, t, opened),
             None => {
-                // sled's page cache defaults to 1 GiB; the state is small.
+                // The page cache of a store on disk (sled's default is
+                // 1 GiB).
                 let db = sled::Config::new()
                     .temporary(true)
-                    .cache_capacity(MEMORY_CACHE)
+                    .cache_capacity(CACHE_CAPACITY)
                     .open()
                     .expect("an in-memory sled database opens");
                 let t = open_trees(&db).expect("in-memory trees open");

@@ -15,6 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How long `open` keeps retrying a store locked by another process.
 pub const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// sled's page cache for a store: the helpers' state is small, and sled's
+/// default (1 GiB) would let the cache grow with the data into resident
+/// memory.
+pub const CACHE_CAPACITY: u64 = 16 << 20;
+
 /// What `open` had to do to give a store back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
@@ -92,7 +97,10 @@ impl Store {
 fn try_open(path: &Path) -> sled::Result<sled::Db> {
     std::fs::create_dir_all(path)?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-    sled::Config::new().path(path).open()
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY)
+        .open()
 }
 
 fn is_lock_error(e: &sled::Error) -> bool {
