@@ -1,6 +1,7 @@
 //! Directory facts about a sender, behind a small trait so that the rule
 //! engine can be tested without a server, with a short cache in front.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,13 @@ pub struct Person {
 
 impl Person {
     pub fn values(&self, attribute: &str) -> &[String] {
-        self.attributes
-            .get(&attribute.to_ascii_lowercase())
-            .map_or(&[], Vec::as_slice)
+        let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.attributes.get(&attribute.to_ascii_lowercase())
+        } else {
+            // The rules ask with lower-case names: no copy to look them up.
+            self.attributes.get(attribute)
+        };
+        found.map_or(&[], Vec::as_slice)
     }
 }
 
@@ -84,10 +89,18 @@ impl<D: Directory> Cached<D> {
 
 impl<D: Directory> Directory for Cached<D> {
     async fn person(&self, address: &str) -> Result<Option<Arc<Person>>, Unavailable> {
-        let key = address.to_lowercase();
+        // The rules ask with lower-case addresses: a cache hit copies none.
+        let lower = address
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase());
+        let key = match lower {
+            true => Cow::Borrowed(address),
+            false => Cow::Owned(address.to_lowercase()),
+        };
         if let Some(hit) = self.lookup(&key) {
             return Ok(hit);
         }
+        let key = key.into_owned();
         // Boxed: a directory search (the LDAP client's futures) is several
         // kilobytes of state, which would otherwise be part of every
         // request's future and be copied with it, cache hit or not.

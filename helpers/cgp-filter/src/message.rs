@@ -4,7 +4,7 @@
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};
-use memchr::{memchr, memchr2, memmem};
+use memchr::{memchr, memchr_iter, memchr2};
 
 /// The header fields of a message, parsed once.
 #[derive(Debug, Default)]
@@ -183,7 +183,7 @@ fn text(s: &mut MessageStream<'_>, header: &[u8]) -> String {
     let start = s.offset();
     let end = field_end(header, start);
     let raw = &header[start..end];
-    if memmem::find(raw, b"=?").is_some() {
+    if memchr_iter(b'=', raw).any(|i| raw.get(i + 1) == Some(&b'?')) {
         return match s.parse_unstructured() {
             HeaderValue::Text(t) => t.into_owned(),
             _ => String::new(),
@@ -194,8 +194,10 @@ fn text(s: &mut MessageStream<'_>, header: &[u8]) -> String {
         return String::new();
     }
     let mut out = Vec::with_capacity(raw.len());
-    for line in raw.split(|&b| b == b'\n') {
-        let line = trim_folding(line);
+    let mut from = 0;
+    for end in memchr_iter(b'\n', raw) {
+        let line = trim_folding(&raw[from..end]);
+        from = end + 1;
         if line.is_empty() {
             continue;
         }

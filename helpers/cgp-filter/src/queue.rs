@@ -168,7 +168,13 @@ impl BaseDir {
         let plain = |seg: &[u8]| !matches!(seg, b"" | b"." | b"..");
         let bytes = name.as_os_str().as_bytes();
         if !bytes.starts_with(b"/") && bytes.split(|&b| b == b'/').all(plain) {
-            return Ok(self.path.join(name));
+            // Concatenated as bytes: `Path::join` compares components.
+            let mut normal = self.path.as_os_str().to_owned();
+            if !self.path.as_os_str().as_bytes().ends_with(b"/") {
+                normal.push("/");
+            }
+            normal.push(name);
+            return Ok(PathBuf::from(normal));
         }
         let mut normal = PathBuf::new();
         for c in self.path.join(name).components() {
