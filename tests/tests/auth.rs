@@ -951,3 +951,55 @@ fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     h.quit();
 }
+
+#[test]
+fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
+    let slapd = Slapd::start_default();
+    let relay = OpRelay::start(slapd.port());
+    let dir = tempdir();
+    let extra = format!(
+        "{LOOKUP}\n[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\ndn_ttl = \"1h\"\n[throttle]\nenabled = false\n"
+    );
+    let cfg = config(dir.path(), &[relay.uri()], "", &extra).replace(
+        "max_backoff = \"200ms\"",
+        "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
+    );
+    let mut h = Helper::start(dir.path(), &cfg);
+    // Warm the connections (their first use binds the service account).
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    relay.take();
+    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+    assert_eq!(relay.take(), [BIND]);
+    // A refusal searches again: the password may be wrong, or the DN.
+    assert_eq!(
+        h.vrfy("alice@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(relay.take(), [BIND, SEARCH]);
+    // Unknown users are never remembered.
+    assert_eq!(
+        h.vrfy("ghost@example.test", "wrong-pass"),
+        r#"ERROR "invalid credentials""#
+    );
+    assert_eq!(relay.take(), [SEARCH, BIND]);
+    assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
+    relay.take();
+    // bob moves (his entry keeps uid=bob); the old DN fails, the search
+    // finds the new one.
+    let out = Command::new("ldapmodrdn")
+        .args(["-x", "-H", &slapd.uri()])
+        .args(["-D", "cn=admin,dc=example,dc=org", "-w", "secret"])
+        .args(["uid=bob,ou=people,dc=example,dc=org", "uid=bob-moved"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
+    assert_eq!(relay.take(), [BIND, SEARCH, BIND]);
+    assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
+    assert_eq!(relay.take(), [BIND]);
+    h.quit();
+}

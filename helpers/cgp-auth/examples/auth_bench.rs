@@ -2,13 +2,18 @@
 //! binaries first). In one run, against one local slapd loaded with USERS
 //! distinct users:
 //!
-//! 1. baseline: a direct ldap3 bind loop, IN_FLIGHT tasks each on its own
-//!    connection;
+//! 1. baselines: a direct ldap3 bind loop, IN_FLIGHT tasks each on its own
+//!    connection; and the same loop preceded by the helper's user search
+//!    (the helper's two operations without the helper);
 //! 2. cold VRFY (cache off) through cgp-helper-sim at IN_FLIGHT, search then
-//!    bind, and with the DN-template fast path (bind only);
+//!    bind, with the DN-template fast path (bind only), and search then bind
+//!    with the user -> DN cache on (`cache.dn_ttl`; verdicts still uncached);
 //! 3. cached VRFY (users cycled, all but the first USERS requests are cache
 //!    hits) against the null helper on the same runtime;
-//! 4. peak resident memory of cgp-auth at 256 in flight.
+//! 4. peak resident memory of cgp-auth at 256 in flight;
+//!
+//! and the CPU time per request of the client (or helper) and of slapd in
+//! each, since on a small machine they share the cores.
 //!
 //! Usage: auth_bench [REQUESTS] [USERS] [IN_FLIGHT]
 
@@ -58,28 +63,55 @@ struct Run {
     rate: f64,
     summary: String,
     peak_rss_kib: u64,
+    /// CPU seconds (user + system) of the helper and of slapd.
+    helper_cpu: f64,
+    slapd_cpu: f64,
 }
 
-/// Peak resident set of the sim's child (the helper), read from /proc.
-fn child_rss(sim_pid: u32) -> Option<u64> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+/// The sim's child (the helper): found once, so that the sampling loop
+/// does not scan /proc while it measures.
+fn child_of(sim_pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
         let ppid = status
             .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse::<u32>().ok());
-        if ppid == Some(sim_pid) {
-            return status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-        }
-    }
-    None
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse::<u32>()
+            .ok()?;
+        (ppid == sim_pid).then(|| e.file_name().to_str()?.parse().ok())?
+    })
 }
 
-fn sim(requests: usize, in_flight: usize, template: &str, helper: &[String]) -> Run {
+/// Peak resident set of a process, in KiB.
+fn peak_rss(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised name: utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn slapd_cpu(slapd: &Slapd) -> f64 {
+    std::fs::read_to_string(slapd.dir().join("slapd.pid"))
+        .ok()
+        .and_then(|pid| cpu_seconds(pid.trim()))
+        .unwrap_or(0.0)
+}
+
+fn sim(slapd: &Slapd, requests: usize, in_flight: usize, template: &str, helper: &[String]) -> Run {
     let dir = release_dir();
+    let slapd_before = slapd_cpu(slapd);
     let mut child = Command::new(dir.join("cgp-helper-sim"))
         .arg("--generate")
         .arg(requests.to_string())
@@ -93,9 +125,15 @@ fn sim(requests: usize, in_flight: usize, template: &str, helper: &[String]) -> 
         .spawn()
         .expect("start cgp-helper-sim");
     let pid = child.id();
-    let mut peak = 0;
+    let (mut helper_pid, mut peak, mut helper_cpu) = (None, 0, 0.0);
     while child.try_wait().expect("wait sim").is_none() {
-        peak = peak.max(child_rss(pid).unwrap_or(0));
+        helper_pid = helper_pid.or_else(|| child_of(pid));
+        if let Some(h) = helper_pid {
+            peak = peak.max(peak_rss(h).unwrap_or(0));
+            // The last sample before the helper exits: at most one
+            // interval short.
+            helper_cpu = cpu_seconds(&h.to_string()).unwrap_or(helper_cpu);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("sim output");
@@ -110,32 +148,78 @@ fn sim(requests: usize, in_flight: usize, template: &str, helper: &[String]) -> 
         rate,
         summary,
         peak_rss_kib: peak,
+        helper_cpu,
+        slapd_cpu: slapd_cpu(slapd) - slapd_before,
     }
 }
 
-/// The baseline: `in_flight` tasks, each binding on its own connection.
-fn bind_loop(uri: &str, requests: usize, users: usize, in_flight: usize) -> f64 {
+/// A direct ldap3 loop: `in_flight` tasks, each binding on its own
+/// connection. With `search_conns` above 0 each bind is preceded by the
+/// helper's user search, on that many shared connections bound as the
+/// service account (the helper's two operations without the helper).
+/// Returns operations per second and the CPU seconds of this process and
+/// of slapd.
+fn direct_loop(
+    slapd: &Slapd,
+    requests: usize,
+    users: usize,
+    in_flight: usize,
+    search_conns: usize,
+) -> (f64, f64, f64) {
+    let uri = slapd.uri();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
+        let connect = || async {
+            let (conn, ldap) = ldap3::LdapConnAsync::new(&uri).await.expect("connect");
+            ldap3::drive!(conn);
+            ldap
+        };
         let mut conns = Vec::new();
         for _ in 0..in_flight {
-            let (conn, ldap) = ldap3::LdapConnAsync::new(uri).await.expect("connect");
-            ldap3::drive!(conn);
-            conns.push(ldap);
+            conns.push(connect().await);
+        }
+        let mut searchers = Vec::new();
+        for _ in 0..search_conns {
+            let mut ldap = connect().await;
+            ldap.simple_bind(SERVICE_DN, SERVICE_PASSWORD)
+                .await
+                .and_then(|r| r.success())
+                .expect("service bind");
+            searchers.push(ldap);
         }
         let started = Instant::now();
+        let (own_before, slapd_before) = (cpu_seconds("self").unwrap_or(0.0), slapd_cpu(slapd));
         let tasks: Vec<_> = conns
             .into_iter()
             .enumerate()
             .map(|(t, mut ldap)| {
+                let mut searcher =
+                    (!searchers.is_empty()).then(|| searchers[t % searchers.len()].clone());
                 tokio::spawn(async move {
                     for n in (t..requests).step_by(in_flight) {
                         let i = n % users;
-                        let dn = format!("uid=bench{i},ou=people,{BASE}");
+                        let mut dn = format!("uid=bench{i},ou=people,{BASE}");
+                        if let Some(s) = searcher.as_mut() {
+                            let filter = format!("(&(objectClass=inetOrgPerson)(uid=bench{i}))");
+                            let (entries, _) = s
+                                .search(
+                                    &format!("ou=people,{BASE}"),
+                                    ldap3::Scope::Subtree,
+                                    &filter,
+                                    vec!["1.1"],
+                                )
+                                .await
+                                .and_then(|r| r.success())
+                                .expect("search");
+                            dn = ldap3::SearchEntry::construct(
+                                entries.into_iter().next().expect("one entry"),
+                            )
+                            .dn;
+                        }
                         let r = ldap
                             .simple_bind(&dn, &format!("pw{i}"))
                             .await
@@ -148,11 +232,24 @@ fn bind_loop(uri: &str, requests: usize, users: usize, in_flight: usize) -> f64 
         for t in tasks {
             t.await.expect("bind task");
         }
-        requests as f64 / started.elapsed().as_secs_f64()
+        (
+            requests as f64 / started.elapsed().as_secs_f64(),
+            cpu_seconds("self").unwrap_or(0.0) - own_before,
+            slapd_cpu(slapd) - slapd_before,
+        )
     })
 }
 
-fn config(dir: &Path, name: &str, slapd: &Slapd, cache_ttl: &str, template: bool) -> String {
+/// A cgp-auth configuration: `cache_ttl` for verdicts, `dn_ttl` for the
+/// user -> DN cache, `template` for the DN-template fast path.
+fn config(
+    dir: &Path,
+    name: &str,
+    slapd: &Slapd,
+    cache_ttl: &str,
+    dn_ttl: &str,
+    template: bool,
+) -> String {
     let lookup_extra = if template {
         format!("dn_template = \"uid={{user}},ou=people,{BASE}\"\n")
     } else {
@@ -177,6 +274,7 @@ base = "ou=people,{BASE}"
 [cache]
 positive_ttl = "{cache_ttl}"
 negative_ttl = "0s"
+dn_ttl = "{dn_ttl}"
 [throttle]
 trusted_networks = ["10.0.0.0/8"]
 "#,
@@ -205,59 +303,107 @@ fn main() {
         .display()
         .to_string();
     let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    let helper = |name: &str, cache_ttl: &str, dn_ttl: &str, template: bool| {
+        let cfg = config(dir.path(), name, &slapd, cache_ttl, dn_ttl, template);
+        vec![auth.clone(), "--config".into(), cfg]
+    };
 
     println!(
         "cgp-auth benchmark: {requests} requests, {users} users, {in_flight} in flight, slapd {}",
         slapd.uri()
     );
-    let baseline = bind_loop(&slapd.uri(), requests, users, in_flight);
-    let cold_cfg = config(dir.path(), "cold.toml", &slapd, "0s", false);
-    let cold = sim(
-        requests,
-        in_flight,
-        &vrfy,
-        &[auth.clone(), "--config".into(), cold_cfg.clone()],
-    );
-    let tmpl_cfg = config(dir.path(), "template.toml", &slapd, "0s", true);
+    let bind_loop = direct_loop(&slapd, requests, users, in_flight, 0);
+    // The helper's two operations without the helper: 4 search connections,
+    // as the helper's default pool_size.
+    let search_loop = direct_loop(&slapd, requests, users, in_flight, 4);
+    let cold_cfg = helper("cold.toml", "0s", "0s", false);
+    let cold = sim(&slapd, requests, in_flight, &vrfy, &cold_cfg);
     let tmpl = sim(
+        &slapd,
         requests,
         in_flight,
         &vrfy,
-        &[auth.clone(), "--config".into(), tmpl_cfg],
+        &helper("template.toml", "0s", "0s", true),
+    );
+    let dn_cached = sim(
+        &slapd,
+        requests,
+        in_flight,
+        &vrfy,
+        &helper("dn-cache.toml", "0s", "1h", false),
     );
     let cached_requests = requests * 10;
-    let warm_cfg = config(dir.path(), "cached.toml", &slapd, "1h", false);
     let cached = sim(
+        &slapd,
         cached_requests,
         in_flight,
         &vrfy,
-        &[auth.clone(), "--config".into(), warm_cfg],
+        &helper("cached.toml", "1h", "0s", false),
     );
-    let null_run = sim(cached_requests, in_flight, &vrfy, &[null]);
-    let big = sim(requests, 256, &vrfy, &[auth, "--config".into(), cold_cfg]);
+    let null_run = sim(&slapd, cached_requests, in_flight, &vrfy, &[null]);
+    let big = sim(&slapd, requests, 256, &vrfy, &cold_cfg);
 
     for (name, run) in [
         ("cold", &cold),
         ("template", &tmpl),
+        ("dn-cache", &dn_cached),
         ("cached", &cached),
         ("null", &null_run),
         ("cold@256", &big),
     ] {
         println!("  {name:<9} {}", run.summary);
     }
-    println!("direct ldap3 bind loop:             {baseline:>9.0} binds/s");
+    // Where the time goes: on two cores the client and slapd share the CPU.
+    let per_request = |cpu: f64, n: usize| cpu * 1e6 / n as f64;
+    println!("CPU microseconds per request, client (or helper) + slapd:");
+    for (name, (_, client, slapd_cpu)) in
+        [("bind loop", bind_loop), ("search+bind loop", search_loop)]
+    {
+        println!(
+            "  {name:<17} {:>6.1} + {:>6.1}",
+            per_request(client, requests),
+            per_request(slapd_cpu, requests)
+        );
+    }
+    for (name, run, n) in [
+        ("cold", &cold, requests),
+        ("template", &tmpl, requests),
+        ("dn-cache", &dn_cached, requests),
+        ("cached", &cached, cached_requests),
+        ("null", &null_run, cached_requests),
+    ] {
+        println!(
+            "  {name:<17} {:>6.1} + {:>6.1}",
+            per_request(run.helper_cpu, n),
+            per_request(run.slapd_cpu, n)
+        );
+    }
+    let baseline = bind_loop.0;
+    println!("direct ldap3 bind loop:                {baseline:>9.0} binds/s");
     println!(
-        "cold VRFY, search+bind:             {:>9.0} req/s  = {:.2}x the bind loop (target >= 0.7x)",
-        cold.rate,
-        cold.rate / baseline
+        "direct ldap3 search+bind loop:         {:>9.0} /s      = {:.2}x the bind loop",
+        search_loop.0,
+        search_loop.0 / baseline
     );
     println!(
-        "cold VRFY, DN template (bind only): {:>9.0} req/s  = {:.2}x the bind loop",
+        "cold VRFY, search+bind:                {:>9.0} req/s  = {:.2}x the bind loop (target >= 0.7x), {:.2}x the search+bind loop",
+        cold.rate,
+        cold.rate / baseline,
+        cold.rate / search_loop.0
+    );
+    println!(
+        "cold VRFY, DN template (bind only):    {:>9.0} req/s  = {:.2}x the bind loop",
         tmpl.rate,
         tmpl.rate / baseline
     );
     println!(
-        "cached VRFY ({:.1}% hits):           {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
+        "cold VRFY, search+bind, dn_ttl = 1h:   {:>9.0} req/s  = {:.2}x the bind loop ({:.0}% of DNs remembered)",
+        dn_cached.rate,
+        dn_cached.rate / baseline,
+        100.0 * requests.saturating_sub(users) as f64 / requests as f64
+    );
+    println!(
+        "cached VRFY ({:.1}% hits):              {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
         100.0 * (cached_requests - users) as f64 / cached_requests as f64,
         cached.rate,
         cached.rate / null_run.rate,

@@ -7,6 +7,10 @@ use crate::hash::{self, Stored};
 use cgp_lookup::ldap::{BindOutcome, Directory, Entry, LdapError, Scope, escape_dn, escape_filter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Users whose DN is remembered (`cache.dn_ttl`); a full map is emptied.
+const DN_CACHE_ENTRIES: usize = 32 * 1024;
 
 /// The back end's verdict on a password.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +92,8 @@ pub struct LdapBackend {
     /// directory, checked against when no user is found (same reason;
     /// until one is seen, an `{SSHA}` value, the OpenLDAP default).
     compare_dummy: Mutex<Stored>,
+    /// Search-then-bind with `cache.dn_ttl`: address -> (DN, when found).
+    dns: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// The scheme and cost of a stored value: users of one scheme take one
@@ -158,6 +164,7 @@ impl Backend {
                         Stored::parse("{SSHA}AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", false)
                             .expect("a well-formed {SSHA} value"),
                     ),
+                    dns: Mutex::new(HashMap::new()),
                 })))
             }
         }
@@ -225,10 +232,21 @@ impl Backend {
 
 /// Fills `{user}`, `{domain}` and `{email}` with escaped values.
 fn fill(template: &str, account: &Account, escape: fn(&str) -> String) -> String {
-    template
-        .replace("{user}", &escape(&account.user))
-        .replace("{domain}", &escape(&account.domain))
-        .replace("{email}", &escape(&account.address()))
+    let mut out = template.to_string();
+    // Only the placeholders present are escaped and replaced: this runs for
+    // every directory request.
+    for (name, value) in [
+        ("{user}", account.user.as_str()),
+        ("{domain}", account.domain.as_str()),
+    ] {
+        if out.contains(name) {
+            out = out.replace(name, &escape(value));
+        }
+    }
+    if out.contains("{email}") {
+        out = out.replace("{email}", &escape(&account.address()));
+    }
+    out
 }
 
 impl LdapBackend {
@@ -320,6 +338,72 @@ impl LdapBackend {
         }
     }
 
+    /// Bind mode without a DN template: the user's entry and the bind's
+    /// verdict, `None` for no such user (after the same bind a wrong
+    /// password costs, so that the time tells nothing).
+    async fn search_then_bind(
+        &self,
+        lookup: &Lookup,
+        account: &Account,
+        password: &[u8],
+    ) -> Result<Option<(Entry, Verdict)>, LdapError> {
+        let remembered = self.known_dn(account);
+        if let Some(dn) = &remembered {
+            let v = Verdict::from(self.dir.check_password(dn, password).await?);
+            if v != Verdict::Invalid {
+                return Ok(Some((Entry::new(dn.clone(), HashMap::new()), v)));
+            }
+            // A wrong password, or the user's DN changed: a search tells.
+        }
+        let Some(entry) = self.search_user(lookup, account, &[]).await? else {
+            lock(&self.dns).remove(&account.address());
+            if remembered.is_none() {
+                // A DN that does not exist: its answer (invalid
+                // credentials, or an error) changes nothing.
+                let absent = format!("{},{}", self.absent_rdn, lookup.base);
+                if let Err(e) = self.dir.check_password(&absent, password).await {
+                    tracing::debug!(error = %e, "bind for an unknown user failed");
+                }
+            }
+            return Ok(None);
+        };
+        self.remember_dn(account, &entry.dn);
+        if remembered.as_deref() == Some(entry.dn.as_str()) {
+            // That DN refused this password a moment ago.
+            return Ok(Some((entry, Verdict::Invalid)));
+        }
+        let v = Verdict::from(self.dir.check_password(&entry.dn, password).await?);
+        Ok(Some((entry, v)))
+    }
+
+    /// The user's DN from an earlier search, while `cache.dn_ttl` allows.
+    fn known_dn(&self, account: &Account) -> Option<String> {
+        let ttl = self.config.cache.dn_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        lock(&self.dns)
+            .get(&account.address())
+            .filter(|(_, found)| found.elapsed() < ttl)
+            .map(|(dn, _)| dn.clone())
+    }
+
+    fn remember_dn(&self, account: &Account, dn: &str) {
+        if self.config.cache.dn_ttl.is_zero() {
+            return;
+        }
+        let mut dns = lock(&self.dns);
+        if dns.len() >= DN_CACHE_ENTRIES {
+            // Expired entries first; a map full of live ones starts over.
+            let ttl = self.config.cache.dn_ttl;
+            dns.retain(|_, (_, found)| found.elapsed() < ttl);
+            if dns.len() >= DN_CACHE_ENTRIES {
+                dns.clear();
+            }
+        }
+        dns.insert(account.address(), (dn.to_string(), Instant::now()));
+    }
+
     async fn verify(&self, account: &Account, password: &[u8]) -> Result<Verdict, LdapError> {
         let lookup = self.config.lookup_for(&account.domain);
         let (entry, verdict) = match (lookup.mode, &lookup.dn_template) {
@@ -328,20 +412,10 @@ impl LdapBackend {
                 let v = Verdict::from(self.dir.check_password(&dn, password).await?);
                 (Entry::new(dn, HashMap::new()), v)
             }
-            (Mode::Bind, None) => {
-                let Some(entry) = self.search_user(lookup, account, &[]).await? else {
-                    // The same bind a wrong password costs, as a DN that
-                    // does not exist: its answer (invalid credentials, or
-                    // an error) changes nothing.
-                    let absent = format!("{},{}", self.absent_rdn, lookup.base);
-                    if let Err(e) = self.dir.check_password(&absent, password).await {
-                        tracing::debug!(error = %e, "bind for an unknown user failed");
-                    }
-                    return Ok(Verdict::Invalid);
-                };
-                let v = Verdict::from(self.dir.check_password(&entry.dn, password).await?);
-                (entry, v)
-            }
+            (Mode::Bind, None) => match self.search_then_bind(lookup, account, password).await? {
+                Some(found) => found,
+                None => return Ok(Verdict::Invalid),
+            },
             (Mode::Compare, _) => {
                 let attr = lookup.password_attribute.as_str();
                 let Some(entry) = self.search_user(lookup, account, &[attr]).await? else {

@@ -160,6 +160,11 @@ pub struct CacheConfig {
     /// their TTL still answer (0s: off).
     #[serde(with = "humantime_serde")]
     pub stale_window: Duration,
+    /// Search-then-bind: how long the DN a search found for a user is
+    /// bound to again without searching (0s: always search). Memory only,
+    /// emptied on reload.
+    #[serde(with = "humantime_serde")]
+    pub dn_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -168,6 +173,7 @@ impl Default for CacheConfig {
             positive_ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(60),
             stale_window: Duration::ZERO,
+            dn_ttl: Duration::ZERO,
         }
     }
 }
