@@ -5,7 +5,7 @@
 //! 2. with the AMI server answering in 5 ms, the AMI actions sent for a
 //!    burst of 1,000 requests for 100 distinct users.
 
-use cgp_tests::banner::{ALICE_IDLE, Session, config, pbx};
+use cgp_tests::banner::{ALICE_IDLE, config, pbx, session};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::path::Path;
@@ -61,7 +61,7 @@ fn main() {
     slow.set_fault(Fault::Slow(Duration::from_millis(5)));
     let users = hundred_users(&slow, "v", 3000);
     let dir2 = tempfile::tempdir().unwrap();
-    let mut s = Session::start(&config(dir2.path(), slow.port(), &users));
+    let mut s = session(&config(dir2.path(), slow.port(), &users));
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
     let before = slow.counts();
     let (time, bodies) = s.drive(1000, 1000, |n| {

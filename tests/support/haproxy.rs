@@ -10,12 +10,11 @@
 //! work back from HAProxy itself with `show servers state`.
 
 use crate::process::{self, free_port, unprivileged, wait_ready};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Generous bound for anything the tests wait for.
@@ -235,108 +234,5 @@ impl Haproxy {
 impl Drop for Haproxy {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A running helper binary, asked one request at a time: the balancer's
-/// live tests and its benchmark drive cgp-balancer with it.
-pub struct Helper {
-    pub child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-    seq: u32,
-}
-
-impl Helper {
-    /// Starts `program --config <config>` and checks INTF.
-    pub fn start(program: &Path, config: &Path) -> Helper {
-        Helper::start_in(Command::new(program), config)
-    }
-
-    /// Starts the helper through `cmd` (the helper binary itself, or a
-    /// wrapper such as `unshare -n` that execs it).
-    pub fn start_in(mut cmd: Command, config: &Path) -> Helper {
-        let mut child = cmd
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the helper");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let mut h = Helper {
-            child,
-            stdin,
-            lines,
-            stderr,
-            seq: 0,
-        };
-        assert_eq!(h.ask("INTF 3"), "INTF 3");
-        h
-    }
-
-    pub fn send(&mut self, request: &str) -> String {
-        self.seq += 1;
-        writeln!(self.stdin, "{} {request}", self.seq).expect("write request");
-        self.stdin.flush().expect("flush");
-        format!("{} ", self.seq)
-    }
-
-    /// Sends a request and waits for its reply (without the sequence number).
-    pub fn ask(&mut self, request: &str) -> String {
-        let prefix = self.send(request);
-        self.reply(&prefix)
-    }
-
-    pub fn reply(&mut self, prefix: &str) -> String {
-        let until = Instant::now() + LIMIT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no reply to {prefix}within {LIMIT:?}"));
-            if let Some(r) = line.strip_prefix(prefix) {
-                return r.to_string();
-            }
-            assert!(line.starts_with('*'), "unexpected line {line:?}");
-        }
-    }
-
-    /// QUIT: the helper answers OK, exits 0 and wrote nothing on stderr.
-    pub fn quit(mut self) {
-        assert_eq!(self.ask("QUIT"), "OK");
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "exit status {status}");
-        let stderr = self.stderr.join().expect("stderr thread");
-        assert!(stderr.is_empty(), "stderr: {stderr}");
-    }
-
-    /// Stops (SIGSTOP) or resumes (SIGCONT) the helper process.
-    pub fn signal(&self, sig: libc::c_int) {
-        process::signal(&self.child, sig);
-    }
-
-    pub fn kill(mut self) {
-        self.child.kill().expect("kill helper");
-        self.child.wait().expect("wait");
     }
 }

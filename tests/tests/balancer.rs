@@ -1,7 +1,7 @@
 //! cgp-balancer as a whole binary: transcript cases (IPVS dry-run demo,
 //! grammar, failing back ends) and the VIP hook.
 
-use cgp_tests::haproxy::Helper;
+use cgp_tests::session::Session;
 use cgp_tests::{bin, transcript::run_all};
 
 #[test]
@@ -25,7 +25,7 @@ fn vip_hook_brings_vips_up_and_down_once() {
     )
     .unwrap();
     let log = || std::fs::read_to_string(work.path().join("hook.log")).unwrap_or_default();
-    let mut h = Helper::start(&bin("cgp-balancer"), &cfg);
+    let mut h = Session::start(&bin("cgp-balancer"), &cfg);
     assert_eq!(h.ask("START edge (192.0.2.20, 192.0.2.21)"), "OK");
     assert_eq!(log(), "up edge 192.0.2.20 192.0.2.21\n");
     // A new VIP list: only the difference goes down and up.
@@ -41,10 +41,10 @@ fn vip_hook_brings_vips_up_and_down_once() {
     let stopped = "up edge 192.0.2.20 192.0.2.21\ndown edge 192.0.2.20\nup edge 192.0.2.22\n\
                    down edge 192.0.2.21 192.0.2.22\n";
     assert_eq!(log(), stopped);
-    h.quit();
+    h.finish();
     // A restarted helper does not know what the machine has: it runs the
     // hook again for the stored state (hooks are idempotent).
-    let h = Helper::start(&bin("cgp-balancer"), &cfg);
+    let h = Session::start(&bin("cgp-balancer"), &cfg);
     let again = format!("{stopped}down edge 192.0.2.21 192.0.2.22\n");
     let started = std::time::Instant::now();
     while log() != again {
@@ -55,5 +55,5 @@ fn vip_hook_brings_vips_up_and_down_once() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    h.quit();
+    h.finish();
 }

@@ -4,7 +4,8 @@
 //! machine allows it (reported as run or not run).
 
 use cgp_tests::bin;
-use cgp_tests::haproxy::{Haproxy, Helper, LIMIT, Server, sbin};
+use cgp_tests::haproxy::{Haproxy, LIMIT, Server, sbin};
+use cgp_tests::session::Session;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,7 +54,7 @@ fn dynamic_servers_follow_the_cluster_with_drain_and_re_add() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(
+    let mut h = Session::start(
         &bin("cgp-balancer"),
         &config(work.path(), &socket, "cgp", "2s", "0s"),
     );
@@ -112,7 +113,7 @@ fn dynamic_servers_follow_the_cluster_with_drain_and_re_add() {
     let end = hx.wait_for("cgp", LIMIT, |s| ours(s).is_empty());
     assert!(end.iter().any(|x| x.name == "static1" && x.ready()));
     assert_eq!(h.ask("STOP cgp"), "OK", "STOP twice is fine");
-    h.quit();
+    h.finish();
 }
 
 #[test]
@@ -120,7 +121,7 @@ fn haproxy_restarted_under_the_helper_is_repaired() {
     let mut hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(
+    let mut h = Session::start(
         &bin("cgp-balancer"),
         &config(work.path(), &socket, "cgp", "30s", "1s"),
     );
@@ -142,7 +143,7 @@ fn haproxy_restarted_under_the_helper_is_repaired() {
     // And commands go on working against the new process.
     assert_eq!(h.ask("ADD cgp 127.0.0.5"), "OK");
     assert!(find(&hx.servers("cgp"), "127.0.0.5", 2525).is_some_and(Server::ready));
-    h.quit();
+    h.finish();
 }
 
 #[test]
@@ -151,7 +152,7 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
     let cfg = config(work.path(), &socket, "cgp", "30s", "0s");
-    let mut h = Helper::start(&bin("cgp-balancer"), &cfg);
+    let mut h = Session::start(&bin("cgp-balancer"), &cfg);
     assert_eq!(h.ask("START cgp"), "OK");
     assert_eq!(h.ask("SERVERS cgp (127.0.0.2, 127.0.0.3)"), "OK");
     let before = hx.servers("cgp");
@@ -185,7 +186,7 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
     );
 
     // A new helper on the same store finishes the change by itself.
-    let mut h = Helper::start(&bin("cgp-balancer"), &cfg);
+    let mut h = Session::start(&bin("cgp-balancer"), &cfg);
     let done = hx.wait_for("cgp", LIMIT, |s| {
         ["127.0.0.2", "127.0.0.3", "127.0.0.6", "127.0.0.7"]
             .iter()
@@ -197,14 +198,14 @@ fn helper_killed_mid_change_is_repaired_at_restart() {
         "OK"
     );
     assert_eq!(hx.servers("cgp"), done);
-    h.quit();
+    h.finish();
 }
 
 #[test]
 fn template_slots_over_the_tcp_admin_socket() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
-    let mut h = Helper::start(
+    let mut h = Session::start(
         &bin("cgp-balancer"),
         &config(work.path(), &hx.tcp_socket(), "tpl", "1s", "0s"),
     );
@@ -233,7 +234,7 @@ fn template_slots_over_the_tcp_admin_socket() {
     });
     assert_eq!(h.ask("ADD tpl 127.0.0.9"), "OK");
     assert!(find(&hx.servers("tpl"), "127.0.0.9", 25).is_some_and(Server::ready));
-    h.quit();
+    h.finish();
 }
 
 #[test]
@@ -241,7 +242,7 @@ fn a_frozen_haproxy_gets_an_error_within_the_deadline() {
     let hx = Haproxy::start(BACKENDS);
     let work = tempfile::tempdir().unwrap();
     let socket = hx.socket().display().to_string();
-    let mut h = Helper::start(
+    let mut h = Session::start(
         &bin("cgp-balancer"),
         &config(work.path(), &socket, "cgp", "30s", "0s"),
     );
@@ -260,7 +261,7 @@ fn a_frozen_haproxy_gets_an_error_within_the_deadline() {
     hx.thaw();
     assert_eq!(h.ask("ADD cgp 127.0.0.9"), "OK");
     assert!(find(&hx.servers("cgp"), "127.0.0.9", 2525).is_some_and(Server::ready));
-    h.quit();
+    h.finish();
 }
 
 /// Why real IPVS cannot be used here, if it cannot.
@@ -316,7 +317,8 @@ fn ipvs_for_real_in_a_network_namespace() {
     .unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["-n", "--"]).arg(bin("cgp-balancer"));
-    let mut h = Helper::start_in(cmd, &cfg);
+    cmd.arg("--config").arg(&cfg);
+    let mut h = Session::start_cmd(cmd);
     let pid = h.child.id();
     assert_eq!(h.ask("START edge"), "OK");
     assert_eq!(h.ask("SERVERS edge (10.0.0.11, 10.0.0.12)"), "OK");
@@ -339,5 +341,5 @@ fn ipvs_for_real_in_a_network_namespace() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    h.quit();
+    h.finish();
 }

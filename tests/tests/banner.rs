@@ -3,7 +3,7 @@
 //! announcements added while the helper runs, request coalescing, and the
 //! 4096-byte line.
 
-use cgp_tests::banner::{ALICE_IDLE, Session, config, pbx};
+use cgp_tests::banner::{ALICE_IDLE, config, pbx, session};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 fn pbx_banners_are_cached_and_refreshed_by_events() {
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
-    let mut s = Session::start(&config(dir.path(), fake.port(), ""));
+    let mut s = session(&config(dir.path(), fake.port(), ""));
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
     assert_eq!(
         s.ask("BANNER Phone bob@example.com"),
@@ -50,7 +50,7 @@ fn a_pbx_that_is_down_or_silent_yields_the_default_banner_in_time_then_recovers(
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
     let port = fake.port();
-    let mut s = Session::start(&config(dir.path(), port, ""));
+    let mut s = session(&config(dir.path(), port, ""));
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
 
     // Silent PBX: the action times out, the user gets the default banner
@@ -107,7 +107,7 @@ fn a_burst_for_many_users_sends_one_action_per_mailbox() {
             )
         })
         .collect();
-    let mut s = Session::start(&config(dir.path(), fake.port(), &users));
+    let mut s = session(&config(dir.path(), fake.port(), &users));
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
     let before = fake.count("MailboxCount");
     let seqs: Vec<(String, u32)> = (0..1000)
@@ -142,7 +142,7 @@ fn announcements_added_and_removed_while_the_helper_runs() {
     };
     // Before the helper runs: applied to the store directly.
     let early = announce(&["add", "--text", "Early & <bold>", "--for", "1h"]);
-    let mut s = Session::start(&cfg);
+    let mut s = session(&cfg);
     assert_eq!(
         s.ask("BANNER Notices bob@example.com"),
         r#"OK "Early &amp; &lt;bold&gt;""#
@@ -195,7 +195,7 @@ fn overlong_banners_are_cut_or_replaced_to_fit_the_line() {
     // Ä is 2 bytes, `"` becomes `\"` on the wire: the cut must count both.
     let long_name = "Ä\\\"".repeat(200);
     let users = format!("[directory.users.\"long@example.com\"]\nreal_name = \"{long_name}\"\n");
-    let mut s = Session::start(&config(dir.path(), fake.port(), &users));
+    let mut s = session(&config(dir.path(), fake.port(), &users));
     let text = s.ask("BANNER Long long@example.com");
     assert!(text.starts_with(r#"OK "Ä\"Ä\"Ä"#), "{text}");
     assert!(text.ends_with("…\""), "{}", &text[text.len() - 20..]);
@@ -287,7 +287,7 @@ default = "directory unavailable"
 "#,
         uri = slapd.uri()
     );
-    let mut s = Session::start(&config(dir.path(), fake.port(), &ldap));
+    let mut s = session(&config(dir.path(), fake.port(), &ldap));
     s.ask_until(
         "BANNER Phone alice@example.test",
         r#"OK "Alice Liddell: 2 new, 5 old, phone idle""#,
@@ -340,7 +340,7 @@ fn sighup_reloads_rules_and_keeps_pbx_links_and_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
     let cfg = config(dir.path(), fake.port(), "");
-    let mut s = Session::start(&cfg);
+    let mut s = session(&cfg);
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
@@ -380,10 +380,10 @@ fn a_store_locked_by_the_previous_process_is_taken_over_when_it_exits() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let mut old = Session::start(&cfg);
+    let mut old = session(&cfg);
     assert_eq!(old.ask("BANNER Notices bob@example.com"), r#"OK "stored""#);
     // CGP's Auto-Restart can start the new process before the old one exits.
-    let mut new = Session::start(&cfg);
+    let mut new = session(&cfg);
     assert_eq!(
         new.ask("BANNER Notices bob@example.com"),
         r#"ERROR "no banner""#,

@@ -4,98 +4,20 @@
 //! (`shared/protocol/examples/probe_helper.rs`).
 
 use cgp_tests::bin;
-use std::io::{BufRead, BufReader, Write};
+use cgp_tests::session::Session;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The probe helper's two dispatch paths: requests always spawned, and
 /// requests polled once on the dispatcher first (`Helper::INLINE_FIRST_POLL`).
 const MODES: [&[&str]; 2] = [&[], &["--inline"]];
 
-/// A probe helper running with piped stdio; stdout lines arrive on a channel.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(config: &std::path::Path) -> Running {
-        Running::start_with(config, &[])
-    }
-
-    fn start_with(config: &std::path::Path, extra: &[&str]) -> Running {
-        let mut child = Command::new(bin("probe_helper"))
-            .args(extra)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let w = self.stdin.as_mut().unwrap();
-        writeln!(w, "{line}").unwrap();
-        w.flush().unwrap();
-    }
-
-    /// The next line that is not a `*` line, unless `info` is set.
-    fn next(&self, info: bool) -> String {
-        loop {
-            let l = self
-                .lines
-                .recv_timeout(Duration::from_secs(10))
-                .expect("a line from the helper within 10s");
-            if info || !l.starts_with('*') {
-                return l;
-            }
-        }
-    }
-
-    /// Waits for a `*` line starting with `prefix`.
-    fn info_starting(&self, prefix: &str) -> String {
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if l.starts_with(prefix) {
-                    return l;
-                }
-            }
-        }
-        panic!("no line starting with {prefix:?} within 10s");
-    }
-
-    fn signal(&self, sig: i32) {
-        assert!(cgp_tests::process::signal(&self.child, sig));
-    }
-
-    fn finish(mut self) -> (Option<i32>, String) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (status.code(), err)
-    }
+/// The probe helper with `extra` arguments and a configuration file.
+fn probe(config: &std::path::Path, extra: &[&str]) -> Session {
+    let mut cmd = Command::new(bin("probe_helper"));
+    cmd.args(extra).arg("--config").arg(config);
+    Session::spawn(cmd)
 }
 
 fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
@@ -108,16 +30,16 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 fn replies_leave_in_completion_order() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = Running::start_with(&config(&dir, ""), mode);
-        h.send("1 INTF 4");
-        assert_eq!(h.next(false), "1 INTF 4");
-        h.send("2 SLEEP 600");
-        h.send("3 SLEEP 300");
-        h.send("4 SLEEP 0");
-        assert_eq!(h.next(false), "4 OK", "{mode:?}");
-        assert_eq!(h.next(false), "3 OK", "{mode:?}");
-        assert_eq!(h.next(false), "2 OK", "{mode:?}");
-        let (code, err) = h.finish();
+        let mut h = probe(&config(&dir, ""), mode);
+        h.send_line("1 INTF 4");
+        assert_eq!(h.line(false), "1 INTF 4");
+        h.send_line("2 SLEEP 600");
+        h.send_line("3 SLEEP 300");
+        h.send_line("4 SLEEP 0");
+        assert_eq!(h.line(false), "4 OK", "{mode:?}");
+        assert_eq!(h.line(false), "3 OK", "{mode:?}");
+        assert_eq!(h.line(false), "2 OK", "{mode:?}");
+        let (code, err) = h.close();
         assert_eq!((code, err.as_str()), (Some(0), ""));
     }
 }
@@ -126,17 +48,17 @@ fn replies_leave_in_completion_order() {
 fn requests_with_one_order_key_keep_their_order() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = Running::start_with(&config(&dir, ""), mode);
-        h.send("1 INTF 4");
-        assert_eq!(h.next(false), "1 INTF 4");
+        let mut h = probe(&config(&dir, ""), mode);
+        h.send_line("1 INTF 4");
+        assert_eq!(h.line(false), "1 INTF 4");
         // 2 is slow; 3 has its key and must wait for it; 4 has another key.
-        h.send("2 ORDERED group-a 500");
-        h.send("3 ORDERED group-a 0");
-        h.send("4 ORDERED group-b 0");
-        assert_eq!(h.next(false), "4 OK", "{mode:?}");
-        assert_eq!(h.next(false), "2 OK", "{mode:?}");
-        assert_eq!(h.next(false), "3 OK", "{mode:?}");
-        let (code, err) = h.finish();
+        h.send_line("2 ORDERED group-a 500");
+        h.send_line("3 ORDERED group-a 0");
+        h.send_line("4 ORDERED group-b 0");
+        assert_eq!(h.line(false), "4 OK", "{mode:?}");
+        assert_eq!(h.line(false), "2 OK", "{mode:?}");
+        assert_eq!(h.line(false), "3 OK", "{mode:?}");
+        let (code, err) = h.close();
         assert_eq!((code, err.as_str()), (Some(0), ""));
     }
 }
@@ -145,15 +67,15 @@ fn requests_with_one_order_key_keep_their_order() {
 fn sigterm_drains_requests_in_flight_then_exits_0() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = Running::start_with(&config(&dir, ""), mode);
-        h.send("1 INTF 3");
-        assert_eq!(h.next(false), "1 INTF 3");
-        h.send("2 SLEEP 500");
+        let mut h = probe(&config(&dir, ""), mode);
+        h.send_line("1 INTF 3");
+        assert_eq!(h.line(false), "1 INTF 3");
+        h.send_line("2 SLEEP 500");
         std::thread::sleep(Duration::from_millis(100));
         h.signal(libc::SIGTERM);
         h.info_starting("* SIGTERM received");
-        assert_eq!(h.next(false), "2 OK", "{mode:?}");
-        let (code, err) = h.finish();
+        assert_eq!(h.line(false), "2 OK", "{mode:?}");
+        let (code, err) = h.close();
         assert_eq!((code, err.as_str()), (Some(0), ""));
     }
 }
@@ -162,49 +84,52 @@ fn sigterm_drains_requests_in_flight_then_exits_0() {
 fn sighup_reloads_and_a_bad_file_keeps_the_old_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(&dir, "[runtime]\ndeadline = \"5s\"\n");
-    let mut h = Running::start(&path);
-    h.send("1 INTF 3");
-    assert_eq!(h.next(false), "1 INTF 3");
+    let mut h = probe(&path, &[]);
+    h.send_line("1 INTF 3");
+    assert_eq!(h.line(false), "1 INTF 3");
     // A request in flight across a reload still gets its reply. Lines are
     // dispatched in order, so the reply to 3 proves 2 is in flight.
-    h.send("2 SLEEP 1000");
-    h.send("3 ECHO x");
-    assert_eq!(h.next(false), "3 OK (x)");
+    h.send_line("2 SLEEP 1000");
+    h.send_line("3 ECHO x");
+    assert_eq!(h.line(false), "3 OK (x)");
     std::fs::write(&path, "[runtime]\ndeadline = \"300ms\"\n").unwrap();
     h.signal(libc::SIGHUP);
     h.info_starting("* configuration reloaded");
-    assert_eq!(h.next(false), "2 OK");
+    assert_eq!(h.line(false), "2 OK");
     // The new deadline applies to new requests.
-    h.send("30 HANG");
-    assert_eq!(h.next(false), "30 FAILURE \"timeout\"");
+    h.send_line("30 HANG");
+    assert_eq!(h.line(false), "30 FAILURE \"timeout\"");
     // A broken file is refused, naming the problem without its text.
     std::fs::write(&path, "[runtime]\ndeadline = \"secret-ish\"\n").unwrap();
     h.signal(libc::SIGHUP);
     let refused = h.info_starting("* configuration reload refused, old configuration kept:");
     assert!(refused.contains("line 2"), "{refused}");
     assert!(!refused.contains("secret-ish"), "{refused}");
-    h.send("4 HANG");
-    assert_eq!(h.next(false), "4 FAILURE \"timeout\"");
-    h.send("5 QUIT");
-    assert_eq!(h.next(false), "5 OK");
-    let (code, err) = h.finish();
+    h.send_line("4 HANG");
+    assert_eq!(h.line(false), "4 FAILURE \"timeout\"");
+    h.send_line("5 QUIT");
+    assert_eq!(h.line(false), "5 OK");
+    let (code, err) = h.close();
     assert_eq!((code, err.as_str()), (Some(0), ""));
 }
 
 #[test]
 fn periodic_stats_line_counts_replies_by_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Running::start(&config(&dir, "[runtime]\nstats_interval = \"300ms\"\n"));
-    h.send("1 INTF 3");
-    h.send("2 ECHO a");
-    h.send("3 NOSUCH");
-    assert_eq!(h.next(false), "1 INTF 3");
-    let _ = (h.next(false), h.next(false));
+    let mut h = probe(
+        &config(&dir, "[runtime]\nstats_interval = \"300ms\"\n"),
+        &[],
+    );
+    h.send_line("1 INTF 3");
+    h.send_line("2 ECHO a");
+    h.send_line("3 NOSUCH");
+    assert_eq!(h.line(false), "1 INTF 3");
+    let _ = (h.line(false), h.line(false));
     let stats = h.info_starting("* stats ");
     assert!(stats.contains("requests=3"), "{stats}");
     assert!(stats.contains("ERROR=1 INTF=1 OK=1"), "{stats}");
     assert!(stats.contains("p50=") && stats.contains("p99="), "{stats}");
-    let (code, _) = h.finish();
+    let (code, _) = h.close();
     assert_eq!(code, Some(0));
 }
 
@@ -216,12 +141,12 @@ fn logs_go_to_the_configured_file_never_to_stderr() {
         "[log]\njournald = false\nfile = \"{}\"\nlevel = \"debug\"\n",
         log.display()
     );
-    let mut h = Running::start(&config(&dir, &text));
-    h.send("1 INTF 3");
-    h.send("2 PANIC");
-    assert_eq!(h.next(false), "1 INTF 3");
-    assert_eq!(h.next(false), "2 FAILURE \"internal error\"");
-    let (code, err) = h.finish();
+    let mut h = probe(&config(&dir, &text), &[]);
+    h.send_line("1 INTF 3");
+    h.send_line("2 PANIC");
+    assert_eq!(h.line(false), "1 INTF 3");
+    assert_eq!(h.line(false), "2 FAILURE \"internal error\"");
+    let (code, err) = h.close();
     assert_eq!(
         (code, err.as_str()),
         (Some(0), ""),

@@ -8,7 +8,8 @@
 //! in the same run: one direct `show servers state` round trip to HAProxy.
 
 use cgp_tests::bin;
-use cgp_tests::haproxy::{Haproxy, Helper};
+use cgp_tests::haproxy::Haproxy;
+use cgp_tests::session::Session;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -88,7 +89,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let mut h = Helper::start(&bin("cgp-balancer"), &config);
+    let mut h = Session::start(&bin("cgp-balancer"), &config);
 
     let baseline = median(
         (0..21)
@@ -152,5 +153,5 @@ fn main() {
         "total: {} change lines carrying {} runtime API commands, {} state reads",
         c.changes, c.commands, c.reads
     );
-    h.quit();
+    h.finish();
 }
