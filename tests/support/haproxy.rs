@@ -23,6 +23,7 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 pub struct Haproxy {
     dir: tempfile::TempDir,
     admin_port: u16,
+    frontend_port: u16,
     child: Option<Child>,
 }
 
@@ -70,18 +71,20 @@ impl Haproxy {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown haproxy dir");
         }
         let admin_port = free_port();
+        let frontend_port = free_port();
         let config = format!(
             "global\n    stats socket {}/admin.sock mode 600 level admin\n    \
              stats socket ipv4@127.0.0.1:{admin_port} level admin\n    stats timeout 30s\n    nbthread 1\n\
              defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n\
              frontend fe\n    bind 127.0.0.1:{}\n    default_backend cgp\n{backends}",
             dir.path().display(),
-            free_port(),
+            frontend_port,
         );
         std::fs::write(dir.path().join("haproxy.cfg"), config).expect("haproxy.cfg");
         let mut hx = Haproxy {
             dir,
             admin_port,
+            frontend_port,
             child: None,
         };
         hx.start_again();
@@ -90,6 +93,11 @@ impl Haproxy {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("admin.sock")
+    }
+
+    /// The port of the frontend, whose default backend is `cgp`.
+    pub fn port(&self) -> u16 {
+        self.frontend_port
     }
 
     /// The TCP admin socket as a helper's `socket` setting.

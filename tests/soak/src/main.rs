@@ -14,12 +14,10 @@
 //! after a kill counts as a store that failed to reopen. The run passes only
 //! with zero violations and zero reopen failures.
 
-mod haproxy;
-
 use cgp_tests::fake_ami::FakeAmi;
+use cgp_tests::haproxy::Haproxy;
 use cgp_tests::slapd::{self, Slapd};
 use clap::Parser;
-use haproxy::Haproxy;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +46,9 @@ struct Args {
 }
 
 /// The helpers under test, by binary and short name (config, requests).
+/// The backend behind the HAProxy fixture's frontend.
+const BACKEND: &str = "cgp";
+
 const HELPERS: [(&str, &str); 4] = [
     ("cgp-auth", "auth"),
     ("cgp-filter", "filter"),
@@ -136,7 +137,10 @@ fn soak(args: &Args) -> Result<bool, String> {
     copy_queue(&soak_dir.join("queue"), &work.join("base/Queue"))?;
 
     let slapd = Slapd::start_default();
-    let haproxy = Haproxy::start(&work.join("haproxy")).map_err(|e| format!("haproxy: {e}"))?;
+    // Template slots for cgp-balancer to fill, behind the fixture's frontend.
+    let haproxy = Haproxy::start(&format!(
+        "backend {BACKEND}\n    server-template cgp 1-8 127.0.0.1:1 disabled\n"
+    ));
     let ami = FakeAmi::start("cgp", "amisecret", true);
     ami.set_mailbox("1001@default", 2, 5);
     let values = [
@@ -145,7 +149,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         ("@SERVICE_PASSWORD@", slapd::SERVICE_PASSWORD.to_string()),
         ("@BASE@", slapd::BASE.to_string()),
         ("@HAPROXY_SOCKET@", haproxy.socket().display().to_string()),
-        ("@HAPROXY_BACKEND@", haproxy::BACKEND.to_string()),
+        ("@HAPROXY_BACKEND@", BACKEND.to_string()),
         ("@HAPROXY_PORT@", haproxy.port().to_string()),
         ("@AMI_PORT@", ami.port().to_string()),
         ("@WORK@", work.display().to_string()),
@@ -460,17 +464,15 @@ fn chaos(
                 c.slapd_restarts += 1;
             }
             2 => {
-                haproxy.signal(libc::SIGSTOP);
+                haproxy.freeze();
                 pause(&mut rng, 1000, 8000);
-                haproxy.signal(libc::SIGCONT);
+                haproxy.thaw();
                 c.haproxy_freezes += 1;
             }
             3 => {
                 haproxy.stop();
                 pause(&mut rng, 500, 3000);
-                haproxy
-                    .start_again()
-                    .unwrap_or_else(|e| panic!("haproxy restart: {e}"));
+                haproxy.start_again();
                 c.haproxy_restarts += 1;
             }
             k => {
