@@ -8,7 +8,6 @@
 use crate::request::{MAX_SEQ_LEN, Reply};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::thread::JoinHandle;
-use tokio::sync::mpsc;
 
 /// CGP's limit for any line a helper writes, end-of-line included.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -45,21 +44,22 @@ impl Batch {
     }
 }
 
-/// Reads lines until end of input, then closes the channel. Lines arrive in
-/// batches: all the complete lines one read brought in, so that a burst costs
-/// one channel hand-over instead of one per line.
-pub fn spawn_reader<R: Read + Send + 'static>(
-    source: R,
-    max_line: usize,
-    tx: mpsc::Sender<Batch>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("stdin-reader".into())
-        .spawn(move || read_lines(BufReader::with_capacity(64 * 1024, source), max_line, &tx))
-        .expect("spawning the stdin reader thread")
+/// Reads lines until end of input or until `deliver` returns false. Lines
+/// are delivered in batches: all the complete lines one read brought in,
+/// before the next read, which may block.
+pub fn read_lines<R: Read>(source: R, max_line: usize, deliver: impl FnMut(Batch) -> bool) {
+    read_with(
+        BufReader::with_capacity(64 * 1024, source),
+        max_line,
+        deliver,
+    );
 }
 
-fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender<Batch>) {
+fn read_with<R: Read>(
+    mut src: BufReader<R>,
+    max_line: usize,
+    mut deliver: impl FnMut(Batch) -> bool,
+) {
     let mut batch = Batch::default();
     // Where the line being read starts in `batch.text`.
     let mut start = 0;
@@ -91,10 +91,7 @@ fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender
                                 lines: Vec::new(),
                             };
                             start = 0;
-                            if tx
-                                .blocking_send(std::mem::replace(&mut batch, started))
-                                .is_err()
-                            {
+                            if !deliver(std::mem::replace(&mut batch, started)) {
                                 return;
                             }
                         }
@@ -117,7 +114,7 @@ fn read_lines<R: Read>(mut src: BufReader<R>, max_line: usize, tx: &mpsc::Sender
         // Hand the batch over before the next read could block.
         if (done || src.buffer().is_empty()) && !batch.lines.is_empty() {
             start = 0;
-            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+            if !deliver(std::mem::take(&mut batch)) {
                 return;
             }
         }
@@ -232,27 +229,25 @@ mod tests {
     /// The batches of a reader whose reads return at most `read` bytes, as
     /// they do on a pipe.
     fn batches(input: &[u8], max: usize, read: usize) -> Vec<Vec<String>> {
-        let (tx, mut rx) = mpsc::channel(1000);
-        read_lines(
+        let mut out = Vec::new();
+        read_with(
             BufReader::with_capacity(read, std::io::Cursor::new(input.to_vec())),
             max,
-            &tx,
+            |batch| {
+                out.push(
+                    batch
+                        .inputs()
+                        .map(|i| match i {
+                            Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                            Input::TooLong { prefix } => {
+                                format!("TooLong:{}", String::from_utf8_lossy(prefix))
+                            }
+                        })
+                        .collect(),
+                );
+                true
+            },
         );
-        drop(tx);
-        let mut out = Vec::new();
-        while let Ok(batch) = rx.try_recv() {
-            out.push(
-                batch
-                    .inputs()
-                    .map(|i| match i {
-                        Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
-                        Input::TooLong { prefix } => {
-                            format!("TooLong:{}", String::from_utf8_lossy(prefix))
-                        }
-                    })
-                    .collect(),
-            );
-        }
         out
     }
 
@@ -307,14 +302,12 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_carried_through() {
-        let (tx, mut rx) = mpsc::channel(10);
-        read_lines(
-            BufReader::new(std::io::Cursor::new(b"1 X \xff\xfe\n".to_vec())),
-            100,
-            &tx,
-        );
-        let batch = rx.try_recv().unwrap();
-        let got: Vec<Input> = batch.inputs().collect();
+        let mut batches = Vec::new();
+        read_lines(&b"1 X \xff\xfe\n"[..], 100, |b| {
+            batches.push(b);
+            true
+        });
+        let got: Vec<Input> = batches[0].inputs().collect();
         assert_eq!(got, [Input::Line(b"1 X \xff\xfe")]);
     }
 

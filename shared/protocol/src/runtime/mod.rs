@@ -8,6 +8,12 @@
 //!   never over 4096 bytes;
 //! - INTF, KEY and QUIT handled here; QUIT, end of input and SIGTERM drain the
 //!   requests in flight before exit 0; SIGHUP reloads the configuration.
+//!
+//! Three threads carry a request: the stdin reader, which also dispatches
+//! (and answers at once what a helper can answer on the first poll, see
+//! [`Helper::INLINE_FIRST_POLL`]), the async workers for requests that wait,
+//! and the stdout writer. Signals, reloads and the drain run on the main
+//! thread.
 
 pub mod config;
 pub mod io;
@@ -25,12 +31,13 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 pub use config::{BasicConfig, KeyError, LogConfig};
 
@@ -207,6 +214,8 @@ struct Shared<H> {
     /// Per order key, the signal that the last request with that key is done.
     order_tails: Mutex<HashMap<Vec<u8>, oneshot::Receiver<()>>>,
     stats: Stats,
+    /// Set on SIGTERM: the reader dispatches nothing more.
+    stopping: AtomicBool,
     writer: Writer,
     info: HelperInfo,
 }
@@ -259,10 +268,7 @@ async fn serve<H: Helper>(
         }
     };
     let max_in_flight = runtime_cfg.max_in_flight;
-    // Each item is a batch of up to a pipe buffer's worth of lines: a few
-    // are plenty of read-ahead, and they bound memory when input floods in.
-    let (tx, mut rx) = mpsc::channel(4);
-    io::spawn_reader(std::io::stdin(), runtime_cfg.max_line_bytes, tx);
+    let max_line = runtime_cfg.max_line_bytes;
     let shared = Arc::new(Shared {
         helper: RwLock::new(Arc::new(helper)),
         runtime: RwLock::new(runtime_cfg),
@@ -270,10 +276,32 @@ async fn serve<H: Helper>(
         in_flight: Mutex::new(HashSet::new()),
         order_tails: Mutex::new(HashMap::new()),
         stats: Stats::default(),
+        stopping: AtomicBool::new(false),
         writer,
         info,
     });
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    // The reader thread dispatches what it reads itself: a request ready at
+    // its first poll is answered without waking another thread, and the
+    // rest become tasks on the runtime. It reports QUIT (its token) or end
+    // of input; if it died, its sender is dropped, which ends the loop too.
+    let (ended_tx, mut ended) = oneshot::channel::<Option<Vec<u8>>>();
+    {
+        let (shared, permits) = (shared.clone(), permits.clone());
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("stdin-reader".into())
+            .spawn(move || {
+                let _runtime = handle.enter();
+                let mut quit = None;
+                io::read_lines(std::io::stdin(), max_line, |batch| {
+                    quit = dispatch_batch(&shared, &permits, &handle, batch);
+                    quit.is_none() && !shared.stopping.load(Ordering::Relaxed)
+                });
+                let _ = ended_tx.send(quit);
+            })
+            .expect("spawning the stdin reader thread");
+    }
     let (mut term, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -294,15 +322,14 @@ async fn serve<H: Helper>(
 
     let quit = loop {
         tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(batch) => {
-                    if let Some(seq) = dispatch_batch(&shared, &permits, batch).await {
-                        break Some(seq);
-                    }
-                }
-                None => break None,
-            },
+            end = &mut ended => break end.unwrap_or_else(|_| {
+                tracing::error!("the stdin reader stopped unexpectedly");
+                None
+            }),
             _ = term.recv() => {
+                // Nothing more is dispatched; the reader may stay blocked on
+                // stdin, which the exit does not wait for.
+                shared.stopping.store(true, Ordering::Relaxed);
                 shared.writer.info("SIGTERM received, finishing requests in flight");
                 break None;
             }
@@ -335,15 +362,16 @@ async fn serve<H: Helper>(
 
 /// Dispatches a batch of input lines; returns the sequence token of a QUIT,
 /// after which nothing more is read.
-async fn dispatch_batch<H: Helper>(
+fn dispatch_batch<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
+    handle: &Handle,
     batch: Batch,
 ) -> Option<Vec<u8>> {
     for input in batch.inputs() {
         match input {
             Input::Line(line) => {
-                if let Step::Quit(seq) = dispatch(shared, permits, line).await {
+                if let Step::Quit(seq) = dispatch(shared, permits, handle, line) {
                     return Some(seq);
                 }
             }
@@ -373,9 +401,10 @@ fn too_long<H>(shared: &Shared<H>, prefix: &[u8]) {
     }
 }
 
-async fn dispatch<H: Helper>(
+fn dispatch<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
+    handle: &Handle,
     line: &[u8],
 ) -> Step {
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -417,7 +446,7 @@ async fn dispatch<H: Helper>(
         }
         "QUIT" => Step::Quit(req.seq),
         _ => {
-            spawn_request(shared, permits, req).await;
+            spawn_request(shared, permits, handle, req);
             Step::Continue
         }
     }
@@ -429,7 +458,12 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
     shared.writer.reply(seq, &reply);
 }
 
-async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semaphore>, req: Request) {
+fn spawn_request<H: Helper>(
+    shared: &Arc<Shared<H>>,
+    permits: &Arc<Semaphore>,
+    handle: &Handle,
+    req: Request,
+) {
     // A token already in flight would make two replies CGP cannot tell apart.
     let key = SeqKey::of(&req.seq);
     {
@@ -447,13 +481,14 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
     // before the dispatcher reads on. The dispatcher is the only one taking
     // permits, so a free one now is still free after that poll.
     let inline = H::INLINE_FIRST_POLL && permits.available_permits() > 0;
+    // Waiting here holds back further input: the in-flight bound queues
+    // requests in the pipe instead of dropping them.
+    let acquire = || handle.block_on(permits.clone().acquire_owned()).ok();
     let mut permit = None;
     if !inline {
-        // Waiting here holds back further input: the in-flight bound
-        // queues requests in the pipe instead of dropping them.
-        match permits.clone().acquire_owned().await {
-            Ok(p) => permit = Some(p),
-            Err(_) => return,
+        permit = acquire();
+        if permit.is_none() {
+            return;
         }
     }
     shared.stats.request();
@@ -553,23 +588,25 @@ async fn spawn_request<H: Helper>(shared: &Arc<Shared<H>>, permits: &Arc<Semapho
         // reply is out.
         drop(done);
     });
-    // A future may be polled with a different waker each time (the spawned
-    // task's first poll registers its own), so one poll here is sound; a
-    // request answered by it never touches the in-flight set, a permit or
+    // One poll with a waker that does nothing: if the request is not ready,
+    // its task's first poll follows at once and registers the task's own
+    // waker wherever the request waits, so no wake-up is lost. A request
+    // answered by this poll never touches the in-flight set, a permit or
     // the scheduler.
-    if inline && poll_once(task.as_mut()).await.is_ready() {
+    if inline
+        && task
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    {
         return;
     }
-    let permit = match permit {
-        Some(p) => p,
-        None => match permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        },
+    let Some(permit) = permit.or_else(acquire) else {
+        return;
     };
     lock(&shared.in_flight).insert(key);
     let shared = shared.clone();
-    tokio::spawn(async move {
+    handle.spawn(async move {
         task.await;
         lock(&shared.in_flight).remove(&key);
         drop(permit);
