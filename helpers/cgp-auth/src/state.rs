@@ -147,8 +147,8 @@ impl State {
         let (store, (cache, throttle, meta), opened) = match trees {
             Some(t) => (store, t, opened),
             None => {
-                // The page cache of a store on disk (sled's default is
-                // 1 GiB).
+                // The same page cache bound as a store on disk (sled's
+                // default is 1 GiB).
                 let db = sled::Config::new()
                     .temporary(true)
                     .cache_capacity(CACHE_CAPACITY)
@@ -237,9 +237,11 @@ impl State {
     }
 
     /// The account's latest good fingerprint and its stamp: from memory,
-    /// else from sled (and then kept in memory).
+    /// else from sled (and then kept in memory). The sled read happens under
+    /// the lock, so that a newer entry written meanwhile is not replaced.
     fn positive(&self, account: &str) -> Option<(Fingerprint, u64)> {
-        if let Some(hit) = self.front().get(account) {
+        let mut front = self.front();
+        if let Some(hit) = front.get(account) {
             return Some(*hit);
         }
         let v = self
@@ -248,17 +250,13 @@ impl State {
             .ok()
             .flatten()?;
         let entry = (v.get(..32)?.try_into().ok()?, stamp_of(&v, 32)?);
-        self.keep_front(account, entry);
+        Self::put_front(&mut front, account, entry);
         Some(entry)
     }
 
     /// Puts an entry in memory. A full map is emptied (the sweep drops
     /// expired entries every minute, so it fills only with live ones), which
     /// costs no more than sled reads until it refills.
-    fn keep_front(&self, account: &str, entry: (Fingerprint, u64)) {
-        Self::put_front(&mut self.front(), account, entry);
-    }
-
     fn put_front(
         front: &mut HashMap<String, (Fingerprint, u64)>,
         account: &str,
