@@ -26,6 +26,7 @@ use io::{Batch, Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -295,8 +296,13 @@ async fn serve<H: Helper>(
                 let _runtime = handle.enter();
                 let mut quit = None;
                 io::read_lines(std::io::stdin(), max_line, |batch| {
-                    quit = dispatch_batch(&shared, &permits, &handle, batch);
-                    quit.is_none() && !shared.stopping.load(Ordering::Relaxed)
+                    match dispatch_batch(&shared, &permits, &handle, batch) {
+                        ControlFlow::Continue(()) => true,
+                        ControlFlow::Break(token) => {
+                            quit = token;
+                            false
+                        }
+                    }
                 });
                 let _ = ended_tx.send(quit);
             })
@@ -360,25 +366,28 @@ async fn serve<H: Helper>(
     0
 }
 
-/// Dispatches a batch of input lines; returns the sequence token of a QUIT,
-/// after which nothing more is read.
+/// Dispatches a batch of input lines. Breaks at a QUIT (with its sequence
+/// token) or after SIGTERM (without), after which nothing more is read.
 fn dispatch_batch<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
     handle: &Handle,
     batch: Batch,
-) -> Option<Vec<u8>> {
+) -> ControlFlow<Option<Vec<u8>>> {
     for input in batch.inputs() {
+        if shared.stopping.load(Ordering::Relaxed) {
+            return ControlFlow::Break(None);
+        }
         match input {
             Input::Line(line) => {
                 if let Step::Quit(seq) = dispatch(shared, permits, handle, line) {
-                    return Some(seq);
+                    return ControlFlow::Break(Some(seq));
                 }
             }
             Input::TooLong { prefix } => too_long(shared, prefix),
         }
     }
-    None
+    ControlFlow::Continue(())
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -483,7 +492,10 @@ fn spawn_request<H: Helper>(
     let inline = H::INLINE_FIRST_POLL && permits.available_permits() > 0;
     // Waiting here holds back further input: the in-flight bound queues
     // requests in the pipe instead of dropping them.
-    let acquire = || handle.block_on(permits.clone().acquire_owned()).ok();
+    let acquire = || {
+        (permits.clone().try_acquire_owned().ok())
+            .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
+    };
     let mut permit = None;
     if !inline {
         permit = acquire();
