@@ -217,6 +217,9 @@ struct Shared<H> {
     stats: Stats,
     /// Set on SIGTERM: the reader dispatches nothing more.
     stopping: AtomicBool,
+    /// Held by the reader while it dispatches a batch, so that the drain
+    /// after SIGTERM starts only once no request is half dispatched.
+    dispatching: Mutex<()>,
     writer: Writer,
     info: HelperInfo,
 }
@@ -278,6 +281,7 @@ async fn serve<H: Helper>(
         order_tails: Mutex::new(HashMap::new()),
         stats: Stats::default(),
         stopping: AtomicBool::new(false),
+        dispatching: Mutex::new(()),
         writer,
         info,
     });
@@ -296,6 +300,7 @@ async fn serve<H: Helper>(
                 let _runtime = handle.enter();
                 let mut quit = None;
                 io::read_lines(std::io::stdin(), max_line, |batch| {
+                    let _busy = lock(&shared.dispatching);
                     match dispatch_batch(&shared, &permits, &handle, batch) {
                         ControlFlow::Continue(()) => true,
                         ControlFlow::Break(token) => {
@@ -336,6 +341,10 @@ async fn serve<H: Helper>(
                 // Nothing more is dispatched; the reader may stay blocked on
                 // stdin, which the exit does not wait for.
                 shared.stopping.store(true, Ordering::Relaxed);
+                // A request being dispatched now gets its task (or its
+                // reply) before the drain counts what is in flight. Only
+                // this thread waits, and only for the rest of one batch.
+                drop(lock(&shared.dispatching));
                 shared.writer.info("SIGTERM received, finishing requests in flight");
                 break None;
             }
