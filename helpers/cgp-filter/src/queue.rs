@@ -7,7 +7,7 @@
 //! stays bounded whatever the message size.
 
 use crate::message::{Attachment, attachments};
-use memchr::memchr;
+use memchr::{memchr, memmem};
 use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 /// Component tags of messages CGP generates itself (besides any source at
@@ -324,16 +325,21 @@ impl QueueFile {
             ..QueueFile::default()
         };
         let header_start = r.pos;
-        loop {
-            let room = limits.header.saturating_sub(r.pos - header_start);
-            if room == 0 {
-                qf.header_truncated = true;
-                break;
-            }
-            let line = r.line(room)?;
-            if line.is_empty() || is_blank(&r.buf[line]) {
-                break;
-            }
+        // Most headers end, empty line included, within what the first read
+        // brought: found with two searches instead of line by line.
+        match empty_line_end(&r.buf[header_start..]).filter(|&end| end <= limits.header) {
+            Some(end) => r.pos += end,
+            None => loop {
+                let room = limits.header.saturating_sub(r.pos - header_start);
+                if room == 0 {
+                    qf.header_truncated = true;
+                    break;
+                }
+                let line = r.line(room)?;
+                if line.is_empty() || is_blank(&r.buf[line]) {
+                    break;
+                }
+            },
         }
         let header_end = r.pos;
         if limits.body > 0 && !qf.header_truncated {
@@ -436,6 +442,24 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
 
 fn is_blank(line: &[u8]) -> bool {
     matches!(line, b"\n" | b"\r\n")
+}
+
+/// Where the first empty line of `text` ends (its line break included), if
+/// it has one.
+fn empty_line_end(text: &[u8]) -> Option<usize> {
+    for blank in [&b"\n"[..], b"\r\n"] {
+        if text.starts_with(blank) {
+            return Some(blank.len());
+        }
+    }
+    // An empty line follows the line break of the line before it. The
+    // searchers are built once: building one costs more than a search.
+    static LF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("\n\n"));
+    static CRLF: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new("\n\r\n"));
+    let lf = LF.find(text).map(|i| i + 2);
+    let crlf = CRLF.find(text).map(|i| i + 3);
+    lf.into_iter().chain(crlf).min()
 }
 
 #[cfg(test)]
@@ -558,6 +582,41 @@ mod tests {
     }
 
     #[test]
+    fn header_ends_at_its_first_empty_line() {
+        let (root, base) = base();
+        let path = base.join("Queue/h.msg");
+        let limits = Limits {
+            envelope: 1024,
+            header: 1024,
+            body: 0,
+        };
+        for (text, header) in [
+            ("S x\n\nA: 1\n\nB: 2\n", "A: 1\n\n"),
+            ("S x\r\n\r\nA: 1\r\n\r\nB: 2\r\n", "A: 1\r\n\r\n"),
+            ("S x\n\nA: 1\r\n\tb\n\r\nB\n\n", "A: 1\r\n\tb\n\r\n"),
+            ("S x\n\n\nbody\n", "\n"),
+            ("S x\n\n\r\nbody\n", "\r\n"),
+            ("S x\n\nA: 1\n \nB: 2", "A: 1\n \nB: 2"),
+            ("S x\n\n", ""),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let qf = QueueFile::read(File::open(&path).unwrap(), &path, limits).unwrap();
+            assert_eq!(qf.header, header.as_bytes(), "{text:?}");
+            assert!(!qf.header_truncated);
+        }
+        // A header longer than the first read is found line by line.
+        let long = format!("S x\n\n{}\n", "X-Pad: 0123456789\n".repeat(500));
+        std::fs::write(&path, &long).unwrap();
+        let big = Limits {
+            header: 1 << 20,
+            ..limits
+        };
+        let qf = QueueFile::read(File::open(&path).unwrap(), &path, big).unwrap();
+        assert_eq!(qf.header.len(), long.len() - 5);
+        drop(root);
+    }
+
+    #[test]
     fn reads_within_limits() {
         let (root, base) = base();
         let path = base.join("Queue/big.msg");
@@ -607,6 +666,20 @@ mod tests {
         })
         .unwrap();
         assert!(short.header_truncated && short.header.len() == 20);
+        // The empty line itself must fit: one byte short is a cut header.
+        let full = qf.header.len();
+        let exact = read(Limits {
+            header: full,
+            ..limits
+        })
+        .unwrap();
+        assert!(!exact.header_truncated && exact.header == qf.header);
+        let cut = read(Limits {
+            header: full - 1,
+            ..limits
+        })
+        .unwrap();
+        assert!(cut.header_truncated && cut.header.len() == full - 1);
         let e = read(Limits {
             envelope: 40,
             ..limits
