@@ -318,16 +318,6 @@ fn print_hash(scheme: cli::HashScheme) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // mimalloc asks for transparent huge pages on its arenas (the kernel's
-    // "madvise" mode grants them): every thread that allocates (tokio's
-    // workers, sled's I/O threads) then holds 2 MiB pages, about 35 MiB of
-    // resident memory at 256 requests in flight, against 14 MiB without.
-    // A failure only costs that memory.
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
-    // of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
     let cli = Cli::parse();
     if let Some(scheme) = cli.hash_password {
         return print_hash(scheme);
