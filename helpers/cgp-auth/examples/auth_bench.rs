@@ -8,8 +8,9 @@
 //! 2. cold VRFY (cache off) through cgp-helper-sim at IN_FLIGHT, search then
 //!    bind, with the DN-template fast path (bind only), and search then bind
 //!    with the user -> DN cache on (`cache.dn_ttl`; verdicts still uncached);
-//! 3. cached VRFY (users cycled, all but the first USERS requests are cache
-//!    hits) against the null helper on the same runtime;
+//! 3. cached VRFY (users cycled; the cache on disk, filled by an untimed
+//!    pass over the users before the timed run) against the null helper on
+//!    the same runtime;
 //! 4. peak resident memory of cgp-auth at 256 in flight;
 //!
 //! and the CPU time per request of the client (or helper) and of slapd in
@@ -249,7 +250,18 @@ fn config(
     cache_ttl: &str,
     dn_ttl: &str,
     template: bool,
+    store: bool,
 ) -> String {
+    // On disk, the cache outlives a helper process: a warm-up run fills it
+    // for the run that is timed.
+    let store = if store {
+        format!(
+            "[store]\npath = \"{}\"\n",
+            dir.join(format!("{name}.store")).display()
+        )
+    } else {
+        String::new()
+    };
     let lookup_extra = if template {
         format!("dn_template = \"uid={{user}},ou=people,{BASE}\"\n")
     } else {
@@ -277,7 +289,7 @@ negative_ttl = "0s"
 dn_ttl = "{dn_ttl}"
 [throttle]
 trusted_networks = ["10.0.0.0/8"]
-"#,
+{store}"#,
         uri = slapd.uri()
     );
     let path = dir.join(name);
@@ -304,7 +316,8 @@ fn main() {
         .to_string();
     let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
     let helper = |name: &str, cache_ttl: &str, dn_ttl: &str, template: bool| {
-        let cfg = config(dir.path(), name, &slapd, cache_ttl, dn_ttl, template);
+        let store = name == "cached.toml";
+        let cfg = config(dir.path(), name, &slapd, cache_ttl, dn_ttl, template, store);
         vec![auth.clone(), "--config".into(), cfg]
     };
 
@@ -333,13 +346,12 @@ fn main() {
         &helper("dn-cache.toml", "0s", "1h", false),
     );
     let cached_requests = requests * 10;
-    let cached = sim(
-        &slapd,
-        cached_requests,
-        in_flight,
-        &vrfy,
-        &helper("cached.toml", "1h", "0s", false),
-    );
+    let cached_cfg = helper("cached.toml", "1h", "0s", false);
+    // Cached VRFY is measured with the cache filled: one untimed pass over
+    // the users first (the cold rate is the rows above), then a new helper
+    // process on the same store, whose first look at each user reads sled.
+    sim(&slapd, users, in_flight, &vrfy, &cached_cfg);
+    let cached = sim(&slapd, cached_requests, in_flight, &vrfy, &cached_cfg);
     let null_run = sim(&slapd, cached_requests, in_flight, &vrfy, &[null]);
     let big = sim(&slapd, requests, 256, &vrfy, &cold_cfg);
 
@@ -403,8 +415,7 @@ fn main() {
         100.0 * requests.saturating_sub(users) as f64 / requests as f64
     );
     println!(
-        "cached VRFY ({:.1}% hits):              {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
-        100.0 * (cached_requests - users) as f64 / cached_requests as f64,
+        "cached VRFY (cache warmed):            {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
         cached.rate,
         cached.rate / null_run.rate,
         null_run.rate
