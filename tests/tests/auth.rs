@@ -4,12 +4,12 @@
 //! any log line or store file.
 
 use cgp_tests::fake_cli::FakeCli;
+use cgp_tests::session::Session;
 use cgp_tests::slapd::{SERVICE_DN, SERVICE_PASSWORD, Slapd};
 use cgp_tests::{bin, testdata, workspace};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every password the tests send, to look for in logs and stores.
@@ -26,102 +26,24 @@ const PASSWORDS: &[&str] = &[
     "davepw",
 ];
 
-/// A running helper, spoken to line by line.
-struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seq: u32,
+/// cgp-auth started with `config` written to `dir/auth.toml`, past INTF.
+fn start(dir: &Path, config: &str) -> Session {
+    let path = dir.join("auth.toml");
+    std::fs::write(&path, config).unwrap();
+    Session::start(&bin("cgp-auth"), &path)
 }
 
-impl Helper {
-    /// Starts cgp-auth with `config` written to `dir/auth.toml`.
-    fn start(dir: &Path, config: &str) -> Helper {
-        let path = dir.join("auth.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(bin("cgp-auth"))
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cgp-auth");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut h = Helper {
-            child,
-            stdin,
-            lines,
-            seq: 0,
-        };
-        assert_eq!(h.ask("INTF 3"), "INTF 3");
-        h
-    }
+trait Vrfy {
+    /// `VRFY` from an IMAP client at 192.0.2.10; the reply body.
+    fn vrfy(&mut self, user: &str, password: &str) -> String;
+}
 
-    /// Sends a request without waiting; returns its sequence number.
-    fn send(&mut self, request: &str) -> u32 {
-        self.seq += 1;
-        writeln!(self.stdin, "{} {request}", self.seq).unwrap();
-        self.stdin.flush().unwrap();
-        self.seq
-    }
-
-    /// The reply body to request `seq`, within `limit`.
-    fn reply(&mut self, seq: u32, limit: Duration) -> String {
-        let prefix = format!("{seq} ");
-        let until = Instant::now() + limit;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(&prefix) => return line[prefix.len()..].to_string(),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!("no reply to {seq} within {limit:?}"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("helper exited before replying to {seq}")
-                }
-            }
-        }
-    }
-
-    fn ask(&mut self, request: &str) -> String {
-        let seq = self.send(request);
-        self.reply(seq, Duration::from_secs(30))
-    }
-
+impl Vrfy for Session {
     fn vrfy(&mut self, user: &str, password: &str) -> String {
         self.ask(&format!(
             "VRFY (IMAP [192.0.2.10]) {user} {}",
             quote(password)
         ))
-    }
-
-    /// Kills the helper without letting it finish anything.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn quit(mut self) {
-        let seq = self.send("QUIT");
-        assert_eq!(self.reply(seq, Duration::from_secs(30)), "OK");
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -211,7 +133,7 @@ fn verdicts_escaping_and_no_secrets_anywhere() {
         "{LOOKUP}\n[store]\npath = \"{}\"\n[cache]\nnegative_ttl = \"0s\"\n[throttle]\nenabled = false\n",
         store.display()
     );
-    let mut h = Helper::start(
+    let mut h = start(
         dir.path(),
         &config(dir.path(), &[slapd.uri()], "detailed_errors = true", &extra),
     );
@@ -267,7 +189,7 @@ fn verdicts_escaping_and_no_secrets_anywhere() {
     );
     // Cached now: the same answer again (idempotent).
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
-    h.quit();
+    h.finish();
     assert!(
         std::fs::read_to_string(dir.path().join("auth.log"))
             .unwrap()
@@ -313,7 +235,7 @@ group_check = "memberof"
 [throttle]
 enabled = false
 "#;
-    let mut h = Helper::start(
+    let mut h = start(
         dir.path(),
         &config(
             dir.path(),
@@ -378,7 +300,7 @@ enabled = false
         h.vrfy("dave@example.test", "davepw"),
         r#"ERROR "invalid credentials""#
     );
-    h.quit();
+    h.finish();
     assert_no_passwords(dir.path());
 }
 
@@ -390,7 +312,7 @@ fn outages_failover_and_the_stale_window() {
     let extra = format!(
         "{LOOKUP}\n[cache]\npositive_ttl = \"1s\"\nstale_window = \"1h\"\n[throttle]\nenabled = false\n"
     );
-    let mut h = Helper::start(
+    let mut h = start(
         dir.path(),
         &config(dir.path(), &[first.uri(), second.uri()], "", &extra),
     );
@@ -457,7 +379,7 @@ fn outages_failover_and_the_stale_window() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    h.quit();
+    h.finish();
     assert_no_passwords(dir.path());
 }
 
@@ -466,7 +388,7 @@ fn without_a_stale_window_an_outage_is_a_failure() {
     let mut slapd = Slapd::start_default();
     let dir = tempdir();
     let extra = format!("{LOOKUP}\n[cache]\npositive_ttl = \"1s\"\n[throttle]\nenabled = false\n");
-    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    let mut h = start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     slapd.stop();
     // Within the TTL the cache still answers; past it, FAILURE.
@@ -488,7 +410,7 @@ fn a_killed_helper_restarts_on_the_same_store() {
         store.display()
     );
     let cfg = config(dir.path(), &[slapd.uri()], "", &extra);
-    let mut h = Helper::start(dir.path(), &cfg);
+    let mut h = start(dir.path(), &cfg);
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     // sled writes its log to disk every 500ms; give it that, then kill -9.
     std::thread::sleep(Duration::from_millis(1500));
@@ -496,7 +418,7 @@ fn a_killed_helper_restarts_on_the_same_store() {
     slapd.stop();
     // The new process gets the store (lock released with the dead process)
     // and answers from it while the directory is down.
-    let mut h = Helper::start(dir.path(), &cfg);
+    let mut h = start(dir.path(), &cfg);
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     assert_eq!(
         h.vrfy("alice@example.test", "wrong-pass"),
@@ -505,7 +427,7 @@ fn a_killed_helper_restarts_on_the_same_store() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&store).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "store readable by others: {mode:o}");
-    h.quit();
+    h.finish();
     assert_no_passwords(dir.path());
 }
 
@@ -542,7 +464,7 @@ op_timeout = "1s"
 "#,
         cli.address()
     );
-    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    let mut h = start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
     assert_eq!(h.ask("NEW alice@example.test"), "OK");
     let a = cli.account("alice@example.test").expect("account created");
     let setting = |k: &str| {
@@ -599,7 +521,7 @@ op_timeout = "1s"
     assert_eq!(h.ask("NEW bob@example.test"), "OK");
     assert!(cli.logins() >= 2, "the broken session was replaced");
     drop(cli);
-    h.quit();
+    h.finish();
 }
 
 #[test]
@@ -610,7 +532,7 @@ fn new_with_the_cli_down_is_a_temporary_failure() {
     let extra = format!(
         "{LOOKUP}\n[provision]\nenabled = true\n[provision.cli]\naddress = \"127.0.0.1:{port}\"\npassword = \"x\"\nconnect_timeout = \"1s\"\n"
     );
-    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    let mut h = start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
     assert_eq!(
         h.ask("NEW alice@example.test"),
         r#"FAILURE "account server unavailable""#
@@ -628,8 +550,8 @@ fn throttling_delays_only_the_guilty_reply() {
     let extra = format!(
         "{LOOKUP}\n[cache]\nnegative_ttl = \"0s\"\n[throttle]\ninitial_delay = \"400ms\"\nmax_delay = \"3200ms\"\ntrusted_networks = [\"10.0.0.0/8\"]\n"
     );
-    let mut h = Helper::start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
-    let attempt = |h: &mut Helper, ip: &str, user: &str, pw: &str| {
+    let mut h = start(dir.path(), &config(dir.path(), &[slapd.uri()], "", &extra));
+    let attempt = |h: &mut Session, ip: &str, user: &str, pw: &str| {
         let t = Instant::now();
         let r = h.ask(&format!("VRFY (IMAP [{ip}]) {user} {}", quote(pw)));
         (r, t.elapsed())
@@ -665,14 +587,8 @@ fn throttling_delays_only_the_guilty_reply() {
         "VRFY (IMAP [198.51.100.7]) bob@example.test {}",
         quote("bobpw")
     ));
-    let first = loop {
-        let line = h.lines.recv_timeout(Duration::from_secs(30)).unwrap();
-        if !line.starts_with('*') {
-            break line;
-        }
-    };
-    assert_eq!(first, format!("{fast} OK"));
-    assert_eq!(h.reply(slow, Duration::from_secs(30)), "OK");
+    assert_eq!(h.read_reply(), (fast, "OK".to_string()));
+    assert_eq!(h.reply(&slow), "OK");
     // Trusted networks owe nothing, whatever the account's record.
     let (r, d) = attempt(&mut h, "10.1.2.3", "carol@example.test", "guess-1");
     assert_eq!(r, bad);
@@ -681,7 +597,7 @@ fn throttling_delays_only_the_guilty_reply() {
         d < Duration::from_millis(400) && d2 < Duration::from_millis(400),
         "{d:?} {d2:?}"
     );
-    h.quit();
+    h.finish();
     assert_no_passwords(dir.path());
 }
 
@@ -780,14 +696,14 @@ fn hash_password_makes_usable_hashes() {
         let cfg = format!(
             "[log]\njournald = false\n[throttle]\nenabled = false\n[[static.users]]\nname = \"u@x.test\"\npassword = {hash:?}\n"
         );
-        let mut h = Helper::start(dir.path(), &cfg);
+        let mut h = start(dir.path(), &cfg);
         assert_eq!(h.ask(r#"VRFY u@x.test "pa ss\"w""#), "OK", "{scheme}");
         assert_eq!(
             h.ask(r#"VRFY u@x.test "pa ss""#),
             r#"ERROR "invalid credentials""#,
             "{scheme}"
         );
-        h.quit();
+        h.finish();
     }
 }
 
@@ -801,7 +717,7 @@ fn sighup_reloads_users_and_keeps_the_state() {
     };
     let base =
         "[log]\njournald = false\n[throttle]\ninitial_delay = \"300ms\"\ntrusted_networks = []\n";
-    let mut h = Helper::start(dir.path(), &format!("{base}{}", user("alice@example.test")));
+    let mut h = start(dir.path(), &format!("{base}{}", user("alice@example.test")));
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     assert_eq!(
         h.vrfy("bob@example.test", "alicepw"),
@@ -840,7 +756,7 @@ fn sighup_reloads_users_and_keeps_the_state() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    h.quit();
+    h.finish();
 }
 
 /// A TCP relay in front of slapd that records the LDAP operations the
@@ -929,7 +845,7 @@ fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
         "max_backoff = \"200ms\"",
         "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
     );
-    let mut h = Helper::start(dir.path(), &cfg);
+    let mut h = start(dir.path(), &cfg);
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
     assert_eq!(
@@ -949,7 +865,7 @@ fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
         r#"ERROR "invalid credentials""#
     );
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
-    h.quit();
+    h.finish();
 }
 
 #[test]
@@ -964,7 +880,7 @@ fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
         "max_backoff = \"200ms\"",
         "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
     );
-    let mut h = Helper::start(dir.path(), &cfg);
+    let mut h = start(dir.path(), &cfg);
     // Warm the connections (their first use binds the service account).
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
@@ -1001,5 +917,5 @@ fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
     assert_eq!(relay.take(), [BIND, SEARCH, BIND]);
     assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
     assert_eq!(relay.take(), [BIND]);
-    h.quit();
+    h.finish();
 }
