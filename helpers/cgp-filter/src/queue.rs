@@ -457,9 +457,17 @@ fn empty_line_end(text: &[u8]) -> Option<usize> {
     static LF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("\n\n"));
     static CRLF: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new("\n\r\n"));
-    let lf = LF.find(text).map(|i| i + 2);
-    let crlf = CRLF.find(text).map(|i| i + 3);
-    lf.into_iter().chain(crlf).min()
+    // The ending of the first line is likely the file's: that search goes
+    // first, and the other only up to where the first one found its line.
+    let crlf_file = memchr(b'\n', text).is_some_and(|i| i > 0 && text[i - 1] == b'\r');
+    let (likely, other) = if crlf_file {
+        (&*CRLF, &*LF)
+    } else {
+        (&*LF, &*CRLF)
+    };
+    let end = |f: &memmem::Finder<'_>, text: &[u8]| f.find(text).map(|i| i + f.needle().len());
+    let first = end(likely, text);
+    end(other, &text[..first.unwrap_or(text.len())]).or(first)
 }
 
 #[cfg(test)]
