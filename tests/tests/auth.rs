@@ -831,21 +831,26 @@ fn read_ldap_message(r: &mut impl std::io::Read) -> Option<(u8, Vec<u8>)> {
     Some((op, message))
 }
 
-#[test]
-fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
+/// cgp-auth talking to slapd through a relay that records the directory
+/// operations, with `cache` as its `[cache]` table and throttling off. One
+/// connection of each kind, so that no connection opens (with its service
+/// bind) after the first request.
+fn relayed(cache: &str) -> (Slapd, OpRelay, tempfile::TempDir, Session) {
     let slapd = Slapd::start_default();
     let relay = OpRelay::start(slapd.port());
     let dir = tempdir();
-    let extra = format!(
-        "{LOOKUP}\n[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n[throttle]\nenabled = false\n"
-    );
-    // One connection of each kind, so that no connection opens (with its
-    // service bind) after the first request.
+    let extra = format!("{LOOKUP}\n[cache]\n{cache}[throttle]\nenabled = false\n");
     let cfg = config(dir.path(), &[relay.uri()], "", &extra).replace(
         "max_backoff = \"200ms\"",
         "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
     );
-    let mut h = start(dir.path(), &cfg);
+    let h = start(dir.path(), &cfg);
+    (slapd, relay, dir, h)
+}
+
+#[test]
+fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
+    let (_slapd, relay, _dir, mut h) = relayed("positive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n");
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
     assert_eq!(
@@ -870,17 +875,8 @@ fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
 
 #[test]
 fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
-    let slapd = Slapd::start_default();
-    let relay = OpRelay::start(slapd.port());
-    let dir = tempdir();
-    let extra = format!(
-        "{LOOKUP}\n[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\ndn_ttl = \"1h\"\n[throttle]\nenabled = false\n"
-    );
-    let cfg = config(dir.path(), &[relay.uri()], "", &extra).replace(
-        "max_backoff = \"200ms\"",
-        "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
-    );
-    let mut h = start(dir.path(), &cfg);
+    let (slapd, relay, _dir, mut h) =
+        relayed("positive_ttl = \"0s\"\nnegative_ttl = \"0s\"\ndn_ttl = \"1h\"\n");
     // Warm the connections (their first use binds the service account).
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
