@@ -200,18 +200,31 @@ impl RuleSet {
         };
         let mut m = Modifiers::default();
         for rule in &self.rules {
-            if !facts.holds(&rule.when).await? {
+            // Most conditions are decided without a wait, and so without
+            // building the state of one.
+            let when = match facts.holds_now(&rule.when) {
+                Some(holds) => holds,
+                None => facts.holds(&rule.when).await?,
+            };
+            if !when {
                 continue;
             }
             if let Some(unless) = &rule.unless {
-                if facts.holds(unless).await? {
+                let unless = match facts.holds_now(unless) {
+                    Some(holds) => holds,
+                    None => facts.holds(unless).await?,
+                };
+                if unless {
                     continue;
                 }
             }
             tracing::debug!(rule = %rule.name, queue_id = %qf.queue_id, "rule matched");
             if rule.action == Action::Accept {
                 for h in &rule.headers {
-                    let person = facts.person_for(&h.value).await?;
+                    let person = match facts.known_person(&h.value) {
+                        Some(person) => person,
+                        None => facts.person().await?,
+                    };
                     if let Some(field) = h.render(|v| facts.var(v, rule, person.as_deref())) {
                         m.headers.push(field);
                     }
@@ -222,7 +235,10 @@ impl RuleSet {
             if !rule.stop {
                 continue;
             }
-            let person = facts.person_for(&rule.text).await?;
+            let person = match facts.known_person(&rule.text) {
+                Some(person) => person,
+                None => facts.person().await?,
+            };
             let text = rule
                 .text
                 .expand(|v| Some(facts.var(v, rule, person.as_deref()).unwrap_or_default()))
@@ -398,13 +414,13 @@ impl<'a, D: Directory> Facts<'a, D> {
         Ok(p)
     }
 
-    /// The sender's entry when `t` reads attributes, else nothing.
-    async fn person_for(&mut self, t: &Template) -> Result<Option<Arc<Person>>, Unavailable> {
-        if t.attributes().next().is_some() {
-            self.person().await
-        } else {
-            Ok(None)
+    /// What `t` needs of the sender's entry, when no lookup is needed for
+    /// it: nothing when it reads no attributes, else the entry once known.
+    fn known_person(&self, t: &Template) -> Option<Option<Arc<Person>>> {
+        if t.attributes().next().is_none() {
+            return Some(None);
         }
+        self.person.clone()
     }
 
     fn var(&self, v: &Var, rule: &Rule, person: Option<&Person>) -> Option<String> {
@@ -500,15 +516,38 @@ impl<'a, D: Directory> Facts<'a, D> {
                 return Ok(false);
             }
         }
+        if !self.content_holds(c) {
+            return Ok(false);
+        }
+        if c.uses_directory() {
+            return self.directory_holds(c).await;
+        }
+        Ok(true)
+    }
+
+    /// `holds` when it needs no wait: `None` when `c` asks the directory,
+    /// or whether a recipient is external (which may ask it).
+    fn holds_now(&mut self, c: &Cond) -> Option<bool> {
+        if !self.envelope_holds(c) {
+            return Some(false);
+        }
+        if c.external_recipient.is_some() || c.uses_directory() {
+            return None;
+        }
+        Some(self.content_holds(c))
+    }
+
+    /// Whether the header and attachment conditions of `c` hold.
+    fn content_holds(&mut self, c: &Cond) -> bool {
         for &(set, pattern) in &c.header {
             if !self.header_hit(set, pattern) {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(re) = &c.attachment_name {
             let mut names = self.qf.attachments.iter().filter_map(|a| a.name.as_deref());
             if !names.any(|n| re.is_match(n)) {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(re) = &c.attachment_type {
@@ -518,13 +557,10 @@ impl<'a, D: Directory> Facts<'a, D> {
                 .iter()
                 .any(|a| re.is_match(&a.content_type))
             {
-                return Ok(false);
+                return false;
             }
         }
-        if c.uses_directory() {
-            return self.directory_holds(c).await;
-        }
-        Ok(true)
+        true
     }
 
     async fn directory_holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
