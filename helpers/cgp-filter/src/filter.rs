@@ -115,26 +115,12 @@ impl<D: Directory> Filter<D> {
                 0
             },
         };
-        // The envelope and header are read on the worker thread: a queue
-        // file CGP has just written is in the page cache, and a hand-off to
-        // the blocking pool costs more (two thread wake-ups) than reading a
-        // few KiB. Attachment rules read and parse up to `scan_limit` of the
-        // body, which takes milliseconds: that goes to the blocking pool, so
-        // that the workers answer other requests meanwhile.
-        let read = if limits.body == 0 {
-            QueueFile::read(file, &path, limits)
-        } else {
-            let at = path.clone();
-            match tokio::task::spawn_blocking(move || QueueFile::read(file, &at, limits)).await {
-                Ok(read) => read,
-                Err(e) => match e.try_into_panic() {
-                    // On to the runtime, which answers for a panic.
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    Err(e) => Err(std::io::Error::other(e)),
-                },
-            }
-        };
-        let qf = match read {
+        // Read on the worker thread: a queue file CGP has just written is in
+        // the page cache, and a hand-off to the blocking pool costs more
+        // (two thread wake-ups) than reading a few KiB. Attachment rules
+        // also read up to `scan_limit` of body; that stays here too, so that
+        // no more bodies than worker threads are ever in memory at once.
+        let qf = match QueueFile::read(file, &path, limits) {
             Ok(qf) => qf,
             Err(e) => {
                 tracing::warn!(file = %shown, error = %e, "queue file cannot be read");
