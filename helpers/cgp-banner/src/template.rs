@@ -150,22 +150,41 @@ impl Template {
 /// not break a line or a layout), the length is capped, and in HTML every
 /// markup character is escaped.
 pub fn push_escaped(out: &mut String, value: &str, format: Format) {
-    let mut used = 0;
-    for c in value.chars() {
-        used += c.len_utf8();
-        if used > MAX_VALUE_BYTES {
-            out.push('…');
-            break;
-        }
-        let c = if c.is_control() { ' ' } else { c };
-        match (format, c) {
-            (Format::Html, '&') => out.push_str("&amp;"),
-            (Format::Html, '<') => out.push_str("&lt;"),
-            (Format::Html, '>') => out.push_str("&gt;"),
-            (Format::Html, '"') => out.push_str("&quot;"),
-            (Format::Html, '\'') => out.push_str("&#39;"),
-            (_, c) => out.push(c),
-        }
+    // At most MAX_VALUE_BYTES, cut between characters.
+    let mut end = value.len().min(MAX_VALUE_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = &value[..end];
+    // Byte by byte, runs that need no replacement copied whole. The
+    // control characters (`char::is_control`: C0, DEL and C1) are all found
+    // by their first byte, so every cut below falls between characters.
+    let bytes = kept.as_bytes();
+    let mut plain = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (replacement, len) = match (format, bytes[i]) {
+            (_, 0..=0x1f | 0x7f) => (" ", 1),
+            // U+0080 to U+009F.
+            (_, 0xc2) if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => (" ", 2),
+            (Format::Html, b'&') => ("&amp;", 1),
+            (Format::Html, b'<') => ("&lt;", 1),
+            (Format::Html, b'>') => ("&gt;", 1),
+            (Format::Html, b'"') => ("&quot;", 1),
+            (Format::Html, b'\'') => ("&#39;", 1),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.push_str(&kept[plain..i]);
+        out.push_str(replacement);
+        i += len;
+        plain = i;
+    }
+    out.push_str(&kept[plain..]);
+    if end < value.len() {
+        out.push('…');
     }
 }
 
@@ -229,5 +248,52 @@ mod tests {
             .unwrap();
         assert!(out.len() <= MAX_VALUE_BYTES + '…'.len_utf8());
         assert!(out.ends_with('…'));
+    }
+
+    #[test]
+    fn escaping_agrees_with_a_character_by_character_reference() {
+        // The plain definition: every control character (C0, DEL, C1) to a
+        // space, HTML's five characters to entities, cut after the last
+        // whole character within the cap.
+        fn reference(value: &str, format: Format) -> String {
+            let mut out = String::new();
+            let mut used = 0;
+            for c in value.chars() {
+                used += c.len_utf8();
+                if used > MAX_VALUE_BYTES {
+                    out.push('…');
+                    break;
+                }
+                match (format, if c.is_control() { ' ' } else { c }) {
+                    (Format::Html, '&') => out.push_str("&amp;"),
+                    (Format::Html, '<') => out.push_str("&lt;"),
+                    (Format::Html, '>') => out.push_str("&gt;"),
+                    (Format::Html, '"') => out.push_str("&quot;"),
+                    (Format::Html, '\'') => out.push_str("&#39;"),
+                    (_, c) => out.push(c),
+                }
+            }
+            out
+        }
+        let pieces = [
+            "a", "é", "\u{85}", "\u{9f}", "\u{a0}", "\u{c2}", "<", "&", "'", "\"", "\u{7f}", "\n",
+            "€", "😀", "\u{80}", "x\u{1}",
+        ];
+        let mut seed = 7u32;
+        for len in [0, 1, 3, 40, 300, 600] {
+            for _ in 0..50 {
+                let value: String = (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                        pieces[(seed >> 16) as usize % pieces.len()]
+                    })
+                    .collect();
+                for format in [Format::Html, Format::Text] {
+                    let mut got = String::new();
+                    push_escaped(&mut got, &value, format);
+                    assert_eq!(got, reference(&value, format), "{value:?}");
+                }
+            }
+        }
     }
 }

@@ -118,8 +118,18 @@ pub fn encode_quoted(s: &[u8]) -> Vec<u8> {
 }
 
 pub fn encode_quoted_into(s: &[u8], out: &mut Vec<u8>) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
-    for &b in s {
+    // Runs of bytes that need no escape are copied whole: replies are
+    // mostly plain text, and a push per byte was the bulk of a banner's
+    // reply encoding.
+    let mut plain = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if !matches!(b, b'\\' | b'"' | 0..=0x1f | 0x7f) {
+            continue;
+        }
+        out.extend_from_slice(&s[plain..i]);
+        plain = i + 1;
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'"' => out.extend_from_slice(b"\\\""),
@@ -127,15 +137,12 @@ pub fn encode_quoted_into(s: &[u8], out: &mut Vec<u8>) {
             b'\n' => out.extend_from_slice(b"\\e"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f | 0x7f => {
-                out.push(b'\\');
-                out.push(b'0' + b / 100);
-                out.push(b'0' + (b / 10) % 10);
-                out.push(b'0' + b % 10);
+            _ => {
+                out.extend_from_slice(&[b'\\', b'0' + b / 100, b'0' + (b / 10) % 10, b'0' + b % 10])
             }
-            _ => out.push(b),
         }
     }
+    out.extend_from_slice(&s[plain..]);
     out.push(b'"');
 }
 
