@@ -315,8 +315,7 @@ fn main() {
         .display()
         .to_string();
     let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
-    let helper = |name: &str, cache_ttl: &str, dn_ttl: &str, template: bool| {
-        let store = name == "cached.toml";
+    let helper = |name: &str, cache_ttl: &str, dn_ttl: &str, template: bool, store: bool| {
         let cfg = config(dir.path(), name, &slapd, cache_ttl, dn_ttl, template, store);
         vec![auth.clone(), "--config".into(), cfg]
     };
@@ -329,24 +328,24 @@ fn main() {
     // The helper's two operations without the helper: 4 search connections,
     // as the helper's default pool_size.
     let search_loop = direct_loop(&slapd, requests, users, in_flight, 4);
-    let cold_cfg = helper("cold.toml", "0s", "0s", false);
+    let cold_cfg = helper("cold.toml", "0s", "0s", false, false);
     let cold = sim(&slapd, requests, in_flight, &vrfy, &cold_cfg);
     let tmpl = sim(
         &slapd,
         requests,
         in_flight,
         &vrfy,
-        &helper("template.toml", "0s", "0s", true),
+        &helper("template.toml", "0s", "0s", true, false),
     );
     let dn_cached = sim(
         &slapd,
         requests,
         in_flight,
         &vrfy,
-        &helper("dn-cache.toml", "0s", "1h", false),
+        &helper("dn-cache.toml", "0s", "1h", false, false),
     );
     let cached_requests = requests * 10;
-    let cached_cfg = helper("cached.toml", "1h", "0s", false);
+    let cached_cfg = helper("cached.toml", "1h", "0s", false, true);
     // Cached VRFY is measured with the cache filled: one untimed pass over
     // the users first (the cold rate is the rows above), then a new helper
     // process on the same store, whose first look at each user reads sled.

@@ -515,24 +515,15 @@ fn spawn_request<H: Helper>(
         (permits.clone().try_acquire_owned().ok())
             .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
     };
-    let mut permit = None;
-    if !inline {
-        permit = acquire();
-        if permit.is_none() {
-            return;
-        }
-    }
+    let permit = if inline {
+        None
+    } else {
+        let Some(p) = acquire() else { return };
+        Some(p)
+    };
     shared.stats.request();
-    let helper = shared
-        .helper
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let deadline = shared
-        .runtime
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .deadline;
+    let helper = read(&shared.helper);
+    let deadline = read(&shared.runtime).deadline;
     let started = Instant::now();
     let until = started + deadline;
     let ctx = Ctx {
@@ -673,11 +664,7 @@ async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
     let result = match loaded {
         Ok(cfg) => {
             let new_runtime = cfg.runtime().clone();
-            let old = shared
-                .helper
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let old = read(&shared.helper);
             H::build(cfg, Some(old)).await.map(|h| (h, new_runtime))
         }
         Err(e) => Err(e.to_string()),
