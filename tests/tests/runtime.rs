@@ -9,9 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-/// The probe helper's two dispatch paths: requests always spawned, and
-/// requests polled once on the dispatcher first (`Helper::INLINE_FIRST_POLL`).
-const MODES: [&[&str]; 2] = [&[], &["--inline"]];
+/// The probe helper's dispatch paths: requests always spawned, requests
+/// polled once on the dispatcher first (`Helper::INLINE_FIRST_POLL`), and
+/// that on several dispatcher threads (`Helper::PARALLEL_DISPATCH`).
+const MODES: [&[&str]; 3] = [&[], &["--inline"], &["--parallel"]];
 
 /// The probe helper with `extra` arguments and a configuration file.
 fn probe(config: &std::path::Path, extra: &[&str]) -> Session {
@@ -26,7 +27,7 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     p
 }
 
-/// Sends `requests` after INTF, in both dispatch modes, and expects the
+/// Sends `requests` after INTF, in every dispatch mode, and expects the
 /// replies in the order `replies`; then end of input, exit 0, no stderr.
 fn replies_in_order(requests: &[&str], replies: &[&str]) {
     for mode in MODES {
@@ -64,6 +65,56 @@ fn requests_with_one_order_key_keep_their_order() {
         ],
         &["4 OK", "2 OK", "3 OK"],
     );
+}
+
+#[test]
+fn every_request_gets_one_reply_and_quit_comes_last() {
+    // Enough lines for dispatcher threads to race each other: whatever
+    // order the replies take, each comes once and none after QUIT's.
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = probe(&config(&dir, ""), mode);
+        h.send_line("1 INTF 4");
+        assert_eq!(h.line(false), "1 INTF 4");
+        for i in 2..2002 {
+            h.send_line(&format!("{i} ECHO {i}"));
+        }
+        h.send_line("9999 QUIT");
+        let mut answered = std::collections::HashSet::new();
+        loop {
+            let (seq, body) = h.read_reply();
+            if seq == "9999" {
+                assert_eq!(body, "OK", "{mode:?}");
+                break;
+            }
+            assert_eq!(body, format!("OK ({seq})"), "{mode:?}");
+            assert!(
+                answered.insert(seq.clone()),
+                "{mode:?}: {seq} answered twice"
+            );
+        }
+        assert_eq!(answered.len(), 2000, "{mode:?}");
+        let (code, err) = h.close();
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
+    }
+}
+
+#[test]
+fn quit_waits_for_a_handler_running_on_a_dispatcher() {
+    // With parallel dispatch, QUIT is read by another thread while 2's
+    // handler still holds its own: 2 is answered first all the same.
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = probe(&config(&dir, ""), mode);
+        h.send_line("1 INTF 4");
+        assert_eq!(h.line(false), "1 INTF 4");
+        h.send_line("2 BLOCK 300");
+        h.send_line("3 QUIT");
+        assert_eq!(h.line(false), "2 OK", "{mode:?}");
+        assert_eq!(h.line(false), "3 OK", "{mode:?}");
+        let (code, err) = h.close();
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
+    }
 }
 
 #[test]

@@ -16,6 +16,11 @@ fn runtime_cases_with_answers_on_the_first_poll() {
 }
 
 #[test]
+fn runtime_cases_on_parallel_dispatchers() {
+    run_all_with(&bin("probe_helper"), &["--parallel"], "runtime");
+}
+
+#[test]
 fn filter_cases() {
     run_all(&bin("cgp-filter"), "filter");
 }

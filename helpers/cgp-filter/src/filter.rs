@@ -115,11 +115,12 @@ impl<D: Directory> Filter<D> {
                 0
             },
         };
-        // Read on the worker thread: a queue file CGP has just written is in
-        // the page cache, and a hand-off to the blocking pool costs more
-        // (two thread wake-ups) than reading a few KiB. Attachment rules
-        // also read up to `scan_limit` of body; that stays here too, so that
-        // no more bodies than worker threads are ever in memory at once.
+        // Read on the dispatcher thread, before the first wait: a queue file
+        // CGP has just written is in the page cache, and a hand-off to the
+        // blocking pool costs more (two thread wake-ups) than reading a few
+        // KiB. Attachment rules also read up to `scan_limit` of body; that
+        // stays here too, so that no more bodies than dispatcher threads
+        // are ever in memory at once.
         let qf = match QueueFile::read(file, &path, limits) {
             Ok(qf) => qf,
             Err(e) => {

@@ -1,9 +1,11 @@
 //! A helper on the runtime whose commands exercise the runtime itself, for
 //! the transcript tests in `testdata/runtime/`:
-//! `SLEEP <ms>`, `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`,
+//! `SLEEP <ms>`, `BLOCK <ms>` (holds its thread, as a handler that
+//! computes does), `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`,
 //! `ORDERED <key> <ms>` (sleeps, in arrival order per key).
-//! With `--inline` it sets `Helper::INLINE_FIRST_POLL`, so the same cases
-//! cover both of the runtime's dispatch paths.
+//! With `--inline` it sets `Helper::INLINE_FIRST_POLL`, and with
+//! `--parallel` also `Helper::PARALLEL_DISPATCH`, so the same cases cover
+//! each of the runtime's dispatch paths.
 
 use cgp_protocol::data::{Value, parse_values};
 use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
@@ -12,12 +14,13 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Probe<const INLINE: bool>;
+struct Probe<const INLINE: bool, const PARALLEL: bool>;
 
-impl<const INLINE: bool> Helper for Probe<INLINE> {
+impl<const INLINE: bool, const PARALLEL: bool> Helper for Probe<INLINE, PARALLEL> {
     type Config = BasicConfig;
 
     const INLINE_FIRST_POLL: bool = INLINE;
+    const PARALLEL_DISPATCH: bool = PARALLEL;
 
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Probe)
@@ -40,6 +43,10 @@ impl<const INLINE: bool> Helper for Probe<INLINE> {
                 tokio::time::sleep(Duration::from_millis(arg())).await;
                 Reply::ok()
             }
+            "BLOCK" => {
+                std::thread::sleep(Duration::from_millis(arg()));
+                Reply::ok()
+            }
             "BIG" => Reply::ok().quoted(&vec![b'x'; arg() as usize]),
             "PANIC" => panic!("probe asked to panic"),
             "HANG" => std::future::pending().await,
@@ -60,6 +67,10 @@ struct Cli {
     /// Answer requests ready at their first poll on the dispatcher.
     #[arg(long)]
     inline: bool,
+    /// Dispatch on one thread per core, one line at a time (implies
+    /// `--inline`).
+    #[arg(long)]
+    parallel: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,9 +80,9 @@ fn main() -> std::process::ExitCode {
         max_intf: 4,
     };
     let cli = Cli::parse();
-    if cli.inline {
-        run::<Probe<true>>(info, &cli.common)
-    } else {
-        run::<Probe<false>>(info, &cli.common)
+    match (cli.inline, cli.parallel) {
+        (_, true) => run::<Probe<true, true>>(info, &cli.common),
+        (true, false) => run::<Probe<true, false>>(info, &cli.common),
+        (false, false) => run::<Probe<false, false>>(info, &cli.common),
     }
 }

@@ -6,7 +6,10 @@
 //! process simply exits while the thread is still blocked.
 
 use crate::request::{MAX_SEQ_LEN, Reply};
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// CGP's limit for any line a helper writes, end-of-line included.
@@ -44,81 +47,142 @@ impl Batch {
     }
 }
 
+/// Splits input into [`Batch`]es of whole lines. Shared behind a lock when
+/// several threads dispatch: the carried-over part of a line stays with the
+/// reader, not with a thread.
+pub struct LineReader<R> {
+    src: BufReader<R>,
+    max_line: usize,
+    batch: Batch,
+    /// Where the line being read starts in `batch.text`.
+    start: usize,
+    too_long: bool,
+    done: bool,
+}
+
+impl<R: Read> LineReader<R> {
+    pub fn new(source: R, max_line: usize) -> LineReader<R> {
+        Self::with_buffer(BufReader::with_capacity(64 * 1024, source), max_line)
+    }
+
+    fn with_buffer(src: BufReader<R>, max_line: usize) -> LineReader<R> {
+        LineReader {
+            src,
+            max_line,
+            batch: Batch::default(),
+            start: 0,
+            too_long: false,
+            done: false,
+        }
+    }
+
+    /// The complete lines the next read brings in, read before a further
+    /// read could block; `None` at end of input.
+    pub fn next_batch(&mut self) -> Option<Batch> {
+        while !self.done {
+            let used = match self.src.fill_buf() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) | Ok([]) => {
+                    self.done = true;
+                    0
+                }
+                Ok(buf) => {
+                    if self.batch.text.capacity() == 0 {
+                        self.batch.text.reserve(buf.len());
+                    }
+                    let (text, start, max) = (&mut self.batch.text, self.start, self.max_line);
+                    match buf.iter().position(|b| *b == b'\n') {
+                        Some(pos) => {
+                            self.too_long |= append(text, start, &buf[..pos], max, self.too_long);
+                            pos + 1
+                        }
+                        None => {
+                            self.too_long |= append(text, start, buf, max, self.too_long);
+                            let n = buf.len();
+                            self.src.consume(n);
+                            // The rest of this line needs another read, which
+                            // may block: hand over the lines already complete
+                            // first, and carry the started one into a new
+                            // batch.
+                            if !self.batch.lines.is_empty() {
+                                let started = Batch {
+                                    text: self.batch.text.split_off(self.start),
+                                    lines: Vec::new(),
+                                };
+                                self.start = 0;
+                                return Some(std::mem::replace(&mut self.batch, started));
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.src.consume(used);
+            let mut end = self.batch.text.len();
+            // A last line without LF still counts as a line.
+            if !self.done || end > self.start || self.too_long {
+                if !self.too_long && end > self.start && self.batch.text[end - 1] == b'\r' {
+                    end -= 1;
+                }
+                self.batch.lines.push((self.start, end, self.too_long));
+                self.start = self.batch.text.len();
+                self.too_long = false;
+            }
+            // Hand the batch over before the next read could block.
+            if (self.done || self.src.buffer().is_empty()) && !self.batch.lines.is_empty() {
+                self.start = 0;
+                return Some(std::mem::take(&mut self.batch));
+            }
+        }
+        None
+    }
+}
+
+/// Where dispatcher threads take their input: whole batches for one
+/// thread, single lines for several, so that one thread does not compute
+/// its way through a whole batch while another waits for input.
+pub struct Intake<R> {
+    reader: LineReader<R>,
+    batch: Batch,
+    /// The first line of `batch` not yet taken.
+    next: usize,
+}
+
+impl<R: Read> Intake<R> {
+    pub fn new(reader: LineReader<R>) -> Intake<R> {
+        Intake {
+            reader,
+            batch: Batch::default(),
+            next: 0,
+        }
+    }
+
+    /// The rest of the current batch (`whole`) or its next line, reading a
+    /// new batch first when it is used up; `None` at end of input.
+    pub fn take(&mut self, whole: bool) -> Option<Batch> {
+        if self.next >= self.batch.lines.len() {
+            self.batch = self.reader.next_batch()?;
+            self.next = 0;
+        }
+        if whole && self.next == 0 {
+            return Some(std::mem::take(&mut self.batch));
+        }
+        let (start, end, too_long) = self.batch.lines[self.next];
+        self.next += 1;
+        Some(Batch {
+            text: self.batch.text[start..end].to_vec(),
+            lines: vec![(0, end - start, too_long)],
+        })
+    }
+}
+
 /// Reads lines until end of input or until `deliver` returns false. Lines
 /// are delivered in batches: all the complete lines one read brought in,
 /// before the next read, which may block.
-pub fn read_lines<R: Read>(source: R, max_line: usize, deliver: impl FnMut(Batch) -> bool) {
-    read_with(
-        BufReader::with_capacity(64 * 1024, source),
-        max_line,
-        deliver,
-    );
-}
-
-fn read_with<R: Read>(
-    mut src: BufReader<R>,
-    max_line: usize,
-    mut deliver: impl FnMut(Batch) -> bool,
-) {
-    let mut batch = Batch::default();
-    // Where the line being read starts in `batch.text`.
-    let mut start = 0;
-    let mut too_long = false;
-    loop {
-        let (done, used) = match src.fill_buf() {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => (true, 0),
-            Ok([]) => (true, 0),
-            Ok(buf) => {
-                if batch.text.capacity() == 0 {
-                    batch.text.reserve(buf.len());
-                }
-                match buf.iter().position(|b| *b == b'\n') {
-                    Some(pos) => {
-                        too_long |= append(&mut batch.text, start, &buf[..pos], max_line, too_long);
-                        (false, pos + 1)
-                    }
-                    None => {
-                        too_long |= append(&mut batch.text, start, buf, max_line, too_long);
-                        let n = buf.len();
-                        src.consume(n);
-                        // The rest of this line needs another read, which may
-                        // block: hand over the lines already complete first,
-                        // and carry the started one into a new batch.
-                        if !batch.lines.is_empty() {
-                            let started = Batch {
-                                text: batch.text.split_off(start),
-                                lines: Vec::new(),
-                            };
-                            start = 0;
-                            if !deliver(std::mem::replace(&mut batch, started)) {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        src.consume(used);
-        let mut end = batch.text.len();
-        // A last line without LF still counts as a line.
-        if !done || end > start || too_long {
-            if !too_long && end > start && batch.text[end - 1] == b'\r' {
-                end -= 1;
-            }
-            batch.lines.push((start, end, too_long));
-            start = batch.text.len();
-            too_long = false;
-        }
-        // Hand the batch over before the next read could block.
-        if (done || src.buffer().is_empty()) && !batch.lines.is_empty() {
-            start = 0;
-            if !deliver(std::mem::take(&mut batch)) {
-                return;
-            }
-        }
-        if done {
+pub fn read_lines<R: Read>(source: R, max_line: usize, mut deliver: impl FnMut(Batch) -> bool) {
+    let mut reader = LineReader::new(source, max_line);
+    while let Some(batch) = reader.next_batch() {
+        if !deliver(batch) {
             return;
         }
     }
@@ -149,10 +213,44 @@ fn append(
 }
 
 /// The only path to stdout. Cheap to clone; lines are written whole, one
-/// write each, and flushed.
+/// write each, and flushed, by one holder of the output lock at a time:
+/// the writer thread, or a dispatcher thread that writes its own lines.
 #[derive(Clone)]
 pub struct Writer {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    out: Arc<Output>,
+}
+
+/// stdout, and whether a write to it failed.
+struct Output {
+    sink: Mutex<Box<dyn Write + Send>>,
+    broken: AtomicBool,
+}
+
+impl Output {
+    fn write(&self, line: &[u8]) {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        // After a write error (CGP closed the pipe) lines are dropped:
+        // nobody is left to read them.
+        if !self.broken.load(Ordering::Relaxed)
+            && sink.write_all(line).and_then(|()| sink.flush()).is_err()
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+thread_local! {
+    static WRITES_ITSELF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the calling thread write its lines itself instead of handing them
+/// to the writer thread. For dispatcher threads that run side by side: one
+/// of them writing is one fewer thread to wake per reply, and the others
+/// read on meanwhile. Never for async workers, which must not wait for a
+/// pipe CGP is slow to empty.
+pub fn write_on_this_thread() {
+    WRITES_ITSELF.with(|w| w.set(true));
 }
 
 impl Writer {
@@ -166,13 +264,17 @@ impl Writer {
     /// already made sure it fits.
     pub fn line(&self, line: Vec<u8>) {
         debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
-        let _ = self.tx.send(line);
+        if WRITES_ITSELF.with(Cell::get) {
+            self.out.write(&line);
+        } else {
+            let _ = self.tx.send(line);
+        }
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
     /// characters are replaced and the line is cut to fit the limit.
     pub fn info(&self, text: &str) {
-        let _ = self.tx.send(info_line(text));
+        self.line(info_line(text));
     }
 }
 
@@ -195,25 +297,22 @@ pub fn info_line(text: &str) -> Vec<u8> {
 /// Starts the writer thread; it ends when every [`Writer`] is dropped, after
 /// writing what was queued. The queue holds at most `queue` lines: when CGP
 /// stops reading, senders wait instead of piling up replies in memory.
-pub fn spawn_writer<W: Write + Send + 'static>(
-    mut out: W,
-    queue: usize,
-) -> (Writer, JoinHandle<()>) {
+pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
+    let out = Arc::new(Output {
+        sink: Mutex::new(Box::new(out)),
+        broken: AtomicBool::new(false),
+    });
+    let thread_out = out.clone();
     let handle = std::thread::Builder::new()
         .name("stdout-writer".into())
         .spawn(move || {
-            let mut broken = false;
             for line in rx {
-                // After a write error (CGP closed the pipe) lines are dropped:
-                // nobody is left to read them.
-                if !broken {
-                    broken = out.write_all(&line).and_then(|()| out.flush()).is_err();
-                }
+                thread_out.write(&line);
             }
         })
         .expect("spawning the stdout writer thread");
-    (Writer { tx }, handle)
+    (Writer { tx, out }, handle)
 }
 
 #[cfg(test)]
@@ -230,24 +329,23 @@ mod tests {
     /// they do on a pipe.
     fn batches(input: &[u8], max: usize, read: usize) -> Vec<Vec<String>> {
         let mut out = Vec::new();
-        read_with(
+        let mut reader = LineReader::with_buffer(
             BufReader::with_capacity(read, std::io::Cursor::new(input.to_vec())),
             max,
-            |batch| {
-                out.push(
-                    batch
-                        .inputs()
-                        .map(|i| match i {
-                            Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
-                            Input::TooLong { prefix } => {
-                                format!("TooLong:{}", String::from_utf8_lossy(prefix))
-                            }
-                        })
-                        .collect(),
-                );
-                true
-            },
         );
+        while let Some(batch) = reader.next_batch() {
+            out.push(
+                batch
+                    .inputs()
+                    .map(|i| match i {
+                        Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                        Input::TooLong { prefix } => {
+                            format!("TooLong:{}", String::from_utf8_lossy(prefix))
+                        }
+                    })
+                    .collect(),
+            );
+        }
         out
     }
 

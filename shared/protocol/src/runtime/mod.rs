@@ -9,11 +9,12 @@
 //! - INTF, KEY and QUIT handled here; QUIT, end of input and SIGTERM drain the
 //!   requests in flight before exit 0; SIGHUP reloads the configuration.
 //!
-//! Three threads carry a request: the stdin reader, which also dispatches
-//! (and answers at once what a helper can answer on the first poll, see
-//! [`Helper::INLINE_FIRST_POLL`]), the async workers for requests that wait,
-//! and the stdout writer. Signals, reloads and the drain run on the main
-//! thread.
+//! Three kinds of thread carry a request: the stdin reader, which also
+//! dispatches (and answers at once what a helper can answer on the first
+//! poll, see [`Helper::INLINE_FIRST_POLL`]; one per core with
+//! [`Helper::PARALLEL_DISPATCH`]), the async workers for requests that
+//! wait, and the stdout writer. Signals, reloads and the drain run on the
+//! main thread.
 
 pub mod config;
 pub mod io;
@@ -22,11 +23,10 @@ pub mod stats;
 
 use crate::request::{LineError, Reply, Request, sequence_token};
 use config::{ConfigError, HelperConfig, RuntimeConfig};
-use io::{Batch, Input, MAX_REPLY_LINE, Writer};
+use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use config::{BasicConfig, KeyError, LogConfig};
 
@@ -98,16 +98,24 @@ pub trait Helper: Send + Sync + Sized + 'static {
         Reply::failure("reply too long")
     }
 
-    /// Set by helpers whose handlers do no heavy work before their first
-    /// `.await` (cache hits, state lookups, network calls, blocking work
-    /// already moved to `spawn_blocking`). The runtime then polls each new
-    /// request once on the dispatcher and answers it there when it is
-    /// ready: no task spawn and no hand-over to another worker thread,
-    /// which is most of a quick request's cost. Handlers that parse or
-    /// compute before they first wait (the content filter) leave it off,
-    /// so their requests spread over both workers instead of queueing
-    /// behind the dispatcher.
+    /// Set by helpers whose handlers are mostly answered without a wait
+    /// (cache hits, state lookups, computing over a file). The runtime then
+    /// polls each new request once on the dispatcher and answers it there
+    /// when it is ready: no task spawn and no hand-over to another worker
+    /// thread, which is most of a quick request's cost. A helper whose
+    /// handlers compute for long before they first wait sets
+    /// [`Self::PARALLEL_DISPATCH`] as well, so that its requests do not
+    /// queue behind one dispatcher.
     const INLINE_FIRST_POLL: bool = false;
+
+    /// Set by helpers that compute before their first wait and answer on
+    /// the first poll ([`Self::INLINE_FIRST_POLL`]), such as the content
+    /// filter: one dispatcher thread per core (plus one) then takes request
+    /// lines one at a time and runs their handlers side by side, with no
+    /// hand-over to a worker thread and back. Arrival order still holds for
+    /// everything but the handlers themselves: INTF, QUIT, duplicate tokens
+    /// and order keys are dealt with one line at a time.
+    const PARALLEL_DISPATCH: bool = false;
 }
 
 /// What a handler may know about its request's context.
@@ -227,9 +235,11 @@ struct Shared<H> {
     stats: Stats,
     /// Set on SIGTERM: the reader dispatches nothing more.
     stopping: AtomicBool,
-    /// Held by the reader while it dispatches a batch, so that the drain
-    /// after SIGTERM starts only once no request is half dispatched.
-    dispatching: Mutex<()>,
+    /// Set once QUIT or the end of input is read: no thread reads on.
+    input_ended: AtomicBool,
+    /// Held (shared) by a dispatcher thread while it dispatches a batch, so
+    /// that the drain starts only once no request is half dispatched.
+    dispatching: RwLock<()>,
     writer: Writer,
     info: HelperInfo,
 }
@@ -249,9 +259,15 @@ impl SeqKey {
     }
 }
 
-enum Step {
+/// What dispatching one line leads to.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved straight on; a box would cost an allocation per request"
+)]
+enum Step<H> {
     Continue,
     Quit(Vec<u8>),
+    Admitted(Admitted<H>),
 }
 
 async fn serve<H: Helper>(
@@ -291,38 +307,44 @@ async fn serve<H: Helper>(
         order_tails: Mutex::new(HashMap::new()),
         stats: Stats::default(),
         stopping: AtomicBool::new(false),
-        dispatching: Mutex::new(()),
+        input_ended: AtomicBool::new(false),
+        dispatching: RwLock::new(()),
         writer,
         info,
     });
     let permits = Arc::new(Semaphore::new(max_in_flight));
-    // The reader thread dispatches what it reads itself: a request ready at
-    // its first poll is answered without waking another thread, and the
-    // rest become tasks on the runtime. It reports QUIT (its token) or end
-    // of input; if it died, its sender is dropped, which ends the loop too.
+    // The reader threads dispatch what they read themselves: a request
+    // ready at its first poll is answered without waking another thread,
+    // and the rest become tasks on the runtime. The thread that reads QUIT
+    // (its token) or the end of input reports it; if every thread died, the
+    // sender is dropped, which ends the loop too.
     let (ended_tx, mut ended) = oneshot::channel::<Option<Vec<u8>>>();
-    {
+    let ended_tx = Arc::new(Mutex::new(Some(ended_tx)));
+    let intake = Arc::new(Mutex::new(io::Intake::new(io::LineReader::new(
+        std::io::stdin(),
+        max_line,
+    ))));
+    for _ in 0..dispatch_threads::<H>() {
         let (shared, permits) = (shared.clone(), permits.clone());
+        let (intake, ended_tx) = (intake.clone(), ended_tx.clone());
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("stdin-reader".into())
             .spawn(move || {
                 let _runtime = handle.enter();
-                let mut quit = None;
-                io::read_lines(std::io::stdin(), max_line, |batch| {
-                    let _busy = lock(&shared.dispatching);
-                    match dispatch_batch(&shared, &permits, &handle, batch) {
-                        ControlFlow::Continue(()) => true,
-                        ControlFlow::Break(token) => {
-                            quit = token;
-                            false
-                        }
-                    }
-                });
-                let _ = ended_tx.send(quit);
+                if H::PARALLEL_DISPATCH {
+                    io::write_on_this_thread();
+                }
+                let Some(quit) = dispatcher(&shared, &permits, &handle, &intake) else {
+                    return;
+                };
+                if let Some(tx) = lock(&ended_tx).take() {
+                    let _ = tx.send(quit);
+                }
             })
             .expect("spawning the stdin reader thread");
     }
+    drop(ended_tx);
     let (mut term, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -351,10 +373,6 @@ async fn serve<H: Helper>(
                 // Nothing more is dispatched; the reader may stay blocked on
                 // stdin, which the exit does not wait for.
                 shared.stopping.store(true, Ordering::Relaxed);
-                // A request being dispatched now gets its task (or its
-                // reply) before the drain counts what is in flight. Only
-                // this thread waits, and only for the rest of one batch.
-                drop(lock(&shared.dispatching));
                 shared.writer.info("SIGTERM received, finishing requests in flight");
                 break None;
             }
@@ -365,6 +383,16 @@ async fn serve<H: Helper>(
         }
     };
 
+    // A request being dispatched now, by the thread that read QUIT or by
+    // another one, gets its task (or its reply) before the drain counts what
+    // is in flight. Only this thread waits, and only for the rest of a
+    // batch.
+    drop(
+        shared
+            .dispatching
+            .write()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     // Drain: every request in flight holds a permit until its reply is
     // queued, and each is bounded by its deadline.
     let drain_limit = read(&shared.runtime).deadline + Duration::from_secs(2);
@@ -385,28 +413,76 @@ async fn serve<H: Helper>(
     0
 }
 
-/// Dispatches a batch of input lines. Breaks at a QUIT (with its sequence
-/// token) or after SIGTERM (without), after which nothing more is read.
-fn dispatch_batch<H: Helper>(
+/// How many threads read and dispatch: one, or with
+/// [`Helper::PARALLEL_DISPATCH`] one per core plus one, so that every core
+/// can run a handler while one more thread waits for input.
+fn dispatch_threads<H: Helper>() -> usize {
+    if H::PARALLEL_DISPATCH {
+        std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+    } else {
+        1
+    }
+}
+
+/// One dispatcher thread: takes input and dispatches it until QUIT (its
+/// token), the end of input or SIGTERM (`Some(None)`), or until another
+/// thread ended the input (`None`: that one reports).
+///
+/// What must happen in arrival order (parsing, INTF, KEY, QUIT, the
+/// duplicate check, the permit and the place in an order key's queue) is
+/// done while the input lock is held; only the handlers run side by side.
+fn dispatcher<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
     handle: &Handle,
-    batch: Batch,
-) -> ControlFlow<Option<Vec<u8>>> {
-    for input in batch.inputs() {
-        if shared.stopping.load(Ordering::Relaxed) {
-            return ControlFlow::Break(None);
+    intake: &Mutex<io::Intake<std::io::Stdin>>,
+) -> Option<Option<Vec<u8>>> {
+    let parallel = H::PARALLEL_DISPATCH;
+    let mut admitted = Vec::new();
+    loop {
+        let mut input = Some(lock(intake));
+        if shared.input_ended.load(Ordering::Relaxed) {
+            return None;
         }
-        match input {
-            Input::Line(line) => {
-                if let Step::Quit(seq) = dispatch(shared, permits, handle, line) {
-                    return ControlFlow::Break(Some(seq));
-                }
+        // Alone, a thread takes whole batches; side by side, one line each,
+        // so that no thread works through a batch while another waits.
+        let Some(batch) = input.as_mut().and_then(|i| i.take(!parallel)) else {
+            shared.input_ended.store(true, Ordering::Relaxed);
+            return Some(None);
+        };
+        // Taken before the next line can be read, so that the drain after
+        // QUIT or SIGTERM waits for what this thread has taken.
+        let _busy = shared.dispatching.read().unwrap_or_else(|p| p.into_inner());
+        if !parallel {
+            input = None;
+        }
+        for item in batch.inputs() {
+            if shared.stopping.load(Ordering::Relaxed) {
+                shared.input_ended.store(true, Ordering::Relaxed);
+                return Some(None);
             }
-            Input::TooLong { prefix } => too_long(shared, prefix),
+            let line = match item {
+                Input::Line(line) => line,
+                Input::TooLong { prefix } => {
+                    too_long(shared, prefix);
+                    continue;
+                }
+            };
+            match dispatch(shared, permits, handle, line) {
+                Step::Continue => {}
+                Step::Quit(seq) => {
+                    shared.input_ended.store(true, Ordering::Relaxed);
+                    return Some(Some(seq));
+                }
+                Step::Admitted(request) if parallel => admitted.push(request),
+                Step::Admitted(request) => start(shared, permits, handle, request),
+            }
+        }
+        drop(input);
+        for request in admitted.drain(..) {
+            start(shared, permits, handle, request);
         }
     }
-    ControlFlow::Continue(())
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -429,12 +505,14 @@ fn too_long<H>(shared: &Shared<H>, prefix: &[u8]) {
     }
 }
 
+/// Handles one line in arrival order: the runtime's own commands are
+/// answered here, a helper request is admitted.
 fn dispatch<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
     handle: &Handle,
     line: &[u8],
-) -> Step {
+) -> Step<H> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Step::Continue;
     }
@@ -473,10 +551,10 @@ fn dispatch<H: Helper>(
             Step::Continue
         }
         "QUIT" => Step::Quit(req.seq),
-        _ => {
-            spawn_request(shared, permits, handle, req);
-            Step::Continue
-        }
+        _ => match admit(shared, permits, handle, req) {
+            Some(admitted) => Step::Admitted(admitted),
+            None => Step::Continue,
+        },
     }
 }
 
@@ -486,58 +564,126 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
     shared.writer.reply(seq, &reply);
 }
 
-fn spawn_request<H: Helper>(
+/// A request let in, with what it needs to run.
+struct Admitted<H> {
+    req: Request,
+    key: SeqKey,
+    /// Whether it is polled once where it was read before it becomes a
+    /// task.
+    inline: bool,
+    /// Taken unless `inline`; a request that becomes a task holds one.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Whether `key` is in the in-flight set already.
+    registered: bool,
+    helper: Arc<H>,
+    started: Instant,
+    until: Instant,
+    /// The request before this one with the same order key, and the signal
+    /// for the one after.
+    previous: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Lets a helper request in, in arrival order: refuses a token already in
+/// flight, takes a permit (waiting for one holds back further input, so the
+/// in-flight bound queues requests in the pipe instead of dropping them)
+/// and queues it behind the last request with its order key.
+fn admit<H: Helper>(
     shared: &Arc<Shared<H>>,
     permits: &Arc<Semaphore>,
     handle: &Handle,
     req: Request,
-) {
+) -> Option<Admitted<H>> {
     // A token already in flight would make two replies CGP cannot tell apart.
     let key = SeqKey::of(&req.seq);
+    // With one dispatcher, a request answered by its first poll is over
+    // before the next token is looked at; with several, another thread may
+    // be polling one with the same token, so every request is registered.
+    let registered = H::PARALLEL_DISPATCH;
     {
-        let in_flight = lock(&shared.in_flight);
+        let mut in_flight = lock(&shared.in_flight);
         if !in_flight.is_empty() && in_flight.contains(&key) {
             drop(in_flight);
             shared.writer.info(&format!(
                 "request {} dropped: its sequence number is already in flight",
                 req.seq_str()
             ));
-            return;
+            return None;
+        }
+        if registered {
+            in_flight.insert(key);
         }
     }
     // A request answered by its first poll needs no permit: it is over
-    // before the dispatcher reads on. The dispatcher is the only one taking
-    // permits, so a free one now is still free after that poll.
+    // before its dispatcher reads on. Only dispatchers take permits, so with
+    // one of them a free one now is still free after that poll; with
+    // several, at most one more request per dispatcher runs.
     let inline = H::INLINE_FIRST_POLL && permits.available_permits() > 0;
-    // Waiting here holds back further input: the in-flight bound queues
-    // requests in the pipe instead of dropping them.
-    let acquire = || {
-        (permits.clone().try_acquire_owned().ok())
-            .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
-    };
     let permit = if inline {
         None
     } else {
-        let Some(p) = acquire() else { return };
-        Some(p)
+        match acquire(permits, handle) {
+            Some(p) => Some(p),
+            None => {
+                lock(&shared.in_flight).remove(&key);
+                return None;
+            }
+        }
     };
     shared.stats.request();
     let helper = read(&shared.helper);
-    let deadline = read(&shared.runtime).deadline;
     let started = Instant::now();
-    let until = started + deadline;
+    let until = started + read(&shared.runtime).deadline;
+    let (previous, done) = match helper.order_key(&req) {
+        Some(order) => {
+            let (done, tail) = oneshot::channel::<()>();
+            (join_order(&shared.order_tails, order, tail), Some(done))
+        }
+        None => (None, None),
+    };
+    Some(Admitted {
+        req,
+        key,
+        inline,
+        permit,
+        registered,
+        helper,
+        started,
+        until,
+        previous,
+        done,
+    })
+}
+
+fn acquire(permits: &Arc<Semaphore>, handle: &Handle) -> Option<OwnedSemaphorePermit> {
+    (permits.clone().try_acquire_owned().ok())
+        .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
+}
+
+/// Runs an admitted request: its handler under the deadline, with panics
+/// caught, and its one reply.
+fn start<H: Helper>(
+    shared: &Arc<Shared<H>>,
+    permits: &Arc<Semaphore>,
+    handle: &Handle,
+    admitted: Admitted<H>,
+) {
+    let Admitted {
+        req,
+        key,
+        inline,
+        permit,
+        registered,
+        helper,
+        started,
+        until,
+        previous,
+        done,
+    } = admitted;
     let ctx = Ctx {
         intf: shared.intf.clone(),
         deadline: until,
         writer: shared.writer.clone(),
-    };
-    let (previous, done) = match helper.order_key(&req) {
-        Some(key) => {
-            let (done, tail) = oneshot::channel::<()>();
-            let previous = join_order(&shared.order_tails, key, tail);
-            (previous, Some(done))
-        }
-        None => (None, None),
     };
     let task_shared = shared.clone();
     // Boxed so that spawning moves a pointer, not the whole future.
@@ -613,20 +759,26 @@ fn spawn_request<H: Helper>(
     // One poll with a waker that does nothing: if the request is not ready,
     // its task's first poll follows at once and registers the task's own
     // waker wherever the request waits, so no wake-up is lost. A request
-    // answered by this poll never touches the in-flight set, a permit or
-    // the scheduler.
+    // answered by this poll needs no permit and no scheduler, and with one
+    // dispatcher never touches the in-flight set.
     if inline
         && task
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
             .is_ready()
     {
+        if registered {
+            lock(&shared.in_flight).remove(&key);
+        }
         return;
     }
-    let Some(permit) = permit.or_else(acquire) else {
+    let Some(permit) = permit.or_else(|| acquire(permits, handle)) else {
+        lock(&shared.in_flight).remove(&key);
         return;
     };
-    lock(&shared.in_flight).insert(key);
+    if !registered {
+        lock(&shared.in_flight).insert(key);
+    }
     let shared = shared.clone();
     handle.spawn(async move {
         task.await;
