@@ -142,7 +142,14 @@ impl<D: Directory> Filter<D> {
                 return self.policy(self.failure.directory_down, Some(qf.age));
             }
         };
-        tracing::debug!(queue_id = %qf.queue_id, ?verdict, "filtered");
+        // The whole envelope, unknown lines included, for whoever turns on
+        // debug logging to see why a rule matched or not.
+        tracing::debug!(
+            queue_id = %qf.queue_id,
+            envelope = ?qf.envelope.lines().collect::<Vec<_>>(),
+            ?verdict,
+            "filtered"
+        );
         self.not_for_ever(verdict, Some(qf.age))
     }
 
