@@ -96,84 +96,113 @@ impl Address {
     }
 }
 
-/// A compiled address list.
+/// The address lists of one side (envelope senders, or recipients) of every
+/// rule, merged: an address is looked up once per message, whatever the
+/// number of lists, and the answer is the lists it is in. Each list is known
+/// by its number, in the order [`AddressListsBuilder::add`] gave them.
 #[derive(Clone, Debug, Default)]
-pub struct AddressSet {
-    /// Sorted (binary search: no hashing of every address against every
-    /// list, and list files of thousands of entries stay cheap).
-    exact: Vec<String>,
-    domains: Vec<String>,
+pub struct AddressLists {
+    /// `(entry, list)`, sorted: the lists naming an entry are one range
+    /// (binary search: list files of thousands of entries stay cheap).
+    exact: Vec<(String, usize)>,
+    domains: Vec<(String, usize)>,
+    /// Every regex of every list, in one set: one scan of the address.
     regexes: Option<regex::RegexSet>,
+    /// The list of each regex in `regexes`.
+    regex_lists: Vec<usize>,
 }
 
-impl AddressSet {
-    /// Compiles `patterns`, reading list files; `key` names the setting in
-    /// errors.
-    pub fn compile(patterns: &[AddressPattern], key: &str) -> Result<AddressSet, KeyError> {
-        let mut set = AddressSet::default();
-        let mut regexes = Vec::new();
+/// Collects address lists while rules compile.
+#[derive(Default)]
+pub struct AddressListsBuilder {
+    lists: AddressLists,
+    regex_sources: Vec<String>,
+    count: usize,
+}
+
+impl AddressListsBuilder {
+    /// Adds one list, reading list files; `key` names the setting in
+    /// errors. Returns the list's number.
+    pub fn add(&mut self, patterns: &[AddressPattern], key: &str) -> Result<usize, KeyError> {
+        let list = self.count;
+        self.count += 1;
         for p in patterns {
-            set.add(p, &mut regexes, key)?;
+            self.add_pattern(p, list, key)?;
         }
-        for list in [&mut set.exact, &mut set.domains] {
-            list.sort_unstable();
-            list.dedup();
-        }
-        if !regexes.is_empty() {
-            let sources = regexes.iter().map(|r: &regex::Regex| r.as_str());
-            set.regexes = Some(
-                regex::RegexSetBuilder::new(sources)
-                    .case_insensitive(true)
-                    .build()
-                    .map_err(|e| KeyError::new(key, format!("invalid regex: {e}")))?,
-            );
-        }
-        Ok(set)
+        Ok(list)
     }
 
-    fn add(
-        &mut self,
-        p: &AddressPattern,
-        regexes: &mut Vec<regex::Regex>,
-        key: &str,
-    ) -> Result<(), KeyError> {
+    fn add_pattern(&mut self, p: &AddressPattern, list: usize, key: &str) -> Result<(), KeyError> {
         match p {
-            AddressPattern::Exact(a) => self.exact.push(a.clone()),
-            AddressPattern::Domain(d) => self.domains.push(d.clone()),
-            AddressPattern::Regex(r) => regexes.push(r.clone()),
+            AddressPattern::Exact(a) => self.lists.exact.push((a.clone(), list)),
+            AddressPattern::Domain(d) => self.lists.domains.push((d.clone(), list)),
+            AddressPattern::Regex(r) => {
+                self.regex_sources.push(r.as_str().to_string());
+                self.lists.regex_lists.push(list);
+            }
             AddressPattern::File(path) => {
                 for entry in list_file(path, key)? {
                     let p = AddressPattern::parse(&entry, false)
                         .map_err(|e| KeyError::new(key, format!("{}: {e}", path.display())))?;
-                    self.add(&p, regexes, key)?;
+                    self.add_pattern(&p, list, key)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Whether `address` is in the list.
-    pub fn matches(&self, address: &Address) -> bool {
-        if listed(&self.exact, &address.lower) {
-            return true;
+    /// The lists, ready to match; `key` names the settings in errors.
+    pub fn build(mut self, key: &str) -> Result<AddressLists, KeyError> {
+        let mut lists = self.lists;
+        for entries in [&mut lists.exact, &mut lists.domains] {
+            entries.sort_unstable();
+            entries.dedup();
         }
+        if !self.regex_sources.is_empty() {
+            lists.regexes = Some(
+                regex::RegexSetBuilder::new(std::mem::take(&mut self.regex_sources))
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| KeyError::new(key, format!("invalid regex: {e}")))?,
+            );
+        }
+        Ok(lists)
+    }
+}
+
+impl AddressLists {
+    /// Adds the numbers of the lists `address` is in to `hits` (in no
+    /// particular order, possibly twice).
+    pub fn lists_of(&self, address: &Address, hits: &mut Vec<usize>) {
+        hits.extend(named(&self.exact, &address.lower));
         let domain = address.domain();
-        if !domain.is_empty() && listed(&self.domains, domain) {
-            return true;
+        if !domain.is_empty() {
+            hits.extend(named(&self.domains, domain));
         }
-        self.regexes
-            .as_ref()
-            .is_some_and(|r| r.is_match(&address.lower))
+        if let Some(set) = &self.regexes {
+            // Most addresses match no regex: `is_match` says so without
+            // tracking every pattern.
+            if set.is_match(&address.lower) {
+                hits.extend(
+                    set.matches(&address.lower)
+                        .iter()
+                        .map(|i| self.regex_lists[i]),
+                );
+            }
+        }
     }
 
     /// Whether `lower`, a domain in lower case, is listed as a domain.
     pub fn has_domain(&self, lower: &str) -> bool {
-        listed(&self.domains, lower)
+        named(&self.domains, lower).next().is_some()
     }
 }
 
-fn listed(sorted: &[String], item: &str) -> bool {
-    sorted.binary_search_by(|e| e.as_str().cmp(item)).is_ok()
+/// The lists naming `item` in `sorted`.
+fn named<'a>(sorted: &'a [(String, usize)], item: &str) -> impl Iterator<Item = usize> + 'a {
+    let start = sorted.partition_point(|(e, _)| e.as_str() < item);
+    let len = sorted[start..].partition_point(|(e, _)| e.as_str() == item);
+    sorted[start..start + len].iter().map(|&(_, list)| list)
 }
 
 /// One entry of a network list: an address, a CIDR block or `file:PATH`.
@@ -278,32 +307,58 @@ impl<'de> Deserialize<'de> for MailAddress {
 mod tests {
     use super::*;
 
-    fn set(entries: &[&str]) -> AddressSet {
-        let patterns: Vec<AddressPattern> = entries
+    fn patterns(entries: &[&str]) -> Vec<AddressPattern> {
+        entries
             .iter()
             .map(|e| AddressPattern::parse(e, true).unwrap())
-            .collect();
-        AddressSet::compile(&patterns, "k").unwrap()
+            .collect()
+    }
+
+    /// Lists built from `lists`, and a function giving the (sorted, unique)
+    /// numbers of the lists an address is in.
+    fn lists(lists: &[&[&str]]) -> impl Fn(&str) -> Vec<usize> + use<> {
+        let mut b = AddressListsBuilder::default();
+        for (i, l) in lists.iter().enumerate() {
+            assert_eq!(b.add(&patterns(l), "k").unwrap(), i);
+        }
+        let built = b.build("k").unwrap();
+        move |a| {
+            let mut hits = Vec::new();
+            built.lists_of(&Address::new(a), &mut hits);
+            hits.sort_unstable();
+            hits.dedup();
+            hits
+        }
     }
 
     #[test]
     fn addresses_domains_and_regexes() {
-        let s = set(&[
-            "Alice@Example.test",
-            "@corp.test",
-            "partner.test",
-            "/^list-.*@/",
+        let of = lists(&[
+            &[
+                "Alice@Example.test",
+                "@corp.test",
+                "partner.test",
+                "/^list-.*@/",
+            ],
+            &["corp.test", "/^LIST-dev@/", "/^bulk-/"],
+            &[],
         ]);
-        let m = |a: &str| s.matches(&Address::new(a));
-        assert!(m("Alice@example.test"));
-        assert!(!m("bob@example.test"));
-        assert!(m("anyone@corp.test"));
-        assert!(m("x@partner.test"));
-        assert!(!m("x@sub.partner.test"));
-        assert!(m("list-dev@elsewhere.test"));
-        assert!(!m(""));
-        assert!(!m("partner.test"));
-        assert!(s.has_domain("corp.test") && !s.has_domain("example.test"));
+        let one = |a: &str| of(a) == [0];
+        assert!(one("Alice@example.test"));
+        assert!(of("bob@example.test").is_empty());
+        assert_eq!(of("anyone@corp.test"), [0, 1]);
+        assert!(one("x@partner.test"));
+        assert!(of("x@sub.partner.test").is_empty());
+        assert!(one("list-team@elsewhere.test"));
+        assert_eq!(of("List-Dev@elsewhere.test"), [0, 1]);
+        assert_eq!(of("bulk-1@elsewhere.test"), [1]);
+        assert!(of("").is_empty());
+        assert!(of("partner.test").is_empty());
+        let mut b = AddressListsBuilder::default();
+        b.add(&patterns(&["@corp.test", "a@example.test"]), "k")
+            .unwrap();
+        let local = b.build("k").unwrap();
+        assert!(local.has_domain("corp.test") && !local.has_domain("example.test"));
     }
 
     #[test]
@@ -315,17 +370,21 @@ mod tests {
             "# VIPs\nceo@example.test\n\n@board.test  # all of them\n",
         )
         .unwrap();
-        let s = set(&[&format!("file:{}", list.display())]);
-        let m = |a: &str| s.matches(&Address::new(a));
-        assert!(m("ceo@example.test") && m("x@board.test"));
-        assert!(!m("cfo@example.test"));
+        let file = format!("file:{}", list.display());
+        let of = lists(&[&["/^x/"], &[&file]]);
+        assert!(of("ceo@example.test") == [1] && of("x@board.test") == [0, 1]);
+        assert!(of("cfo@example.test").is_empty());
         std::fs::write(&list, "/regex/\n").unwrap();
-        let p = AddressPattern::parse(&format!("file:{}", list.display()), true).unwrap();
-        let e = AddressSet::compile(&[p], "rule[0].when.sender").unwrap_err();
+        let p = AddressPattern::parse(&file, true).unwrap();
+        let e = AddressListsBuilder::default()
+            .add(&[p], "rule[0].when.sender")
+            .unwrap_err();
         assert_eq!(e.key, "rule[0].when.sender");
         assert!(e.message.contains("not regexes"), "{}", e.message);
         let missing = AddressPattern::File(dir.path().join("nope.txt"));
-        let e = AddressSet::compile(&[missing], "k").unwrap_err();
+        let e = AddressListsBuilder::default()
+            .add(&[missing], "k")
+            .unwrap_err();
         assert!(e.message.contains("cannot read list file"), "{}", e.message);
     }
 

@@ -11,7 +11,7 @@
 use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
 use crate::directory::{Directory, Person, Unavailable};
 use crate::message::{HeaderParser, Headers};
-use crate::patterns::{Address, AddressSet, IpSet};
+use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
 use cgp_protocol::runtime::config::KeyError;
@@ -22,7 +22,11 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    local: AddressSet,
+    local: AddressLists,
+    /// Every rule's sender lists, and recipient lists: an address is
+    /// looked up once per message whatever the number of lists.
+    sender_lists: AddressLists,
+    recipient_lists: AddressLists,
     /// Every header regex of every rule, one set per field name, so each
     /// field value is scanned once whatever the number of rules.
     header_sets: Vec<(String, regex::RegexSet)>,
@@ -57,8 +61,9 @@ struct Cond {
     source: Option<Vec<String>>,
     self_generated: Option<bool>,
     authenticated: Option<bool>,
-    sender: Option<AddressSet>,
-    recipient: Option<AddressSet>,
+    /// Lists in `RuleSet::sender_lists` and `recipient_lists`.
+    sender: Option<usize>,
+    recipient: Option<usize>,
     external_recipient: Option<bool>,
     client_ip: Option<IpSet>,
     size_over: Option<u64>,
@@ -76,6 +81,14 @@ impl Cond {
     fn uses_directory(&self) -> bool {
         self.member_of.is_some() || !self.attribute.is_empty() || self.from_is_own.is_some()
     }
+}
+
+/// What conditions gather across rules while they compile.
+#[derive(Default)]
+struct Shared {
+    headers: HeaderSets,
+    senders: AddressListsBuilder,
+    recipients: AddressListsBuilder,
 }
 
 /// Collects header regexes into per-name lists while rules compile.
@@ -108,12 +121,13 @@ impl RuleSet {
         if cfg.failure.max_age.is_zero() {
             return Err(KeyError::new("failure.max_age", "must be more than 0s"));
         }
-        let mut sets = HeaderSets::default();
+        let mut shared = Shared::default();
         let mut rules = Vec::with_capacity(cfg.rules.len());
         for (i, r) in cfg.rules.iter().enumerate() {
-            rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut sets)?);
+            rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut shared)?);
         }
-        let header_sets: Vec<(String, regex::RegexSet)> = sets
+        let header_sets: Vec<(String, regex::RegexSet)> = shared
+            .headers
             .0
             .into_iter()
             .map(|(name, sources)| {
@@ -159,7 +173,13 @@ impl RuleSet {
         }
         Ok(RuleSet {
             rules,
-            local: AddressSet::compile(&cfg.filter.local_domains, "filter.local_domains")?,
+            local: {
+                let mut local = AddressListsBuilder::default();
+                local.add(&cfg.filter.local_domains, "filter.local_domains")?;
+                local.build("filter.local_domains")?
+            },
+            sender_lists: shared.senders.build("rule")?,
+            recipient_lists: shared.recipients.build("rule")?,
             header_parser: HeaderParser::new(
                 header_sets
                     .iter()
@@ -195,6 +215,8 @@ impl RuleSet {
             dir,
             headers: None,
             header_hits: vec![None; self.header_sets.len()],
+            sender_in: None,
+            recipients_in: None,
             person: None,
             external: None,
         };
@@ -258,11 +280,11 @@ fn compile_rule(
     cfg: &FilterConfig,
     r: &RuleConfig,
     key: &str,
-    sets: &mut HeaderSets,
+    shared: &mut Shared,
 ) -> Result<Rule, KeyError> {
-    let when = compile_cond(&r.when, &format!("{key}.when"), sets)?;
+    let when = compile_cond(&r.when, &format!("{key}.when"), shared)?;
     let unless = match &r.unless {
-        Some(u) => Some(compile_cond(u, &format!("{key}.unless"), sets)?),
+        Some(u) => Some(compile_cond(u, &format!("{key}.unless"), shared)?),
         None => None,
     };
     let terminal = r.action != Action::Accept;
@@ -321,10 +343,10 @@ fn compile_rule(
     })
 }
 
-fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond, KeyError> {
-    let addresses = |list: &Option<Vec<_>>, name: &str| {
+fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, KeyError> {
+    let addresses = |lists: &mut AddressListsBuilder, list: &Option<Vec<_>>, name: &str| {
         list.as_ref()
-            .map(|l: &Vec<_>| AddressSet::compile(l, &format!("{key}.{name}")))
+            .map(|l: &Vec<_>| lists.add(l, &format!("{key}.{name}")))
             .transpose()
     };
     if let (Some(over), Some(under)) = (c.size_over, c.size_under) {
@@ -342,8 +364,8 @@ fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond
             .map(|l| l.iter().map(|s| s.to_ascii_uppercase()).collect()),
         self_generated: c.self_generated,
         authenticated: c.authenticated,
-        sender: addresses(&c.sender, "sender")?,
-        recipient: addresses(&c.recipient, "recipient")?,
+        sender: addresses(&mut shared.senders, &c.sender, "sender")?,
+        recipient: addresses(&mut shared.recipients, &c.recipient, "recipient")?,
         external_recipient: c.external_recipient,
         client_ip: c
             .client_ip
@@ -355,7 +377,7 @@ fn compile_cond(c: &Conditions, key: &str, sets: &mut HeaderSets) -> Result<Cond
         header: c
             .header
             .iter()
-            .map(|(name, re)| sets.add(name, re.0.as_str()))
+            .map(|(name, re)| shared.headers.add(name, re.0.as_str()))
             .collect(),
         attachment_name: c.attachment_name.as_ref().map(|r| r.0.clone()),
         attachment_type: c.attachment_type.as_ref().map(|r| r.0.clone()),
@@ -387,6 +409,10 @@ struct Facts<'a, D> {
     dir: Option<&'a D>,
     headers: Option<Headers<'a>>,
     header_hits: Vec<Option<Vec<bool>>>,
+    /// The sender lists the sender is in, and the recipient lists some
+    /// recipient is in, once a condition asks.
+    sender_in: Option<Vec<usize>>,
+    recipients_in: Option<Vec<usize>>,
     person: Option<Option<Arc<Person>>>,
     external: Option<bool>,
 }
@@ -487,7 +513,7 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     /// Whether the envelope conditions of `c` hold, cheapest first.
-    fn envelope_holds(&self, c: &Cond) -> bool {
+    fn envelope_holds(&mut self, c: &Cond) -> bool {
         c.authenticated
             .is_none_or(|want| self.authenticated == want)
             && c.self_generated
@@ -500,10 +526,29 @@ impl<'a, D: Directory> Facts<'a, D> {
             && c.client_ip
                 .as_ref()
                 .is_none_or(|s| self.client_ip.is_some_and(|ip| s.contains(ip)))
-            && c.sender.as_ref().is_none_or(|s| s.matches(&self.sender))
+            && c.sender.is_none_or(|list| self.sender_in().contains(&list))
             && c.recipient
-                .as_ref()
-                .is_none_or(|s| self.recipients.iter().any(|r| s.matches(r)))
+                .is_none_or(|list| self.recipients_in().contains(&list))
+    }
+
+    fn sender_in(&mut self) -> &[usize] {
+        let (lists, sender) = (&self.set.sender_lists, &self.sender);
+        self.sender_in.get_or_insert_with(|| {
+            let mut hits = Vec::new();
+            lists.lists_of(sender, &mut hits);
+            hits
+        })
+    }
+
+    fn recipients_in(&mut self) -> &[usize] {
+        let (lists, recipients) = (&self.set.recipient_lists, &self.recipients);
+        self.recipients_in.get_or_insert_with(|| {
+            let mut hits = Vec::new();
+            for r in recipients {
+                lists.lists_of(r, &mut hits);
+            }
+            hits
+        })
     }
 
     /// Whether every condition given in `c` holds.
