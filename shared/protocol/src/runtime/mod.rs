@@ -417,8 +417,10 @@ async fn serve<H: Helper>(
 /// [`Helper::PARALLEL_DISPATCH`] one per core plus one, so that every core
 /// can run a handler while one more thread waits for input.
 fn dispatch_threads<H: Helper>() -> usize {
+    // Capped: on a large machine dozens of threads would mostly wait for
+    // the one input lock.
     if H::PARALLEL_DISPATCH {
-        std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+        std::thread::available_parallelism().map_or(2, |n| n.get().min(16)) + 1
     } else {
         1
     }
