@@ -10,6 +10,8 @@
 #    and its answers are cached (cache_ttl 1h). The baseline is the runtime's
 #    null helper (answers OK without reading anything), measured in the same
 #    run. Target: the filter's rate is at least 0.3x the null helper's.
+#    The filter also runs once without its rules, for the floor that file
+#    access and the protocol set on their own.
 # 2. Memory: a 50 MB message, filtered by rules that read the body up to
 #    the scan limit; max RSS from /usr/bin/time. Target: under 64 MiB.
 #
@@ -157,6 +159,11 @@ EOF
 } >"$cfg"
 rules=$(grep -c '^\[\[rule\]\]' "$cfg")
 "$filter" --config "$cfg" --check-config >/dev/null
+# The same configuration without its rules: what opening, reading and
+# parsing a queue file and answering cost on their own, the floor under any
+# rule set.
+norules=$work/norules.toml
+sed '/^\[\[rule\]\]/,$d' "$cfg" >"$norules"
 
 run_sim() { # name, command...
   local name=$1
@@ -170,11 +177,14 @@ run_sim() { # name, command...
 echo "requests=$requests in-flight=16 rules=$rules message=10KB" >&2
 null_rate=$(run_sim "null helper" "$null")
 filter_rate=$(run_sim "cgp-filter " "$filter" --config "$cfg")
+floor_rate=$(run_sim "no rules   " "$filter" --config "$norules")
 # Show what the filter answers for the three senders.
 printf '1 INTF 4\n2 FILE Queue/m0.msg\n3 FILE Queue/m1.msg\n4 FILE Queue/m2.msg\n5 QUIT\n' |
   (cd "$base" && "$filter" --config "$cfg") | grep -v '^\*' >&2
 ratio=$(awk -v f="$filter_rate" -v n="$null_rate" 'BEGIN{printf "%.2f", f/n}')
 echo "throughput: filter ${filter_rate}/s vs null helper ${null_rate}/s = ${ratio}x (target >= 0.3x)"
+floor=$(awk -v f="$floor_rate" -v n="$null_rate" 'BEGIN{printf "%.2f", f/n}')
+echo "floor: the filter with no rules ${floor_rate}/s = ${floor}x the null helper"
 
 # --- 50 MB message -------------------------------------------------------------
 {
