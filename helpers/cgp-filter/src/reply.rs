@@ -33,8 +33,10 @@ impl Dialect {
 /// The header fields, copies and extra recipients collected from the rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Modifiers {
-    /// Complete fields, folded with `\n` + space.
-    pub headers: Vec<String>,
+    /// Complete fields, folded with `\n` + space, one after the other with
+    /// `\n` between them: the argument of `ADDHEADER` as it is sent, built
+    /// in one buffer.
+    pub headers: String,
     pub mirror_to: Vec<String>,
     pub add_route: Vec<String>,
 }
@@ -59,36 +61,25 @@ impl Verdict {
     pub fn reply(&self, modifiers_form: bool) -> (Reply, bool) {
         match self {
             Verdict::Accept(m) if modifiers_form => {
-                let mut r: Option<Reply> = None;
-                let mut add = |word: &str, arg: Arg| {
-                    let base = match r.take() {
+                let mut r = m.add_header();
+                let addresses = (m.mirror_to.iter().map(|a| ("MIRRORTO", a)))
+                    .chain(m.add_route.iter().map(|a| ("ADDROUTE", a)));
+                for (word, a) in addresses {
+                    let base = match r {
                         Some(prev) => prev.then(word),
                         None => Reply::word(word),
                     };
-                    r = Some(match arg {
-                        Arg::Quoted(t) => base.quoted(t.as_bytes()),
-                        Arg::Address(a) => base.then(&address_token(a)),
+                    r = Some(if is_token(a) {
+                        base.then(a)
+                    } else {
+                        base.quoted(a.as_bytes())
                     });
-                };
-                if !m.headers.is_empty() {
-                    add("ADDHEADER", Arg::Quoted(&m.headers.join("\n")));
-                }
-                for a in &m.mirror_to {
-                    add("MIRRORTO", Arg::Address(a));
-                }
-                for a in &m.add_route {
-                    add("ADDROUTE", Arg::Address(a));
                 }
                 (r.map_or_else(Reply::ok, |r| r.then("OK")), false)
             }
             Verdict::Accept(m) => {
                 let dropped = !m.mirror_to.is_empty() || !m.add_route.is_empty();
-                let reply = if m.headers.is_empty() {
-                    Reply::ok()
-                } else {
-                    Reply::word("ADDHEADER").quoted(m.headers.join("\n").as_bytes())
-                };
-                (reply, dropped)
+                (m.add_header().unwrap_or_else(Reply::ok), dropped)
             }
             Verdict::Discard => (Reply::word("DISCARD"), false),
             Verdict::Bounce(t) => (Reply::error(t), false),
@@ -98,22 +89,37 @@ impl Verdict {
     }
 }
 
-enum Arg<'a> {
-    Quoted(&'a str),
-    Address(&'a str),
+impl Modifiers {
+    /// Renders `h` as one more field, unless a placeholder has no value.
+    pub fn push_header<'v>(&mut self, h: &HeaderTemplate, value: impl Fn(&Var) -> Option<&'v str>) {
+        let start = self.headers.len();
+        if start > 0 {
+            self.headers.push('\n');
+        } else {
+            // Room for a few short fields at once: growing the buffer field
+            // by field costs a reallocation each.
+            self.headers.reserve(HEADERS_CAPACITY);
+        }
+        if !h.render_into(&mut self.headers, value) {
+            self.headers.truncate(start);
+        }
+    }
+
+    /// `ADDHEADER "<fields>"`, when there are fields.
+    fn add_header(&self) -> Option<Reply> {
+        (!self.headers.is_empty()).then(|| Reply::word("ADDHEADER").quoted(self.headers.as_bytes()))
+    }
 }
 
-/// An address as a bare token when the CGP reader takes it as one (the
-/// official CLI reader's word characters), otherwise quoted.
-fn address_token(a: &str) -> String {
-    let plain = !a.is_empty()
+/// What the header buffer starts with: a reply's worth of short fields.
+const HEADERS_CAPACITY: usize = 256;
+
+/// Whether an address goes as a bare token: the CGP reader takes it as one
+/// (the official CLI reader's word characters). Others are quoted.
+fn is_token(a: &str) -> bool {
+    !a.is_empty()
         && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b >= 0x80 || b"-_.@!#%:".contains(&b));
-    if plain {
-        a.to_string()
-    } else {
-        String::from_utf8_lossy(&cgp_protocol::data::encode_quoted(a.as_bytes())).into_owned()
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b >= 0x80 || b"-_.@!#%:".contains(&b))
 }
 
 /// A placeholder of a template.
@@ -196,18 +202,22 @@ impl Template {
 
     /// The text with every placeholder replaced; `None` when `value` has
     /// nothing for one of them. Values are made single-line.
-    pub fn expand(&self, value: impl Fn(&Var) -> Option<String>) -> Option<String> {
+    pub fn expand<'v>(&self, value: impl Fn(&Var) -> Option<&'v str>) -> Option<String> {
         let mut out = String::new();
         self.expand_into(&mut out, value)?;
         Some(out)
     }
 
     /// `expand`, onto the end of `out`.
-    fn expand_into(&self, out: &mut String, value: impl Fn(&Var) -> Option<String>) -> Option<()> {
+    fn expand_into<'v>(
+        &self,
+        out: &mut String,
+        value: impl Fn(&Var) -> Option<&'v str>,
+    ) -> Option<()> {
         for p in &self.0 {
             match p {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Var(v) => push_one_line(out, &value(v)?),
+                Piece::Var(v) => push_one_line(out, value(v)?),
             }
         }
         Some(())
@@ -259,17 +269,22 @@ impl HeaderTemplate {
         })
     }
 
-    /// The folded field, or `None` when a placeholder has no value.
-    pub fn render(&self, value: impl Fn(&Var) -> Option<String>) -> Option<String> {
-        let mut field = String::with_capacity(self.name.len() + 64);
-        field.push_str(&self.name);
-        field.push_str(": ");
-        self.value.expand_into(&mut field, value)?;
-        // A field that fits on one line is what folding would give back.
-        if field.len() <= FOLD_AT {
-            return Some(field);
+    /// Appends the folded field to `out`; false (and `out` left in part
+    /// written) when a placeholder has no value.
+    fn render_into<'v>(&self, out: &mut String, value: impl Fn(&Var) -> Option<&'v str>) -> bool {
+        let start = out.len();
+        out.push_str(&self.name);
+        out.push_str(": ");
+        if self.value.expand_into(out, value).is_none() {
+            return false;
         }
-        Some(fold(&field))
+        // A field that fits on one line is what folding would give back.
+        if out.len() - start > FOLD_AT {
+            let folded = fold(&out[start..]);
+            out.truncate(start);
+            out.push_str(&folded);
+        }
+        true
     }
 }
 
@@ -317,7 +332,7 @@ mod tests {
         assert!(Dialect::Auto.modifiers(4) && !Dialect::Auto.modifiers(3));
         assert!(Dialect::V4.modifiers(1) && !Dialect::V3.modifiers(9));
         let m = Modifiers {
-            headers: vec!["X-A: 1".into(), "X-B: two\n words".into()],
+            headers: "X-A: 1\nX-B: two\n words".into(),
             mirror_to: vec!["archive@example.test".into()],
             add_route: vec!["a+b@example.test".into()],
         };
@@ -363,9 +378,9 @@ mod tests {
             Template::parse("{sender} may not write to {{external}} ({rule}, {attr:ou})").unwrap();
         assert_eq!(t.attributes().collect::<Vec<_>>(), ["ou"]);
         let val = |v: &Var| match v {
-            Var::Sender => Some("a@x.test".to_string()),
-            Var::Rule => Some("r1".to_string()),
-            Var::Attr(a) if a == "ou" => Some("Sales\r\nBcc: evil@x.test".to_string()),
+            Var::Sender => Some("a@x.test"),
+            Var::Rule => Some("r1"),
+            Var::Attr(a) if a == "ou" => Some("Sales\r\nBcc: evil@x.test"),
             _ => None,
         };
         assert_eq!(
@@ -382,9 +397,18 @@ mod tests {
     fn header_fields_are_checked_and_folded() {
         let h = HeaderTemplate::parse("X-Department: {attr:departmentNumber}").unwrap();
         assert_eq!(h.name, "X-Department");
-        let dep = |v: &Var| matches!(v, Var::Attr(_)).then(|| "Research".to_string());
-        assert_eq!(h.render(dep).unwrap(), "X-Department: Research");
-        assert_eq!(h.render(|_| None), None);
+        let dep = |v: &Var| matches!(v, Var::Attr(_)).then_some("Research");
+        let mut m = Modifiers::default();
+        m.push_header(&h, dep);
+        m.push_header(&h, |_| None);
+        assert_eq!(m.headers, "X-Department: Research");
+        m.push_header(&h, dep);
+        assert_eq!(m.headers, "X-Department: Research\nX-Department: Research");
+        let long = HeaderTemplate::parse("X-Long: {attr:x}").unwrap();
+        let words = ["word"; 40].join(" ");
+        let mut folded = Modifiers::default();
+        folded.push_header(&long, |_| Some(&words));
+        assert_eq!(folded.headers, fold(&format!("X-Long: {words}")));
         for bad in ["NoColon", ": v", "Bad Name: v", "X: a\tb"] {
             assert!(HeaderTemplate::parse(bad).is_err(), "{bad}");
         }

@@ -247,9 +247,7 @@ impl RuleSet {
                         Some(person) => person,
                         None => facts.person().await?,
                     };
-                    if let Some(field) = h.render(|v| facts.var(v, rule, person.as_deref())) {
-                        m.headers.push(field);
-                    }
+                    m.push_header(h, |v| facts.var(v, rule, person.as_deref()));
                 }
                 m.mirror_to.extend(rule.mirror_to.iter().cloned());
                 m.add_route.extend(rule.add_route.iter().cloned());
@@ -263,7 +261,7 @@ impl RuleSet {
             };
             let text = rule
                 .text
-                .expand(|v| Some(facts.var(v, rule, person.as_deref()).unwrap_or_default()))
+                .expand(|v| Some(facts.var(v, rule, person.as_deref()).unwrap_or("")))
                 .unwrap_or_default();
             return Ok(match rule.action {
                 Action::Accept => Verdict::Accept(m),
@@ -449,14 +447,14 @@ impl<'a, D: Directory> Facts<'a, D> {
         self.person.clone()
     }
 
-    fn var(&self, v: &Var, rule: &Rule, person: Option<&Person>) -> Option<String> {
+    fn var<'v>(&'v self, v: &Var, rule: &'v Rule, person: Option<&'v Person>) -> Option<&'v str> {
         let env = &self.qf.envelope;
         match v {
-            Var::Sender => Some(env.sender.clone().unwrap_or_default()),
-            Var::User => Some(env.auth_user().unwrap_or_default().to_string()),
-            Var::Rule => Some(rule.name.clone()),
-            Var::QueueId => Some(self.qf.queue_id.clone()),
-            Var::Attr(a) => person?.values(a).first().cloned(),
+            Var::Sender => Some(env.sender.as_deref().unwrap_or_default()),
+            Var::User => Some(env.auth_user().unwrap_or_default()),
+            Var::Rule => Some(&rule.name),
+            Var::QueueId => Some(&self.qf.queue_id),
+            Var::Attr(a) => person?.values(a).first().map(String::as_str),
         }
     }
 
@@ -817,12 +815,9 @@ action = "discard"
         assert_eq!(
             v,
             Verdict::Accept(Modifiers {
-                headers: vec![
-                    "X-Filtered: yes".into(),
-                    "X-Queue: 42".into(),
-                    "X-Department: Research".into(),
-                    "X-Caller: Alice <1001>".into()
-                ],
+                headers:
+                    "X-Filtered: yes\nX-Queue: 42\nX-Department: Research\nX-Caller: Alice <1001>"
+                        .into(),
                 mirror_to: vec!["journal@example.test".into()],
                 add_route: vec!["audit@example.test".into()],
             })
@@ -959,7 +954,7 @@ add_header = ["X-PDF: yes"]
         let Ok(Verdict::Accept(mods)) = set.evaluate(&m, Some(&dir)).await else {
             panic!()
         };
-        assert_eq!(mods.headers, ["X-PDF: yes"]);
+        assert_eq!(mods.headers, "X-PDF: yes");
     }
 
     #[test]
