@@ -11,21 +11,19 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Person {
     pub dn: String,
-    /// Lower-case attribute name → values.
-    pub attributes: HashMap<String, Vec<String>>,
+    /// Lower-case attribute name and values: the few attributes the rules
+    /// read, found by a scan, cheaper than hashing the name.
+    pub attributes: Vec<(String, Vec<String>)>,
     /// Lower-case names of the groups the person belongs to.
     pub groups: Vec<String>,
 }
 
 impl Person {
     pub fn values(&self, attribute: &str) -> &[String] {
-        let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.attributes.get(&attribute.to_ascii_lowercase())
-        } else {
-            // The rules ask with lower-case names: no copy to look them up.
-            self.attributes.get(attribute)
-        };
-        found.map_or(&[], Vec::as_slice)
+        self.attributes
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(attribute))
+            .map_or(&[], |(_, values)| values.as_slice())
     }
 }
 
@@ -125,12 +123,13 @@ pub mod fake {
 
     impl Fake {
         pub fn with(mut self, address: &str, groups: &[&str], attrs: &[(&str, &str)]) -> Fake {
-            let mut attributes: HashMap<String, Vec<String>> = HashMap::new();
+            let mut attributes: Vec<(String, Vec<String>)> = Vec::new();
             for (k, v) in attrs {
-                attributes
-                    .entry(k.to_ascii_lowercase())
-                    .or_default()
-                    .push(v.to_string());
+                let k = k.to_ascii_lowercase();
+                match attributes.iter_mut().find(|(name, _)| *name == k) {
+                    Some((_, values)) => values.push(v.to_string()),
+                    None => attributes.push((k, vec![v.to_string()])),
+                }
             }
             let p = Person {
                 dn: format!("uid={address},ou=people"),

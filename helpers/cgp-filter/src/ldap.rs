@@ -91,7 +91,7 @@ impl Directory for LdapPeople {
         }
         Ok(Some(Arc::new(Person {
             dn: entry.dn,
-            attributes: entry.attrs,
+            attributes: entry.attrs.into_iter().collect(),
             groups,
         })))
     }

@@ -15,6 +15,7 @@ use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
 use cgp_protocol::runtime::config::KeyError;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -392,6 +393,18 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
     })
 }
 
+/// `s` in lower case, copied only when it is not already (addresses are
+/// mostly written in lower-case ASCII).
+fn lower_case(s: &str) -> Cow<'_, str> {
+    if !s.is_ascii() {
+        Cow::Owned(s.to_lowercase())
+    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// What is known about one message, worked out on first use.
 struct Facts<'a, D> {
     /// The envelope sender and recipients in lower case, as lists compare.
@@ -418,12 +431,12 @@ struct Facts<'a, D> {
 impl<'a, D: Directory> Facts<'a, D> {
     /// The address directory facts are about: the authenticated user, else
     /// the envelope sender.
-    fn identity(&self) -> Option<String> {
+    fn identity(&self) -> Option<Cow<'a, str>> {
         let env = &self.qf.envelope;
         env.auth_user()
             .or(env.sender.as_deref())
             .filter(|a| !a.is_empty())
-            .map(str::to_lowercase)
+            .map(lower_case)
     }
 
     async fn person(&mut self) -> Result<Option<Arc<Person>>, Unavailable> {
@@ -635,19 +648,19 @@ impl<'a, D: Directory> Facts<'a, D> {
     /// Every From address is the authenticated user's: the login itself or
     /// one of the addresses the directory lists for them.
     async fn sends_as_self(&mut self) -> Result<bool, Unavailable> {
-        let Some(user) = self.qf.envelope.auth_user().map(str::to_lowercase) else {
+        let Some(user) = self.qf.envelope.auth_user().map(lower_case) else {
             return Ok(false);
         };
-        let from = self.headers().from.clone();
-        if from.is_empty() {
+        if self.headers().from.is_empty() {
             return Ok(false);
         }
         let person = self.person().await?;
+        let set = self.set;
+        let from = &self.headers().from;
         let own = |addr: &String| {
-            *addr == user
+            *addr == *user
                 || person.as_ref().is_some_and(|p| {
-                    self.set
-                        .address_attributes
+                    set.address_attributes
                         .iter()
                         .flat_map(|a| p.values(a))
                         .any(|v| v.eq_ignore_ascii_case(addr))
