@@ -9,6 +9,7 @@ use cgp_protocol::runtime::config::KeyError;
 use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -77,15 +78,15 @@ impl<'de> Deserialize<'de> for AddressPattern {
 /// An address in lower case with its domain found once, as address lists
 /// compare it: a message's sender and recipients meet many lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address {
-    pub lower: String,
+pub struct Address<'a> {
+    pub lower: Cow<'a, str>,
     /// Where the domain starts (past the last `@`); the end when none.
     domain_at: usize,
 }
 
-impl Address {
-    pub fn new(address: &str) -> Address {
-        let lower = address.to_lowercase();
+impl<'a> Address<'a> {
+    pub fn new(address: &'a str) -> Address<'a> {
+        let lower = lower_case(address);
         let domain_at = lower.rfind('@').map_or(lower.len(), |at| at + 1);
         Address { lower, domain_at }
     }
@@ -93,6 +94,18 @@ impl Address {
     /// The domain, empty when the address has no `@`.
     pub fn domain(&self) -> &str {
         &self.lower[self.domain_at..]
+    }
+}
+
+/// `s` in lower case, copied only when it is not already (addresses are
+/// mostly written in lower-case ASCII).
+pub fn lower_case(s: &str) -> Cow<'_, str> {
+    if !s.is_ascii() {
+        Cow::Owned(s.to_lowercase())
+    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
 use crate::directory::{Directory, Person, Unavailable};
 use crate::message::{HeaderParser, Headers};
-use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet};
+use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
 use cgp_protocol::runtime::config::KeyError;
@@ -30,7 +30,10 @@ pub struct RuleSet {
     recipient_lists: AddressLists,
     /// Every header regex of every rule, one set per field name, so each
     /// field value is scanned once whatever the number of rules.
-    header_sets: Vec<(String, regex::RegexSet)>,
+    header_sets: Vec<HeaderSet>,
+    /// The length of a message's header hits: a flag per set (scanned),
+    /// then one per pattern of every set.
+    header_hits_len: usize,
     /// Parses only the fields the rules look at.
     header_parser: HeaderParser,
     /// Some rule looks at attachments: the body prefix must be read.
@@ -84,6 +87,15 @@ impl Cond {
     }
 }
 
+#[derive(Debug)]
+struct HeaderSet {
+    /// The field name, lower case.
+    name: String,
+    regexes: regex::RegexSet,
+    /// Where the set's patterns start in a message's header hits.
+    hits_at: usize,
+}
+
 /// What conditions gather across rules while they compile.
 #[derive(Default)]
 struct Shared {
@@ -127,16 +139,18 @@ impl RuleSet {
         for (i, r) in cfg.rules.iter().enumerate() {
             rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut shared)?);
         }
-        let header_sets: Vec<(String, regex::RegexSet)> = shared
-            .headers
-            .0
-            .into_iter()
-            .map(|(name, sources)| {
-                regex::RegexSet::new(&sources)
-                    .map(|s| (name, s))
-                    .map_err(|e| KeyError::new("rule", format!("header regexes: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let mut header_hits_len = shared.headers.0.len();
+        let mut header_sets = Vec::with_capacity(header_hits_len);
+        for (name, sources) in shared.headers.0 {
+            let regexes = regex::RegexSet::new(&sources)
+                .map_err(|e| KeyError::new("rule", format!("header regexes: {e}")))?;
+            header_sets.push(HeaderSet {
+                name,
+                regexes,
+                hits_at: header_hits_len,
+            });
+            header_hits_len += sources.len();
+        }
         let mut attributes = BTreeSet::new();
         let mut needs_groups = false;
         let mut needs_body = false;
@@ -184,10 +198,11 @@ impl RuleSet {
             header_parser: HeaderParser::new(
                 header_sets
                     .iter()
-                    .map(|(name, _)| name.clone())
+                    .map(|s| s.name.clone())
                     .chain(uses_from.then(|| "from".to_string())),
             ),
             header_sets,
+            header_hits_len,
             needs_body,
             attributes,
             needs_groups,
@@ -205,7 +220,7 @@ impl RuleSet {
     ) -> Result<Verdict, Unavailable> {
         let env = &qf.envelope;
         let mut facts = Facts {
-            sender: Address::new(env.sender.as_deref().unwrap_or("")),
+            sender: Address::new(env.sender.as_deref().unwrap_or_default()),
             recipients: env.recipients.iter().map(|r| Address::new(r)).collect(),
             tag: env.source.as_ref().map_or("", |s| s.tag.as_str()),
             self_generated: env.self_generated(),
@@ -215,7 +230,7 @@ impl RuleSet {
             qf,
             dir,
             headers: None,
-            header_hits: vec![None; self.header_sets.len()],
+            header_hits: Vec::new(),
             sender_in: None,
             recipients_in: None,
             person: None,
@@ -393,23 +408,11 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
     })
 }
 
-/// `s` in lower case, copied only when it is not already (addresses are
-/// mostly written in lower-case ASCII).
-fn lower_case(s: &str) -> Cow<'_, str> {
-    if !s.is_ascii() {
-        Cow::Owned(s.to_lowercase())
-    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(s.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(s)
-    }
-}
-
 /// What is known about one message, worked out on first use.
 struct Facts<'a, D> {
     /// The envelope sender and recipients in lower case, as lists compare.
-    sender: Address,
-    recipients: Vec<Address>,
+    sender: Address<'a>,
+    recipients: Vec<Address<'a>>,
     /// Envelope facts that many rules ask about, worked out once.
     tag: &'a str,
     self_generated: bool,
@@ -419,7 +422,9 @@ struct Facts<'a, D> {
     qf: &'a QueueFile,
     dir: Option<&'a D>,
     headers: Option<Headers<'a>>,
-    header_hits: Vec<Option<Vec<bool>>>,
+    /// Which header sets were scanned and which of their patterns matched
+    /// (laid out as `RuleSet::header_hits_len` says), once a condition asks.
+    header_hits: Vec<bool>,
     /// The sender lists the sender is in, and the recipient lists some
     /// recipient is in, once a condition asks.
     sender_in: Option<Vec<usize>>,
@@ -478,22 +483,26 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     fn header_hit(&mut self, set: usize, pattern: usize) -> bool {
-        if self.header_hits[set].is_none() {
-            let (name, regexes) = &self.set.header_sets[set];
-            let mut hits = vec![false; regexes.len()];
-            for value in self.headers().values(name) {
+        if self.header_hits.is_empty() {
+            self.header_hits = vec![false; self.set.header_hits_len];
+        }
+        let s = &self.set.header_sets[set];
+        if !self.header_hits[set] {
+            self.header_hits[set] = true;
+            let (qf, parser) = (self.qf, &self.set.header_parser);
+            let headers = self.headers.get_or_insert_with(|| parser.parse(&qf.header));
+            for value in headers.values(&s.name) {
                 // Most values match none of the set: `is_match` can say so
                 // without tracking every pattern.
-                if !regexes.is_match(value) {
+                if !s.regexes.is_match(value) {
                     continue;
                 }
-                for i in regexes.matches(value).iter() {
-                    hits[i] = true;
+                for i in s.regexes.matches(value).iter() {
+                    self.header_hits[s.hits_at + i] = true;
                 }
             }
-            self.header_hits[set] = Some(hits);
         }
-        self.header_hits[set].as_ref().is_some_and(|h| h[pattern])
+        self.header_hits[s.hits_at + pattern]
     }
 
     async fn has_external_recipient(&mut self) -> Result<bool, Unavailable> {
