@@ -79,6 +79,11 @@ struct Cond {
     member_of: Option<Vec<String>>,
     attribute: Vec<(String, regex::Regex)>,
     from_is_own: Option<bool>,
+    /// Whether there are envelope conditions, and header or attachment
+    /// ones: most rules have only one kind, and the other check is then
+    /// not even called.
+    has_envelope: bool,
+    has_content: bool,
 }
 
 impl Cond {
@@ -371,7 +376,7 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
             ));
         }
     }
-    Ok(Cond {
+    let mut cond = Cond {
         source: c
             .source
             .as_ref()
@@ -405,7 +410,19 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
             .map(|(a, r)| (a.to_ascii_lowercase(), r.0.clone()))
             .collect(),
         from_is_own: c.from_is_own,
-    })
+        ..Cond::default()
+    };
+    cond.has_envelope = cond.authenticated.is_some()
+        || cond.self_generated.is_some()
+        || cond.size_over.is_some()
+        || cond.size_under.is_some()
+        || cond.source.is_some()
+        || cond.client_ip.is_some()
+        || cond.sender.is_some()
+        || cond.recipient.is_some();
+    cond.has_content =
+        !cond.header.is_empty() || cond.attachment_name.is_some() || cond.attachment_type.is_some();
+    Ok(cond)
 }
 
 /// What is known about one message, worked out on first use.
@@ -532,8 +549,14 @@ impl<'a, D: Directory> Facts<'a, D> {
         Ok(external)
     }
 
-    /// Whether the envelope conditions of `c` hold, cheapest first.
+    /// Whether the envelope conditions of `c` hold.
+    #[inline]
     fn envelope_holds(&mut self, c: &Cond) -> bool {
+        !c.has_envelope || self.envelope_checks(c)
+    }
+
+    /// `envelope_holds` of a condition that has some, cheapest first.
+    fn envelope_checks(&mut self, c: &Cond) -> bool {
         c.authenticated
             .is_none_or(|want| self.authenticated == want)
             && c.self_generated
@@ -603,7 +626,13 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     /// Whether the header and attachment conditions of `c` hold.
+    #[inline]
     fn content_holds(&mut self, c: &Cond) -> bool {
+        !c.has_content || self.content_checks(c)
+    }
+
+    /// `content_holds` of a condition that has some.
+    fn content_checks(&mut self, c: &Cond) -> bool {
         for &(set, pattern) in &c.header {
             if !self.header_hit(set, pattern) {
                 return false;
