@@ -264,11 +264,10 @@ impl RuleSet {
             tracing::debug!(rule = %rule.name, queue_id = %qf.queue_id, "rule matched");
             if rule.action == Action::Accept {
                 for h in &rule.headers {
-                    let person = match facts.known_person(&h.value) {
-                        Some(person) => person,
-                        None => facts.person().await?,
-                    };
-                    m.push_header(h, |v| facts.var(v, rule, person.as_deref()));
+                    if facts.must_look_up(&h.value) {
+                        facts.look_up_person().await?;
+                    }
+                    m.push_header(h, |v| facts.var(v, rule));
                 }
                 m.mirror_to.extend(rule.mirror_to.iter().cloned());
                 m.add_route.extend(rule.add_route.iter().cloned());
@@ -276,13 +275,12 @@ impl RuleSet {
             if !rule.stop {
                 continue;
             }
-            let person = match facts.known_person(&rule.text) {
-                Some(person) => person,
-                None => facts.person().await?,
-            };
+            if facts.must_look_up(&rule.text) {
+                facts.look_up_person().await?;
+            }
             let text = rule
                 .text
-                .expand(|v| Some(facts.var(v, rule, person.as_deref()).unwrap_or("")))
+                .expand(|v| Some(facts.var(v, rule).unwrap_or("")))
                 .unwrap_or_default();
             return Ok(match rule.action {
                 Action::Accept => Verdict::Accept(m),
@@ -461,35 +459,36 @@ impl<'a, D: Directory> Facts<'a, D> {
             .map(lower_case)
     }
 
-    async fn person(&mut self) -> Result<Option<Arc<Person>>, Unavailable> {
-        if let Some(p) = &self.person {
-            return Ok(p.clone());
-        }
+    /// Asks the directory for the sender's entry. Callers check first that
+    /// it is not known yet: most rules find it known, and a call that would
+    /// find so costs more than the check.
+    async fn look_up_person(&mut self) -> Result<(), Unavailable> {
         let p = match (self.dir, self.identity()) {
             (Some(dir), Some(who)) => dir.person(&who).await?,
             _ => None,
         };
-        self.person = Some(p.clone());
-        Ok(p)
+        self.person = Some(p);
+        Ok(())
     }
 
-    /// What `t` needs of the sender's entry, when no lookup is needed for
-    /// it: nothing when it reads no attributes, else the entry once known.
-    fn known_person(&self, t: &Template) -> Option<Option<Arc<Person>>> {
-        if t.attributes().next().is_none() {
-            return Some(None);
-        }
-        self.person.clone()
+    /// The sender's entry, once looked up.
+    fn person(&self) -> Option<&Person> {
+        self.person.as_ref().and_then(Option::as_deref)
     }
 
-    fn var<'v>(&'v self, v: &Var, rule: &'v Rule, person: Option<&'v Person>) -> Option<&'v str> {
+    /// Whether `t` reads the sender's entry, not looked up yet.
+    fn must_look_up(&self, t: &Template) -> bool {
+        self.person.is_none() && t.attributes().next().is_some()
+    }
+
+    fn var<'v>(&'v self, v: &Var, rule: &'v Rule) -> Option<&'v str> {
         let env = &self.qf.envelope;
         match v {
             Var::Sender => Some(env.sender.as_deref().unwrap_or_default()),
             Var::User => Some(env.auth_user().unwrap_or_default()),
             Var::Rule => Some(&rule.name),
             Var::QueueId => Some(&self.qf.queue_id),
-            Var::Attr(a) => person?.values(a).first().map(String::as_str),
+            Var::Attr(a) => self.person()?.values(a).first().map(String::as_str),
         }
     }
 
@@ -663,19 +662,18 @@ impl<'a, D: Directory> Facts<'a, D> {
                 return Ok(false);
             }
         }
-        let person = self.person().await?;
+        if self.person.is_none() {
+            self.look_up_person().await?;
+        }
+        let person = self.person();
         if let Some(groups) = &c.member_of {
-            let member = person
-                .as_ref()
-                .is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
+            let member = person.is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
             if !member {
                 return Ok(false);
             }
         }
         for (attr, re) in &c.attribute {
-            let found = person
-                .as_ref()
-                .is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v)));
+            let found = person.is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v)));
             if !found {
                 return Ok(false);
             }
@@ -692,13 +690,16 @@ impl<'a, D: Directory> Facts<'a, D> {
         if self.headers().from.is_empty() {
             return Ok(false);
         }
-        let person = self.person().await?;
-        let set = self.set;
-        let from = &self.headers().from;
+        if self.person.is_none() {
+            self.look_up_person().await?;
+        }
+        let person = self.person();
+        let from = self.headers.as_ref().map_or(&[][..], |h| &h.from[..]);
         let own = |addr: &String| {
             *addr == *user
-                || person.as_ref().is_some_and(|p| {
-                    set.address_attributes
+                || person.is_some_and(|p| {
+                    self.set
+                        .address_attributes
                         .iter()
                         .flat_map(|a| p.values(a))
                         .any(|v| v.eq_ignore_ascii_case(addr))
