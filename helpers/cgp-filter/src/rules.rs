@@ -16,11 +16,13 @@ use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
 use cgp_protocol::runtime::config::KeyError;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A configuration's rules, ready to run.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     local: AddressLists,
@@ -35,7 +37,7 @@ pub struct RuleSet {
     /// then one per pattern of every set.
     header_hits_len: usize,
     /// Parses only the fields the rules look at.
-    header_parser: HeaderParser,
+    header_parser: Arc<HeaderParser>,
     /// Some rule looks at attachments: the body prefix must be read.
     pub needs_body: bool,
     /// Directory attributes some rule or template reads.
@@ -45,9 +47,19 @@ pub struct RuleSet {
     /// Attributes holding a person's addresses (`from_is_own`).
     address_attributes: Vec<String>,
     local_by_directory: bool,
+    /// Tells this rule set's per-thread copies from another's.
+    id: u64,
 }
 
-#[derive(Debug)]
+/// Numbers rule sets, for their per-thread copies.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's copy of the rule set in use (see `RuleSet::thread_copy`).
+    static COPY: RefCell<Option<Arc<RuleSet>>> = const { RefCell::new(None) };
+}
+
+#[derive(Clone, Debug)]
 struct Rule {
     name: String,
     when: Cond,
@@ -60,7 +72,7 @@ struct Rule {
     add_route: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Cond {
     source: Option<Vec<String>>,
     self_generated: Option<bool>,
@@ -92,7 +104,7 @@ impl Cond {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct HeaderSet {
     /// The field name, lower case.
     name: String,
@@ -200,12 +212,12 @@ impl RuleSet {
             },
             sender_lists: shared.senders.build("rule")?,
             recipient_lists: shared.recipients.build("rule")?,
-            header_parser: HeaderParser::new(
+            header_parser: Arc::new(HeaderParser::new(
                 header_sets
                     .iter()
                     .map(|s| s.name.clone())
                     .chain(uses_from.then(|| "from".to_string())),
-            ),
+            )),
             header_sets,
             header_hits_len,
             needs_body,
@@ -213,12 +225,41 @@ impl RuleSet {
             needs_groups,
             address_attributes,
             local_by_directory: dir.is_some_and(|d| d.local_recipients),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// This thread's copy of the rule set. A regex keeps its scratch space
+    /// in a pool that only the thread that used it first reaches without a
+    /// lock: with several dispatcher threads, most searches of shared
+    /// regexes took the locked way. A copy per thread (the regex crate's
+    /// advice for regexes used by many threads) keeps them on the fast one.
+    fn thread_copy(&self) -> Arc<RuleSet> {
+        COPY.with(|copy| {
+            let mut copy = copy.borrow_mut();
+            match &*copy {
+                Some(c) if c.id == self.id => c.clone(),
+                _ => {
+                    let c = Arc::new(self.clone());
+                    *copy = Some(c.clone());
+                    c
+                }
+            }
         })
     }
 
     /// Runs the rules on one message. `Err` when a condition or template
     /// needed the directory and it did not answer.
     pub async fn evaluate<D: Directory>(
+        &self,
+        qf: &QueueFile,
+        dir: Option<&D>,
+    ) -> Result<Verdict, Unavailable> {
+        self.thread_copy().evaluate_here(qf, dir).await
+    }
+
+    /// `evaluate`, with the regexes of this copy.
+    async fn evaluate_here<D: Directory>(
         &self,
         qf: &QueueFile,
         dir: Option<&D>,
@@ -877,6 +918,20 @@ action = "discard"
         let mut other = alice_out();
         other.header = b"Subject: hello\r\n\r\n".to_vec();
         assert_eq!(run(&cfg, &other, &fake()).await, Ok(Verdict::Discard));
+    }
+
+    #[tokio::test]
+    async fn each_rule_set_runs_with_its_own_copy() {
+        // The per-thread copies are told apart: after a reload, the thread
+        // that ran the old rules runs the new ones.
+        let discard =
+            RuleSet::compile(&config("[[rule]]\nname = \"all\"\naction = \"discard\"\n")).unwrap();
+        let pass = RuleSet::compile(&config("")).unwrap();
+        let (m, dir) = (alice_out(), Fake::default());
+        for _ in 0..2 {
+            assert_eq!(discard.evaluate(&m, Some(&dir)).await, Ok(Verdict::Discard));
+            assert_eq!(pass.evaluate(&m, Some(&dir)).await, Ok(Verdict::pass()));
+        }
     }
 
     #[tokio::test]
