@@ -653,16 +653,27 @@ impl<'a, D: Directory> Facts<'a, D> {
         Ok(true)
     }
 
-    /// `holds` when it needs no wait: `None` when `c` asks the directory,
-    /// or whether a recipient is external (which may ask it).
+    /// `holds` when it needs no wait: `None` when `c` needs a directory
+    /// answer not known yet (the sender's entry, or whether a recipient is
+    /// external, which may ask the directory).
     fn holds_now(&mut self, c: &Cond) -> Option<bool> {
         if !self.envelope_holds(c) {
             return Some(false);
         }
-        if c.external_recipient.is_some() || c.uses_directory() {
-            return None;
+        if let Some(want) = c.external_recipient {
+            if self.external? != want {
+                return Some(false);
+            }
         }
-        Some(self.content_holds(c))
+        if !self.content_holds(c) {
+            return Some(false);
+        }
+        if !c.uses_directory() {
+            return Some(true);
+        }
+        // The sender's entry must be known already.
+        self.person.as_ref()?;
+        Some(self.directory_holds_now(c))
     }
 
     /// Whether the header and attachment conditions of `c` hold.
@@ -697,42 +708,54 @@ impl<'a, D: Directory> Facts<'a, D> {
         true
     }
 
+    /// Whether the directory conditions of `c` hold.
     async fn directory_holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
-        if let Some(want) = c.from_is_own {
-            if self.sends_as_self().await? != want {
+        if self.person.is_none() {
+            // Without a login or a From, `from_is_own` is decided without
+            // the sender's entry: a failing one asks the directory nothing.
+            let decided =
+                |f: &mut Self, want| !f.own_from_needs_entry() && f.sends_as_self() != want;
+            if c.from_is_own.is_some_and(|want| decided(self, want)) {
                 return Ok(false);
             }
-        }
-        if self.person.is_none() {
             self.look_up_person().await?;
+        }
+        Ok(self.directory_holds_now(c))
+    }
+
+    /// `directory_holds` once the sender's entry is looked up.
+    fn directory_holds_now(&mut self, c: &Cond) -> bool {
+        if c.from_is_own
+            .is_some_and(|want| self.sends_as_self() != want)
+        {
+            return false;
         }
         let person = self.person();
         if let Some(groups) = &c.member_of {
             let member = person.is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
             if !member {
-                return Ok(false);
+                return false;
             }
         }
-        for (attr, re) in &c.attribute {
-            let found = person.is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v)));
-            if !found {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        c.attribute
+            .iter()
+            .all(|(attr, re)| person.is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v))))
+    }
+
+    /// Whether `sends_as_self` reads the sender's entry: there is a login
+    /// and a From.
+    fn own_from_needs_entry(&mut self) -> bool {
+        self.qf.envelope.auth_user().is_some() && !self.headers().from.is_empty()
     }
 
     /// Every From address is the authenticated user's: the login itself or
-    /// one of the addresses the directory lists for them.
-    async fn sends_as_self(&mut self) -> Result<bool, Unavailable> {
+    /// one of the addresses the directory lists for them (once looked up).
+    fn sends_as_self(&mut self) -> bool {
         let Some(user) = self.qf.envelope.auth_user().map(lower_case) else {
-            return Ok(false);
+            return false;
         };
         if self.headers().from.is_empty() {
-            return Ok(false);
-        }
-        if self.person.is_none() {
-            self.look_up_person().await?;
+            return false;
         }
         let person = self.person();
         let from = self.headers.as_ref().map_or(&[][..], |h| &h.from[..]);
@@ -746,7 +769,7 @@ impl<'a, D: Directory> Facts<'a, D> {
                         .any(|v| v.eq_ignore_ascii_case(addr))
                 })
         };
-        Ok(from.iter().all(own))
+        from.iter().all(own)
     }
 }
 
@@ -1021,6 +1044,24 @@ text = "{{user}} may not send as someone else"
         );
         m.header = b"Subject: no from\r\n\r\n".to_vec();
         assert!(matches!(run(&cfg, &m, &dir).await, Ok(Verdict::Bounce(_))));
+    }
+
+    #[tokio::test]
+    async fn from_is_own_asks_the_directory_only_when_it_must() {
+        let cfg = format!(
+            "[[rule]]\nname = \"own\"\nwhen = {{ from_is_own = true }}\naction = \"discard\"\n{DIRECTORY}"
+        );
+        let dir = fake();
+        dir.down.store(true, Ordering::Relaxed);
+        // No login: not the user's own From, whatever the directory says.
+        let mut m = alice_out();
+        m.envelope = Envelope::parse(["S SMTP [192.0.2.1]", "R W x <bob@example.test>"]);
+        assert_eq!(run(&cfg, &m, &dir).await, Ok(Verdict::pass()));
+        assert_eq!(dir.calls.load(Ordering::Relaxed), 0);
+        // A login and a From: the entry is needed, and the directory is down.
+        assert!(run(&cfg, &alice_out(), &dir).await.is_err());
+        dir.down.store(false, Ordering::Relaxed);
+        assert_eq!(run(&cfg, &alice_out(), &dir).await, Ok(Verdict::Discard));
     }
 
     #[tokio::test]
