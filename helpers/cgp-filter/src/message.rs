@@ -39,27 +39,34 @@ const ADDRESS_FIELDS: [&str; 11] = [
 /// one `memchr` per line instead of a byte-by-byte parse.
 #[derive(Debug)]
 pub struct HeaderParser {
-    /// (lower-case name, parsed as addresses), for the names mail-parser
-    /// takes as field names.
-    names: Vec<(String, bool)>,
+    /// (lower-case name, parsed as addresses, value wanted), for the names
+    /// mail-parser takes as field names.
+    names: Vec<(String, bool, bool)>,
+    /// The From addresses are wanted ([`Headers::from`]).
+    from: bool,
 }
 
 impl HeaderParser {
-    /// A parser for the fields called `names` (any case).
-    pub fn new(names: impl IntoIterator<Item = String>) -> HeaderParser {
+    /// A parser for the values of the fields called `names` (any case) and,
+    /// with `from`, the addresses of the From fields.
+    pub fn new(names: impl IntoIterator<Item = String>, from: bool) -> HeaderParser {
         let mut names: Vec<String> = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
         names.sort();
         names.dedup();
         // A name mail-parser does not take as a field name never matches.
         names.retain(|n| HeaderName::parse(n.as_str()).is_some());
-        let names = names
+        let mut names: Vec<(String, bool, bool)> = names
             .into_iter()
             .map(|n| {
                 let address = ADDRESS_FIELDS.contains(&n.as_str());
-                (n, address)
+                (n, address, true)
             })
             .collect();
-        HeaderParser { names }
+        if from && !names.iter().any(|(n, ..)| n == "from") {
+            // Parsed for its addresses only: no displayed value to build.
+            names.push(("from".to_string(), true, false));
+        }
+        HeaderParser { names, from }
     }
 
     pub fn parse(&self, header: &[u8]) -> Headers<'_> {
@@ -106,10 +113,10 @@ impl HeaderParser {
                     parsed.as_str().as_bytes()
                 }
             };
-            let Some((wanted, address)) = self
+            let Some((wanted, address, value_wanted)) = self
                 .names
                 .iter()
-                .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+                .find(|(n, ..)| n.as_bytes().eq_ignore_ascii_case(name))
             else {
                 let end = field_end(header, s.offset());
                 skip_to(&mut s, end);
@@ -118,18 +125,16 @@ impl HeaderParser {
             let value = if *address {
                 match s.parse_address() {
                     HeaderValue::Address(a) => {
-                        if wanted == "from" {
+                        if self.from && wanted == "from" {
                             out.from
                                 .extend(addresses(&a).map(|(_, addr)| addr.to_lowercase()));
                         }
-                        let shown: Vec<String> = addresses(&a)
-                            .map(|(n, addr)| match n {
-                                Some(n) => format!("{n} <{addr}>"),
-                                None => addr.to_string(),
-                            })
-                            .collect();
-                        shown.join(", ")
+                        if !value_wanted {
+                            continue;
+                        }
+                        shown(&a)
                     }
+                    _ if !value_wanted => continue,
                     _ => String::new(),
                 }
             } else {
@@ -219,6 +224,26 @@ impl Headers<'_> {
     }
 }
 
+/// Addresses as a field value: `Name <addr>` or `addr`, joined by `, `.
+fn shown(a: &Address<'_>) -> String {
+    let mut out = String::new();
+    for (i, (name, addr)) in addresses(a).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        match name {
+            Some(name) => {
+                out.push_str(name);
+                out.push_str(" <");
+                out.push_str(addr);
+                out.push('>');
+            }
+            None => out.push_str(addr),
+        }
+    }
+    out
+}
+
 fn addresses<'a>(a: &'a Address<'_>) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + 'a {
     a.iter()
         .filter_map(|x| Some((x.name.as_deref(), x.address.as_deref()?)))
@@ -259,7 +284,7 @@ mod tests {
     #[test]
     fn folded_encoded_and_8bit_fields() {
         let wanted = ["From", "subject", "X-Tag", "date", "nope"].map(String::from);
-        let parser = HeaderParser::new(wanted);
+        let parser = HeaderParser::new(wanted, true);
         let h = parser.parse(
             "From: =?UTF-8?B?w4Rsw69jZQ==?= <Alice@Example.test>, bob@example.test\r\n\
              Subject: =?ISO-8859-1?Q?Gr=FC=DFe?= aus\r\n\tdem Labor\r\n\
@@ -287,11 +312,30 @@ mod tests {
         assert_eq!(h.values("nope").count(), 0);
         assert_eq!(h.values("x-other").count(), 0);
         assert_eq!(
-            HeaderParser::new([])
+            HeaderParser::new([], false)
                 .parse(b"Subject: x\r\n\r\n")
                 .values("subject")
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn from_addresses_without_the_from_value() {
+        let header = b"From: Al <AL@x.test>, b@y.test\nSubject: s\n\n";
+        // Addresses wanted, the value not (no rule matches on From).
+        let parser = HeaderParser::new(["subject".to_string()], true);
+        let h = parser.parse(header);
+        assert_eq!(h.from, ["al@x.test", "b@y.test"]);
+        assert_eq!(h.values("from").count(), 0);
+        assert_eq!(h.values("subject").collect::<Vec<_>>(), ["s"]);
+        // The value wanted, the addresses not.
+        let parser = HeaderParser::new(["from".to_string()], false);
+        let h = parser.parse(header);
+        assert!(h.from.is_empty());
+        assert_eq!(
+            h.values("from").collect::<Vec<_>>(),
+            ["Al <AL@x.test>, b@y.test"]
         );
     }
 
@@ -335,7 +379,7 @@ mod tests {
     #[test]
     fn field_walk_matches_mail_parser() {
         let names = ["subject", "x-tag", "received", "from", "x-empty"];
-        let parser = HeaderParser::new(names.map(String::from));
+        let parser = HeaderParser::new(names.map(String::from), true);
         let headers: [&[u8]; 14] = [
             b"Subject: plain\r\n\r\nbody",
             b"Subject:   padded \t \r\nX-Tag:\tx\r\n\r\n",

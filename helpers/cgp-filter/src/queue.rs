@@ -90,10 +90,11 @@ impl Envelope {
     }
 }
 
-/// The last `<…>` of a line; `Some("")` for `<>`.
+/// The last `<…>` of a line; `Some("")` for `<>`. Searched as bytes: both
+/// brackets are ASCII, so the cuts fall on character boundaries.
 fn angle_address(rest: &str) -> Option<String> {
-    let open = rest.rfind('<')?;
-    let close = rest[open..].find('>')? + open;
+    let open = memchr::memrchr(b'<', rest.as_bytes())?;
+    let close = memchr(b'>', &rest.as_bytes()[open..])? + open;
     Some(rest[open + 1..close].trim().to_string())
 }
 

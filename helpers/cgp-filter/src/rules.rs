@@ -213,10 +213,8 @@ impl RuleSet {
             sender_lists: shared.senders.build("rule")?,
             recipient_lists: shared.recipients.build("rule")?,
             header_parser: Arc::new(HeaderParser::new(
-                header_sets
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .chain(uses_from.then(|| "from".to_string())),
+                header_sets.iter().map(|s| s.name.clone()),
+                uses_from,
             )),
             header_sets,
             header_hits_len,

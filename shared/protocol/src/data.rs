@@ -118,14 +118,16 @@ pub fn encode_quoted(s: &[u8]) -> Vec<u8> {
 }
 
 pub fn encode_quoted_into(s: &[u8], out: &mut Vec<u8>) {
-    out.reserve(s.len() + 2);
+    // Room for a few escapes too (a filter's header lines each end in one),
+    // so that they do not grow the buffer again.
+    out.reserve(s.len() + s.len() / 16 + 4);
     out.push(b'"');
     // Runs of bytes that need no escape are copied whole: replies are
     // mostly plain text, and a push per byte was the bulk of a banner's
-    // reply encoding.
+    // reply encoding. Which bytes need one is a table lookup.
     let mut plain = 0;
     for (i, &b) in s.iter().enumerate() {
-        if !matches!(b, b'\\' | b'"' | 0..=0x1f | 0x7f) {
+        if !NEEDS_ESCAPE[usize::from(b)] {
             continue;
         }
         out.extend_from_slice(&s[plain..i]);
@@ -145,6 +147,20 @@ pub fn encode_quoted_into(s: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&s[plain..]);
     out.push(b'"');
 }
+
+/// The bytes a quoted string escapes: `\\`, `"`, control characters and DEL.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'\\' as usize] = true;
+    table[b'"' as usize] = true;
+    table[0x7f] = true;
+    table
+};
 
 /// Why a piece of CGP data could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -442,6 +458,14 @@ mod tests {
         assert_eq!(v[1], Value::str("user@example.test"));
         assert_eq!(v[2], Value::str("pa ss\"word"));
         assert!(parse_values(b"a\"b").is_err());
+    }
+
+    #[test]
+    fn escape_table_is_backslash_quote_and_controls() {
+        for b in 0..=255u8 {
+            let want = matches!(b, b'\\' | b'"' | 0..=0x1f | 0x7f);
+            assert_eq!(NEEDS_ESCAPE[usize::from(b)], want, "{b:#x}");
+        }
     }
 
     #[test]

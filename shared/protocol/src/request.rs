@@ -131,6 +131,9 @@ impl Reply {
 
     /// Appends ` "<text>"`, always quoted.
     pub fn quoted(mut self, text: &[u8]) -> Reply {
+        // One growth for the space, the string with a few escapes, and a
+        // word after it (`ADDHEADER "…" OK`).
+        self.body.reserve(text.len() + text.len() / 16 + 8);
         self.body.push(b' ');
         encode_quoted_into(text, &mut self.body);
         self
