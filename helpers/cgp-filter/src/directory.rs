@@ -41,15 +41,19 @@ pub trait Directory: Send + Sync + 'static {
 }
 
 /// Keeps answers (found or not found) for `ttl`; failures are not kept, so
-/// the next request asks again.
+/// the next request asks again. Requests that ask for an address while it
+/// is being asked wait for that answer instead of asking too: after a
+/// start or an expiry, a burst of messages from one sender makes one
+/// search, not one each.
 pub struct Cached<D> {
     inner: D,
     ttl: Duration,
-    entries: Mutex<HashMap<String, Answer>>,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
-/// When an answer was had, and the answer.
-type Answer = (Instant, Option<Arc<Person>>);
+/// One address's answer and when it was had, filled by the first request
+/// that asks; empty while asked, and again after a failure.
+type Entry = tokio::sync::OnceCell<(Instant, Option<Arc<Person>>)>;
 
 /// A bound on the cache: past it, expired entries are dropped, and if that
 /// is not enough the cache starts over (answers are cheap to get again).
@@ -64,24 +68,27 @@ impl<D: Directory> Cached<D> {
         }
     }
 
-    fn lookup(&self, key: &str) -> Option<Option<Arc<Person>>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, p)| p.clone())
-    }
-
-    fn keep(&self, key: String, answer: Option<Arc<Person>>) {
+    /// The kept answer for `key`, or the entry to wait on or fill.
+    fn lookup(&self, key: &str) -> Result<Option<Arc<Person>>, Arc<Entry>> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.get(key) {
+            match entry.get() {
+                Some((at, answer)) if at.elapsed() < self.ttl => return Ok(answer.clone()),
+                // Being asked (or the last asking failed): join it.
+                None => return Err(entry.clone()),
+                Some(_) => {}
+            }
+        }
         if entries.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            entries.retain(|_, e| e.get().is_none_or(|(at, _)| at.elapsed() < ttl));
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
         }
-        entries.insert(key, (Instant::now(), answer));
+        let entry = Arc::new(Entry::new());
+        entries.insert(key.to_string(), entry.clone());
+        Err(entry)
     }
 }
 
@@ -95,16 +102,23 @@ impl<D: Directory> Directory for Cached<D> {
             true => Cow::Borrowed(address),
             false => Cow::Owned(address.to_lowercase()),
         };
-        if let Some(hit) = self.lookup(&key) {
-            return Ok(hit);
-        }
-        let key = key.into_owned();
-        // Boxed: a directory search (the LDAP client's futures) is several
-        // kilobytes of state, which would otherwise be part of every
-        // request's future and be copied with it, cache hit or not.
-        let answer = Box::pin(self.inner.person(&key)).await?;
-        self.keep(key, answer.clone());
-        Ok(answer)
+        let entry = match self.lookup(&key) {
+            Ok(hit) => return Ok(hit),
+            Err(entry) => entry,
+        };
+        // One request asks; the others wait for its answer. If it fails or
+        // its request is dropped at its deadline, a waiting one asks.
+        let (_, answer) = entry
+            .get_or_try_init(|| async {
+                // Boxed: a directory search (the LDAP client's futures) is
+                // several kilobytes of state, which would otherwise be part
+                // of every request's future and be copied with it, cache
+                // hit or not.
+                let answer = Box::pin(self.inner.person(&key)).await?;
+                Ok::<_, Unavailable>((Instant::now(), answer))
+            })
+            .await?;
+        Ok(answer.clone())
     }
 }
 
@@ -191,6 +205,36 @@ mod tests {
         assert!(cached.person("carol@example.test").await.is_err());
         assert!(cached.person("carol@example.test").await.is_err());
         assert_eq!(fake.calls.load(Ordering::Relaxed), 4);
+    }
+
+    /// A directory that takes a while to answer.
+    struct Slow(std::sync::atomic::AtomicUsize);
+
+    impl Directory for Slow {
+        async fn person(&self, _: &str) -> Result<Option<Arc<Person>>, Unavailable> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn one_search_for_requests_that_ask_at_once() {
+        let cached = Arc::new(Cached::new(
+            Slow(Default::default()),
+            Duration::from_secs(60),
+        ));
+        let mut asking = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let cached = cached.clone();
+            // Two addresses, one of them in two spellings.
+            let who = ["a@example.test", "A@example.test", "b@example.test"][i % 3];
+            asking.spawn(async move { cached.person(who).await });
+        }
+        while let Some(answer) = asking.join_next().await {
+            assert_eq!(answer.unwrap(), Ok(None));
+        }
+        assert_eq!(cached.inner.0.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
