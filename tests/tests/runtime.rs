@@ -27,23 +27,31 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     p
 }
 
-/// Sends `requests` after INTF, in every dispatch mode, and expects the
-/// replies in the order `replies`; then end of input, exit 0, no stderr.
-fn replies_in_order(requests: &[&str], replies: &[&str]) {
+/// Runs `conversation` on the probe helper in every dispatch mode, after
+/// `1 INTF <intf>` and its reply; then expects exit 0 and nothing on stderr.
+fn in_every_mode(intf: u32, conversation: impl Fn(&mut Session, &[&str])) {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let mut h = probe(&config(&dir, ""), mode);
-        h.send_line("1 INTF 4");
-        assert_eq!(h.line(false), "1 INTF 4");
+        h.send_line(&format!("1 INTF {intf}"));
+        assert_eq!(h.line(false), format!("1 INTF {intf}"));
+        conversation(&mut h, mode);
+        let (code, err) = h.close();
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
+    }
+}
+
+/// Sends `requests` after INTF, in every dispatch mode, and expects the
+/// replies in the order `replies`; then end of input, exit 0, no stderr.
+fn replies_in_order(requests: &[&str], replies: &[&str]) {
+    in_every_mode(4, |h, mode| {
         for r in requests {
             h.send_line(r);
         }
         for r in replies {
             assert_eq!(h.line(false), *r, "{mode:?}");
         }
-        let (code, err) = h.close();
-        assert_eq!((code, err.as_str()), (Some(0), ""));
-    }
+    });
 }
 
 #[test]
@@ -71,11 +79,7 @@ fn requests_with_one_order_key_keep_their_order() {
 fn every_request_gets_one_reply_and_quit_comes_last() {
     // Enough lines for dispatcher threads to race each other: whatever
     // order the replies take, each comes once and none after QUIT's.
-    for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = probe(&config(&dir, ""), mode);
-        h.send_line("1 INTF 4");
-        assert_eq!(h.line(false), "1 INTF 4");
+    in_every_mode(4, |h, mode| {
         for i in 2..2002 {
             h.send_line(&format!("{i} ECHO {i}"));
         }
@@ -94,44 +98,25 @@ fn every_request_gets_one_reply_and_quit_comes_last() {
             );
         }
         assert_eq!(answered.len(), 2000, "{mode:?}");
-        let (code, err) = h.close();
-        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
-    }
+    });
 }
 
 #[test]
 fn quit_waits_for_a_handler_running_on_a_dispatcher() {
     // With parallel dispatch, QUIT is read by another thread while 2's
     // handler still holds its own: 2 is answered first all the same.
-    for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = probe(&config(&dir, ""), mode);
-        h.send_line("1 INTF 4");
-        assert_eq!(h.line(false), "1 INTF 4");
-        h.send_line("2 BLOCK 300");
-        h.send_line("3 QUIT");
-        assert_eq!(h.line(false), "2 OK", "{mode:?}");
-        assert_eq!(h.line(false), "3 OK", "{mode:?}");
-        let (code, err) = h.close();
-        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
-    }
+    replies_in_order(&["2 BLOCK 300", "3 QUIT"], &["2 OK", "3 OK"]);
 }
 
 #[test]
 fn sigterm_drains_requests_in_flight_then_exits_0() {
-    for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = probe(&config(&dir, ""), mode);
-        h.send_line("1 INTF 3");
-        assert_eq!(h.line(false), "1 INTF 3");
+    in_every_mode(3, |h, mode| {
         h.send_line("2 SLEEP 500");
         std::thread::sleep(Duration::from_millis(100));
         h.signal(libc::SIGTERM);
         h.info_starting("* SIGTERM received");
         assert_eq!(h.line(false), "2 OK", "{mode:?}");
-        let (code, err) = h.close();
-        assert_eq!((code, err.as_str()), (Some(0), ""));
-    }
+    });
 }
 
 #[test]

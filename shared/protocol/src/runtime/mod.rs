@@ -568,7 +568,7 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
 
 /// A request let in, with what it needs to run.
 struct Admitted<H> {
-    req: Request,
+    job: Job<H>,
     key: SeqKey,
     /// Whether it is polled once where it was read before it becomes a
     /// task.
@@ -577,6 +577,11 @@ struct Admitted<H> {
     permit: Option<OwnedSemaphorePermit>,
     /// Whether `key` is in the in-flight set already.
     registered: bool,
+}
+
+/// What the request's task takes with it.
+struct Job<H> {
+    req: Request,
     helper: Arc<H>,
     started: Instant,
     until: Instant,
@@ -643,17 +648,20 @@ fn admit<H: Helper>(
         }
         None => (None, None),
     };
-    Some(Admitted {
+    let job = Job {
         req,
-        key,
-        inline,
-        permit,
-        registered,
         helper,
         started,
         until,
         previous,
         done,
+    };
+    Some(Admitted {
+        job,
+        key,
+        inline,
+        permit,
+        registered,
     })
 }
 
@@ -671,38 +679,34 @@ fn start<H: Helper>(
     admitted: Admitted<H>,
 ) {
     let Admitted {
-        req,
+        job,
         key,
         inline,
         permit,
         registered,
-        helper,
-        started,
-        until,
-        previous,
-        done,
     } = admitted;
     let ctx = Ctx {
         intf: shared.intf.clone(),
-        deadline: until,
+        deadline: job.until,
         writer: shared.writer.clone(),
     };
     let task_shared = shared.clone();
     // Boxed so that spawning moves a pointer, not the whole future.
     let mut task = Box::pin(async move {
         let shared = task_shared;
+        let helper = &job.helper;
         // The reply line starts with the token now, so the token needs no
         // copy of its own once the handler owns the request.
-        let seq_len = req.seq.len();
+        let seq_len = job.req.seq.len();
         let mut line = Vec::with_capacity(seq_len + 32);
-        line.extend_from_slice(&req.seq);
+        line.extend_from_slice(&job.req.seq);
         line.push(b' ');
-        let command = req.command.clone();
-        let until = tokio::time::Instant::from_std(until);
+        let command = job.req.command.clone();
+        let until = tokio::time::Instant::from_std(job.until);
         // Waiting for the previous request with the same order key counts
         // against the deadline. Err only means that request's task is gone:
         // either way it is finished.
-        let in_turn = match previous {
+        let in_turn = match job.previous {
             Some(previous) => tokio::time::timeout_at(until, previous).await.is_ok(),
             None => true,
         };
@@ -710,7 +714,7 @@ fn start<H: Helper>(
             // Pinned in place and polled through references: wrapping the
             // handler's future in catch_unwind and timeout adapters moved
             // it (memcpy) at each layer.
-            let mut handler = std::pin::pin!(helper.clone().handle(ctx, req));
+            let mut handler = std::pin::pin!(helper.clone().handle(ctx, job.req));
             // A panic inside the handler is caught here and never reaches
             // the runtime.
             let mut guarded = std::pin::pin!(std::future::poll_fn(|cx| {
@@ -748,7 +752,7 @@ fn start<H: Helper>(
                 reply = Reply::failure("reply too long");
             }
         }
-        let latency = started.elapsed();
+        let latency = job.started.elapsed();
         shared.stats.reply(reply.kind(), latency);
         tracing::debug!(seq = %seq(), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
         line.extend_from_slice(reply.body());
@@ -756,7 +760,7 @@ fn start<H: Helper>(
         shared.writer.line(line);
         // The next request with this order key may start now that this
         // reply is out.
-        drop(done);
+        drop(job.done);
     });
     // One poll with a waker that does nothing: if the request is not ready,
     // its task's first poll follows at once and registers the task's own
