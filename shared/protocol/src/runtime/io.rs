@@ -228,8 +228,15 @@ struct Output {
 }
 
 impl Output {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
+        self.sink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn write(&self, line: &[u8]) {
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_locked(&mut self.lock(), line);
+    }
+
+    fn write_locked(&self, sink: &mut Box<dyn Write + Send>, line: &[u8]) {
         // After a write error (CGP closed the pipe) lines are dropped:
         // nobody is left to read them.
         if !self.broken.load(Ordering::Relaxed)
@@ -307,8 +314,14 @@ pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer,
     let handle = std::thread::Builder::new()
         .name("stdout-writer".into())
         .spawn(move || {
-            for line in rx {
-                thread_out.write(&line);
+            // The lock is taken once per wake-up, for every line queued by
+            // then: with many replies in flight, once per line cost more.
+            while let Ok(line) = rx.recv() {
+                let mut sink = thread_out.lock();
+                thread_out.write_locked(&mut sink, &line);
+                while let Ok(line) = rx.try_recv() {
+                    thread_out.write_locked(&mut sink, &line);
+                }
             }
         })
         .expect("spawning the stdout writer thread");
