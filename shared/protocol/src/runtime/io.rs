@@ -164,8 +164,21 @@ impl<R: Read> Intake<R> {
             self.batch = self.reader.next_batch()?;
             self.next = 0;
         }
-        if whole && self.next == 0 {
-            return Some(std::mem::take(&mut self.batch));
+        if whole {
+            let mut rest = std::mem::take(&mut self.batch);
+            if self.next > 0 {
+                // Some lines were taken one by one: the rest from where
+                // the next one starts.
+                let from = rest.lines[self.next].0;
+                rest.text.drain(..from);
+                rest.lines.drain(..self.next);
+                for (start, end, _) in &mut rest.lines {
+                    *start -= from;
+                    *end -= from;
+                }
+            }
+            self.next = 0;
+            return Some(rest);
         }
         let (start, end, too_long) = self.batch.lines[self.next];
         self.next += 1;
@@ -173,18 +186,6 @@ impl<R: Read> Intake<R> {
             text: self.batch.text[start..end].to_vec(),
             lines: vec![(0, end - start, too_long)],
         })
-    }
-}
-
-/// Reads lines until end of input or until `deliver` returns false. Lines
-/// are delivered in batches: all the complete lines one read brought in,
-/// before the next read, which may block.
-pub fn read_lines<R: Read>(source: R, max_line: usize, mut deliver: impl FnMut(Batch) -> bool) {
-    let mut reader = LineReader::new(source, max_line);
-    while let Some(batch) = reader.next_batch() {
-        if !deliver(batch) {
-            return;
-        }
     }
 }
 
@@ -413,13 +414,33 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_carried_through() {
-        let mut batches = Vec::new();
-        read_lines(&b"1 X \xff\xfe\n"[..], 100, |b| {
-            batches.push(b);
-            true
-        });
-        let got: Vec<Input> = batches[0].inputs().collect();
+        let batch = LineReader::new(&b"1 X \xff\xfe\n"[..], 100)
+            .next_batch()
+            .unwrap();
+        let got: Vec<Input> = batch.inputs().collect();
         assert_eq!(got, [Input::Line(b"1 X \xff\xfe")]);
+    }
+
+    #[test]
+    fn intake_hands_out_lines_one_by_one_or_the_rest_of_a_batch() {
+        let input = format!("1 A\n2 {}\n3 C\n4 D\n", "x".repeat(200));
+        let mut intake = Intake::new(LineReader::new(input.as_bytes(), 100));
+        let shown = |b: Batch| -> Vec<String> {
+            b.inputs()
+                .map(|i| match i {
+                    Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                    Input::TooLong { prefix } => {
+                        format!("TooLong:{}", String::from_utf8_lossy(prefix))
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(shown(intake.take(false).unwrap()), ["1 A"]);
+        let long = shown(intake.take(false).unwrap());
+        assert!(long[0].starts_with("TooLong:2 "), "{long:?}");
+        // The rest of the batch in one piece.
+        assert_eq!(shown(intake.take(true).unwrap()), ["3 C", "4 D"]);
+        assert!(intake.take(false).is_none());
     }
 
     #[test]
