@@ -48,9 +48,21 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Parses envelope lines given in any order.
+    /// Parses envelope lines given in any order (the tests' way in).
+    #[cfg(test)]
     pub fn parse<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Envelope {
-        let mut env = Envelope::default();
+        Self::parse_within(lines, 0)
+    }
+
+    /// Parses envelope lines given in any order, about `bytes` bytes in
+    /// all: the one buffer they are kept in is made that size at once.
+    fn parse_within<S: AsRef<str>>(lines: impl IntoIterator<Item = S>, bytes: usize) -> Envelope {
+        let lines = lines.into_iter();
+        let mut env = Envelope {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(lines.size_hint().0),
+            ..Envelope::default()
+        };
         for line in lines {
             let line = line.as_ref().trim_end_matches(['\r', '\n']);
             match line.split_at_checked(2) {
@@ -326,7 +338,16 @@ impl QueueFile {
             }
             env_lines.push(line);
         }
-        let envelope = Envelope::parse(env_lines.into_iter().map(|l| text(&r.buf[l])));
+        // The envelope is checked as UTF-8 in one piece (it is ASCII in
+        // practice): a check per line cost more. Lines end at an LF, so
+        // they are cut on character boundaries.
+        let env_end = env_lines.last().map_or(0, |l| l.end);
+        let envelope = match std::str::from_utf8(&r.buf[..env_end]) {
+            Ok(all) => Envelope::parse_within(env_lines.iter().map(|l| &all[l.clone()]), env_bytes),
+            Err(_) => {
+                Envelope::parse_within(env_lines.into_iter().map(|l| text(&r.buf[l])), env_bytes)
+            }
+        };
         let mut qf = QueueFile {
             queue_id: path
                 .file_name()
@@ -615,6 +636,30 @@ mod tests {
             let (file, _) = r.unwrap();
             assert!(QueueFile::read(file, &fifo, limits).is_err());
         }
+        drop(root);
+    }
+
+    #[test]
+    fn envelope_with_bytes_that_are_not_utf8() {
+        let (root, base) = base();
+        let path = base.join("Queue/8bit.msg");
+        let limits = Limits {
+            envelope: 1024,
+            header: 1024,
+            body: 0,
+        };
+        std::fs::write(
+            &path,
+            b"S <a@example.test> SMTP [192.0.2.7]\nX caf\xe9\nR W x <b@example.test>\n\nSubject: s\n\n",
+        )
+        .unwrap();
+        let qf = QueueFile::read(File::open(&path).unwrap(), &path, limits).unwrap();
+        let env = &qf.envelope;
+        assert_eq!(env.auth_user(), Some("a@example.test"));
+        assert_eq!(env.recipients, ["b@example.test"]);
+        let lines: Vec<_> = env.lines().collect();
+        assert_eq!(lines[1], "X caf\u{fffd}");
+        assert_eq!(qf.header, b"Subject: s\n\n");
         drop(root);
     }
 
