@@ -557,6 +557,13 @@ mod tests {
         assert_eq!(anon.sender.as_deref(), Some(""));
     }
 
+    /// Limits of 1 KiB for the envelope and the header, no body.
+    const SMALL: Limits = Limits {
+        envelope: 1024,
+        header: 1024,
+        body: 0,
+    };
+
     fn base() -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let base = root.path().join("base");
@@ -627,11 +634,7 @@ mod tests {
         let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo gets a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let limits = Limits {
-            envelope: 1024,
-            header: 1024,
-            body: 0,
-        };
+        let limits = SMALL;
         for r in both("Queue/fifo.msg") {
             let (file, _) = r.unwrap();
             assert!(QueueFile::read(file, &fifo, limits).is_err());
@@ -643,11 +646,7 @@ mod tests {
     fn envelope_with_bytes_that_are_not_utf8() {
         let (root, base) = base();
         let path = base.join("Queue/8bit.msg");
-        let limits = Limits {
-            envelope: 1024,
-            header: 1024,
-            body: 0,
-        };
+        let limits = SMALL;
         std::fs::write(
             &path,
             b"S <a@example.test> SMTP [192.0.2.7]\nX caf\xe9\nR W x <b@example.test>\n\nSubject: s\n\n",
@@ -667,11 +666,7 @@ mod tests {
     fn header_ends_at_its_first_empty_line() {
         let (root, base) = base();
         let path = base.join("Queue/h.msg");
-        let limits = Limits {
-            envelope: 1024,
-            header: 1024,
-            body: 0,
-        };
+        let limits = SMALL;
         for (text, header) in [
             ("S x\n\nA: 1\n\nB: 2\n", "A: 1\n\n"),
             ("S x\r\n\r\nA: 1\r\n\r\nB: 2\r\n", "A: 1\r\n\r\n"),
@@ -711,11 +706,7 @@ mod tests {
         text.push_str(&"0123456789".repeat(1000));
         text.push_str("\r\n--b\r\nContent-Type: image/gif; name=late.gif\r\n\r\nGIF\r\n--b--\r\n");
         std::fs::write(&path, &text).unwrap();
-        let limits = Limits {
-            envelope: 1024,
-            header: 1024,
-            body: 200,
-        };
+        let limits = Limits { body: 200, ..SMALL };
         let read = |l: Limits| QueueFile::read(File::open(&path).unwrap(), &path, l);
         let qf = read(limits).unwrap();
         assert_eq!(qf.queue_id, "big");
