@@ -11,6 +11,7 @@
 //! listener and every session, which to a client looks like a PBX going down;
 //! [`FakeAmi::start_on`] brings one back on the same port.
 
+use cgp_protocol::sync;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -93,7 +94,7 @@ impl FakeAmi {
                 }
                 let Ok(conn) = conn else { continue };
                 if let Ok(c) = conn.try_clone() {
-                    lock(&s.all).push(c);
+                    sync::lock(&s.all).push(c);
                 }
                 let s = s.clone();
                 std::thread::spawn(move || session(&s, conn));
@@ -107,17 +108,17 @@ impl FakeAmi {
     }
 
     pub fn set_fault(&self, fault: Fault) {
-        *lock(&self.shared.fault) = fault;
+        *sync::lock(&self.shared.fault) = fault;
     }
 
     pub fn set_mailbox(&self, mailbox: &str, new: u32, old: u32) {
-        lock(&self.shared.state)
+        sync::lock(&self.shared.state)
             .mailboxes
             .insert(mailbox.into(), (new, old));
     }
 
     pub fn set_extension(&self, exten: &str, context: &str, hint: &str, status: i32) {
-        lock(&self.shared.state)
+        sync::lock(&self.shared.state)
             .extensions
             .insert((exten.into(), context.into()), (hint.into(), status));
     }
@@ -153,7 +154,7 @@ impl FakeAmi {
     /// How many actions of this name were received (Login and Challenge
     /// included).
     pub fn count(&self, action: &str) -> usize {
-        lock(&self.shared.state)
+        sync::lock(&self.shared.state)
             .actions
             .get(action)
             .copied()
@@ -162,40 +163,37 @@ impl FakeAmi {
 
     /// All actions received, by name.
     pub fn counts(&self) -> HashMap<String, usize> {
-        lock(&self.shared.state).actions.clone()
+        sync::lock(&self.shared.state).actions.clone()
     }
 
     /// Successful logins so far.
     pub fn logins(&self) -> usize {
-        lock(&self.shared.state).logins
+        sync::lock(&self.shared.state).logins
     }
 
     /// Logged-in sessions right now.
     pub fn sessions(&self) -> usize {
-        lock(&self.shared.sessions).len()
+        sync::lock(&self.shared.sessions).len()
     }
 
     fn broadcast(&self, fields: &[(&str, &str)]) {
         let msg = message(fields);
-        lock(&self.shared.sessions).retain(|s| lock(s).write_all(msg.as_bytes()).is_ok());
+        sync::lock(&self.shared.sessions)
+            .retain(|s| sync::lock(s).write_all(msg.as_bytes()).is_ok());
     }
 }
 
 impl Drop for FakeAmi {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for c in lock(&self.shared.all).drain(..) {
+        for c in sync::lock(&self.shared.all).drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
-        lock(&self.shared.sessions).clear();
+        sync::lock(&self.shared.sessions).clear();
         // Wakes the accept loop so that it sees `stopping` and closes the
         // listener.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn status_text(status: i32) -> &'static str {
@@ -257,7 +255,7 @@ fn session(s: &Shared, conn: TcpStream) {
         return;
     };
     let writer = Arc::new(Mutex::new(conn));
-    let send = |text: &str| lock(&writer).write_all(text.as_bytes()).is_ok();
+    let send = |text: &str| sync::lock(&writer).write_all(text.as_bytes()).is_ok();
     if !send(&format!("{GREETING}\r\n")) {
         return;
     }
@@ -274,7 +272,10 @@ fn session(s: &Shared, conn: TcpStream) {
                 .map(|(_, v)| v.as_str())
         };
         let action = get("Action").unwrap_or("").to_string();
-        *lock(&s.state).actions.entry(action.clone()).or_default() += 1;
+        *sync::lock(&s.state)
+            .actions
+            .entry(action.clone())
+            .or_default() += 1;
         let id = get("ActionID").map(str::to_string);
         let with_id = |mut fields: Vec<(&str, String)>| {
             if let Some(id) = &id {
@@ -286,7 +287,7 @@ fn session(s: &Shared, conn: TcpStream) {
         };
         let error =
             |text: &str| with_id(vec![("Response", "Error".into()), ("Message", text.into())]);
-        let fault = *lock(&s.fault);
+        let fault = *sync::lock(&s.fault);
         let reply = match action.to_ascii_lowercase().as_str() {
             "challenge" => {
                 if s.md5 && get("AuthType").is_some_and(|t| t.eq_ignore_ascii_case("md5")) {
@@ -307,8 +308,8 @@ fn session(s: &Shared, conn: TcpStream) {
                 };
                 if user_ok && secret_ok && fault != Fault::RefuseLogin {
                     logged_in = true;
-                    lock(&s.state).logins += 1;
-                    lock(&s.sessions).push(writer.clone());
+                    sync::lock(&s.state).logins += 1;
+                    sync::lock(&s.sessions).push(writer.clone());
                     let mut r = with_id(vec![
                         ("Response", "Success".into()),
                         ("Message", "Authentication accepted".into()),
@@ -348,7 +349,7 @@ fn session(s: &Shared, conn: TcpStream) {
             }
             "mailboxcount" => {
                 let mailbox = get("Mailbox").unwrap_or("").to_string();
-                let (new, old) = lock(&s.state)
+                let (new, old) = sync::lock(&s.state)
                     .mailboxes
                     .get(&mailbox)
                     .copied()
@@ -365,7 +366,7 @@ fn session(s: &Shared, conn: TcpStream) {
             "extensionstate" => {
                 let exten = get("Exten").unwrap_or("").to_string();
                 let context = get("Context").unwrap_or("default").to_string();
-                let (hint, status) = lock(&s.state)
+                let (hint, status) = sync::lock(&s.state)
                     .extensions
                     .get(&(exten.clone(), context.clone()))
                     .cloned()
@@ -386,7 +387,7 @@ fn session(s: &Shared, conn: TcpStream) {
                     ("EventList", "start".into()),
                     ("Message", "Extension Statuses will follow".into()),
                 ]);
-                let exts = lock(&s.state).extensions.clone();
+                let exts = sync::lock(&s.state).extensions.clone();
                 for ((exten, context), (hint, status)) in &exts {
                     r.push_str(&with_id(vec![
                         ("Event", "ExtensionStatus".into()),
@@ -413,7 +414,7 @@ fn session(s: &Shared, conn: TcpStream) {
             Fault::DropMidMessage if !is_login => {
                 let half = &reply[..reply.len() / 2];
                 send(half);
-                let _ = lock(&writer).shutdown(Shutdown::Both);
+                let _ = sync::lock(&writer).shutdown(Shutdown::Both);
                 return;
             }
             _ => {}

@@ -8,6 +8,7 @@
 //! helper at `cli.address()`; inspect `cli.commands()` and `cli.account(name)`.
 
 use cgp_protocol::data::{Value, parse_values};
+use cgp_protocol::sync;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,10 +35,6 @@ pub struct FakeCli {
     state: Arc<Mutex<State>>,
     silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl FakeCli {
@@ -83,7 +80,7 @@ impl FakeCli {
 
     /// Adds an account as if it existed before the test.
     pub fn add_account(&self, name: &str) {
-        lock(&self.state).accounts.insert(
+        sync::lock(&self.state).accounts.insert(
             name.to_ascii_lowercase(),
             Account {
                 settings: Value::Dict(Vec::new()),
@@ -93,7 +90,7 @@ impl FakeCli {
     }
 
     pub fn account(&self, name: &str) -> Option<Account> {
-        lock(&self.state)
+        sync::lock(&self.state)
             .accounts
             .get(&name.to_ascii_lowercase())
             .cloned()
@@ -101,12 +98,12 @@ impl FakeCli {
 
     /// Every command line received after a successful login.
     pub fn commands(&self) -> Vec<String> {
-        lock(&self.state).commands.clone()
+        sync::lock(&self.state).commands.clone()
     }
 
     /// How many sessions logged in.
     pub fn logins(&self) -> usize {
-        lock(&self.state).logins
+        sync::lock(&self.state).logins
     }
 
     /// While set, the server reads commands but never answers (a hung CGP).
@@ -146,7 +143,7 @@ fn serve(
                 }
                 "PASS" if user.as_deref() == Some(login) && rest == password => {
                     logged_in = true;
-                    lock(state).logins += 1;
+                    sync::lock(state).logins += 1;
                     reply("200 login OK, proceed")?;
                 }
                 "PASS" => reply("515 incorrect password or account name")?,
@@ -155,7 +152,7 @@ fn serve(
             }
             continue;
         }
-        lock(state).commands.push(line.to_string());
+        sync::lock(state).commands.push(line.to_string());
         if silent.load(Ordering::Relaxed) {
             continue;
         }
@@ -177,7 +174,7 @@ fn command(state: &Mutex<State>, word: &str, rest: &str) -> String {
         .first()
         .and_then(Value::as_str)
         .map(str::to_ascii_lowercase);
-    let mut st = lock(state);
+    let mut st = sync::lock(state);
     match (word, name) {
         ("INLINE", _) => "200 OK".into(),
         ("QUIT", _) => "200 bye".into(),

@@ -5,6 +5,7 @@ use crate::args::Account;
 use crate::config::{AuthConfig, BackendKind, GroupCheck, Lookup, Mode};
 use crate::hash::{self, Stored};
 use cgp_lookup::ldap::{BindOutcome, Directory, Entry, LdapError, Scope, escape_dn, escape_filter};
+use cgp_protocol::sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -356,7 +357,7 @@ impl LdapBackend {
             // A wrong password, or the user's DN changed: a search tells.
         }
         let Some(entry) = self.search_user(lookup, account, &[]).await? else {
-            lock(&self.dns).remove(&account.address());
+            sync::lock(&self.dns).remove(&account.address());
             if remembered.is_none() {
                 // A DN that does not exist: its answer (invalid
                 // credentials, or an error) changes nothing.
@@ -382,7 +383,7 @@ impl LdapBackend {
         if ttl.is_zero() {
             return None;
         }
-        lock(&self.dns)
+        sync::lock(&self.dns)
             .get(&account.address())
             .filter(|(_, found)| found.elapsed() < ttl)
             .map(|(dn, _)| dn.clone())
@@ -392,7 +393,7 @@ impl LdapBackend {
         if self.config.cache.dn_ttl.is_zero() {
             return;
         }
-        let mut dns = lock(&self.dns);
+        let mut dns = sync::lock(&self.dns);
         if dns.len() >= DN_CACHE_ENTRIES {
             // Expired entries first; a map full of live ones starts over.
             let ttl = self.config.cache.dn_ttl;
@@ -421,7 +422,7 @@ impl LdapBackend {
                 let Some(entry) = self.search_user(lookup, account, &[attr]).await? else {
                     // The check a wrong password costs, against the last
                     // value seen in the directory.
-                    let dummy = lock(&self.compare_dummy).clone();
+                    let dummy = sync::lock(&self.compare_dummy).clone();
                     hash::verify(dummy, password.to_vec()).await;
                     return Ok(Verdict::Invalid);
                 };
@@ -430,7 +431,7 @@ impl LdapBackend {
                     // Clear-text values in the directory are never accepted.
                     match Stored::parse(value, false) {
                         Ok(stored) => {
-                            *lock(&self.compare_dummy) = stored.clone();
+                            *sync::lock(&self.compare_dummy) = stored.clone();
                             if hash::verify(stored, password.to_vec()).await {
                                 matched = true;
                                 break;
@@ -467,10 +468,6 @@ impl LdapBackend {
         let permitted = self.permitted(lookup, &entry).await?;
         Ok(Some(Found { entry, permitted }))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// DN equality, ignoring case and spaces after separators; good enough for

@@ -7,6 +7,7 @@
 
 use crate::config::{CacheConfig, ThrottleConfig};
 use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};
+use cgp_protocol::sync;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -233,7 +234,7 @@ impl State {
     }
 
     fn front(&self) -> MutexGuard<'_, HashMap<String, (Fingerprint, u64)>> {
-        self.front.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.front)
     }
 
     /// The account's latest good fingerprint and its stamp: from memory,
@@ -278,7 +279,7 @@ impl State {
         fp: &Fingerprint,
         verdict: Cached,
     ) {
-        let current = self.generation.read().unwrap_or_else(|p| p.into_inner());
+        let current = sync::read(&self.generation);
         if *current != generation {
             return;
         }
@@ -457,7 +458,7 @@ impl State {
     /// Forgets every cached verdict (after a reload: users, rules or the
     /// back end may have changed). Throttling state stays.
     pub fn clear_cache(&self) {
-        let mut generation = self.generation.write().unwrap_or_else(|p| p.into_inner());
+        let mut generation = sync::write(&self.generation);
         *generation += 1;
         self.front().clear();
         if let Err(e) = self.cache.clear() {
@@ -467,7 +468,7 @@ impl State {
 
     /// The cache generation a new helper instance writes under.
     pub fn generation(&self) -> u64 {
-        *self.generation.read().unwrap_or_else(|p| p.into_inner())
+        *sync::read(&self.generation)
     }
 
     pub fn flush(&self) {

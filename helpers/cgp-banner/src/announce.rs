@@ -12,6 +12,7 @@
 //! spool files, which is what `announce list` shows while a helper runs.
 
 use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
+use cgp_protocol::sync;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -269,15 +270,12 @@ impl Announcements {
     }
 
     pub fn current(&self) -> Arc<Vec<Announcement>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        sync::read(&self.current).clone()
     }
 
     /// Opens the store if it is not open yet, then imports the spool.
     fn refresh(&self, lock_wait: Duration) -> Result<(), String> {
-        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut store = sync::lock(&self.store);
         if store.is_none() {
             let (opened, how) = Store::open(&self.path, lock_wait)?;
             if let Opened::Replaced { moved_to } = how {
@@ -290,7 +288,7 @@ impl Announcements {
             return Ok(());
         };
         let all = self.spool.import(open)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+        *sync::write(&self.current) = Arc::new(all);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! next to the static map of the configuration.
 
 use cgp_lookup::ldap::{self, LdapConfig, Scope, escape_filter};
+use cgp_protocol::sync;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -189,7 +190,7 @@ impl LdapDirectory {
     }
 
     fn cached(&self, account: &str) -> Option<Found> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = sync::lock(&self.cache);
         cache
             .get(account)
             .filter(|(at, _)| at.elapsed() < self.source.cache_ttl)
@@ -263,10 +264,7 @@ impl Directory for LdapDirectory {
                 return Ok(hit);
             }
             let person = self.fetch(account).await?;
-            self.cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(account.to_string(), (Instant::now(), person.clone()));
+            sync::lock(&self.cache).insert(account.to_string(), (Instant::now(), person.clone()));
             Ok(person)
         })
     }

@@ -14,6 +14,7 @@
 //!   is down answers at once, so asking again costs nothing).
 
 use cgp_lookup::ami::{Ami, AmiError, MailboxCount, PbxEvent};
+use cgp_protocol::sync;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, Weak};
@@ -42,7 +43,7 @@ impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, T>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.map)
     }
 
     /// The cached value, or the result of `fetch` shared by every caller

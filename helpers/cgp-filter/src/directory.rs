@@ -1,7 +1,8 @@
 //! Directory facts about a sender, behind a small trait so that the rule
 //! engine can be tested without a server, with a short cache in front.
 
-use std::borrow::Cow;
+use crate::patterns::lower_case;
+use cgp_protocol::sync;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -70,7 +71,7 @@ impl<D: Directory> Cached<D> {
 
     /// The kept answer for `key`, or the entry to wait on or fill.
     fn lookup(&self, key: &str) -> Result<Option<Arc<Person>>, Arc<Entry>> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = sync::lock(&self.entries);
         if let Some(entry) = entries.get(key) {
             match entry.get() {
                 Some((at, answer)) if at.elapsed() < self.ttl => return Ok(answer.clone()),
@@ -95,13 +96,7 @@ impl<D: Directory> Cached<D> {
 impl<D: Directory> Directory for Cached<D> {
     async fn person(&self, address: &str) -> Result<Option<Arc<Person>>, Unavailable> {
         // The rules ask with lower-case addresses: a cache hit copies none.
-        let lower = address
-            .bytes()
-            .all(|b| b.is_ascii() && !b.is_ascii_uppercase());
-        let key = match lower {
-            true => Cow::Borrowed(address),
-            false => Cow::Owned(address.to_lowercase()),
-        };
+        let key = lower_case(address);
         let entry = match self.lookup(&key) {
             Ok(hit) => return Ok(hit),
             Err(entry) => entry,

@@ -457,10 +457,7 @@ impl Reader {
         let have = self.buf.len() - self.pos;
         let want = more.saturating_sub(have);
         if want > 0 && !self.eof {
-            self.buf.reserve(want);
-            (&mut self.file)
-                .take(want as u64)
-                .read_to_end(&mut self.buf)?;
+            self.fill(want)?;
         }
         self.buf
             .truncate(self.pos + more.min(self.buf.len() - self.pos));
@@ -564,6 +561,12 @@ mod tests {
         body: 0,
     };
 
+    /// Writes `bytes` to `path` and reads it as a queue file.
+    fn written(path: &Path, bytes: impl AsRef<[u8]>, limits: Limits) -> QueueFile {
+        std::fs::write(path, bytes).unwrap();
+        QueueFile::read(File::open(path).unwrap(), path, limits).unwrap()
+    }
+
     fn base() -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let base = root.path().join("base");
@@ -646,13 +649,11 @@ mod tests {
     fn envelope_with_bytes_that_are_not_utf8() {
         let (root, base) = base();
         let path = base.join("Queue/8bit.msg");
-        let limits = SMALL;
-        std::fs::write(
+        let qf = written(
             &path,
             b"S <a@example.test> SMTP [192.0.2.7]\nX caf\xe9\nR W x <b@example.test>\n\nSubject: s\n\n",
-        )
-        .unwrap();
-        let qf = QueueFile::read(File::open(&path).unwrap(), &path, limits).unwrap();
+            SMALL,
+        );
         let env = &qf.envelope;
         assert_eq!(env.auth_user(), Some("a@example.test"));
         assert_eq!(env.recipients, ["b@example.test"]);
@@ -676,19 +677,17 @@ mod tests {
             ("S x\n\nA: 1\n \nB: 2", "A: 1\n \nB: 2"),
             ("S x\n\n", ""),
         ] {
-            std::fs::write(&path, text).unwrap();
-            let qf = QueueFile::read(File::open(&path).unwrap(), &path, limits).unwrap();
+            let qf = written(&path, text, limits);
             assert_eq!(qf.header, header.as_bytes(), "{text:?}");
             assert!(!qf.header_truncated);
         }
         // A header longer than the first read is found line by line.
         let long = format!("S x\n\n{}\n", "X-Pad: 0123456789\n".repeat(500));
-        std::fs::write(&path, &long).unwrap();
         let big = Limits {
             header: 1 << 20,
             ..limits
         };
-        let qf = QueueFile::read(File::open(&path).unwrap(), &path, big).unwrap();
+        let qf = written(&path, &long, big);
         assert_eq!(qf.header.len(), long.len() - 5);
         drop(root);
     }

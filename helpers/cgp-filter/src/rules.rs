@@ -532,9 +532,7 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     fn headers(&mut self) -> &Headers<'a> {
-        let (set, qf) = (self.set, self.qf);
-        self.headers
-            .get_or_insert_with(|| set.header_parser.parse(&qf.header))
+        parsed(&mut self.headers, self.set, self.qf)
     }
 
     fn header_hit(&mut self, set: usize, pattern: usize) -> bool {
@@ -544,8 +542,7 @@ impl<'a, D: Directory> Facts<'a, D> {
         let s = &self.set.header_sets[set];
         if !self.header_hits[set] {
             self.header_hits[set] = true;
-            let (qf, parser) = (self.qf, &self.set.header_parser);
-            let headers = self.headers.get_or_insert_with(|| parser.parse(&qf.header));
+            let headers = parsed(&mut self.headers, self.set, self.qf);
             for value in headers.values(&s.name) {
                 // Most values match none of the set: `is_match` can say so
                 // without tracking every pattern.
@@ -613,23 +610,16 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     fn sender_in(&mut self) -> &[usize] {
-        let (lists, sender) = (&self.set.sender_lists, &self.sender);
-        self.sender_in.get_or_insert_with(|| {
-            let mut hits = Vec::new();
-            lists.lists_of(sender, &mut hits);
-            hits
-        })
+        let sender = std::slice::from_ref(&self.sender);
+        lists_in(&mut self.sender_in, &self.set.sender_lists, sender)
     }
 
     fn recipients_in(&mut self) -> &[usize] {
-        let (lists, recipients) = (&self.set.recipient_lists, &self.recipients);
-        self.recipients_in.get_or_insert_with(|| {
-            let mut hits = Vec::new();
-            for r in recipients {
-                lists.lists_of(r, &mut hits);
-            }
-            hits
-        })
+        lists_in(
+            &mut self.recipients_in,
+            &self.set.recipient_lists,
+            &self.recipients,
+        )
     }
 
     /// Whether every condition given in `c` holds.
@@ -769,6 +759,30 @@ impl<'a, D: Directory> Facts<'a, D> {
         };
         from.iter().all(own)
     }
+}
+
+/// A message's header, parsed on first use.
+fn parsed<'h, 'a>(
+    headers: &'h mut Option<Headers<'a>>,
+    set: &'a RuleSet,
+    qf: &'a QueueFile,
+) -> &'h Headers<'a> {
+    headers.get_or_insert_with(|| set.header_parser.parse(&qf.header))
+}
+
+/// The lists of `lists` that one of `addresses` is in, found on first use.
+fn lists_in<'c>(
+    found: &'c mut Option<Vec<usize>>,
+    lists: &AddressLists,
+    addresses: &[Address],
+) -> &'c [usize] {
+    found.get_or_insert_with(|| {
+        let mut hits = Vec::new();
+        for a in addresses {
+            lists.lists_of(a, &mut hits);
+        }
+        hits
+    })
 }
 
 #[cfg(test)]

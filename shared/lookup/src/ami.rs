@@ -23,6 +23,7 @@ use asterisk_rs_ami::action::{
 use asterisk_rs_ami::{AmiClient, AmiEvent, AmiResponse};
 use asterisk_rs_core::config::{ConnectionState, ReconnectPolicy};
 use asterisk_rs_core::event::EventReceive;
+use cgp_protocol::sync;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -226,7 +227,7 @@ struct Link {
 impl Link {
     /// The client, when logged in right now.
     fn connected(&self) -> Option<AmiClient> {
-        let guard = self.client.read().unwrap_or_else(|p| p.into_inner());
+        let guard = sync::read(&self.client);
         guard
             .as_ref()
             .filter(|c| c.connection_state() == ConnectionState::Connected)
@@ -234,7 +235,7 @@ impl Link {
     }
 
     fn set(&self, client: Option<AmiClient>) {
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *sync::write(&self.client) = client;
     }
 }
 

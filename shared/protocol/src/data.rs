@@ -117,10 +117,15 @@ pub fn encode_quoted(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Room to reserve for `len` bytes as a quoted string: the quotes and a
+/// few escapes too (a filter's header lines each end in one), so that
+/// they do not grow the buffer again.
+pub fn quoted_room(len: usize) -> usize {
+    len + len / 16 + 4
+}
+
 pub fn encode_quoted_into(s: &[u8], out: &mut Vec<u8>) {
-    // Room for a few escapes too (a filter's header lines each end in one),
-    // so that they do not grow the buffer again.
-    out.reserve(s.len() + s.len() / 16 + 4);
+    out.reserve(quoted_room(s.len()));
     out.push(b'"');
     // Runs of bytes that need no escape are copied whole: replies are
     // mostly plain text, and a push per byte was the bulk of a banner's

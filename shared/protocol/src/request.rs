@@ -1,6 +1,6 @@
 //! Request lines (`<seq> <COMMAND> [args]`) and replies (`<seq> <body>`).
 
-use crate::data::{DataError, Value, encode_quoted_into, parse_value, parse_values};
+use crate::data::{DataError, Value, encode_quoted_into, parse_value, parse_values, quoted_room};
 
 /// The longest sequence token accepted. CGP sends short decimal numbers,
 /// sometimes zero-padded; anything longer is not a sequence number.
@@ -131,9 +131,9 @@ impl Reply {
 
     /// Appends ` "<text>"`, always quoted.
     pub fn quoted(mut self, text: &[u8]) -> Reply {
-        // One growth for the space, the string with a few escapes, and a
-        // word after it (`ADDHEADER "…" OK`).
-        self.body.reserve(text.len() + text.len() / 16 + 8);
+        // One growth for the space, the string and a word after it
+        // (`ADDHEADER "…" OK`).
+        self.body.reserve(1 + quoted_room(text.len()) + 3);
         self.body.push(b' ');
         encode_quoted_into(text, &mut self.body);
         self

@@ -7,6 +7,7 @@
 use super::{Applied, Change, Mode, Note, Slot, diff, op_limit, run_program};
 use crate::config::{IpvsConfig, Protocol};
 use crate::state::Target;
+use cgp_protocol::sync;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -265,11 +266,7 @@ impl Ipvs {
 
     async fn read(&self, deadline: Instant) -> Result<Table, String> {
         if self.cfg.dry_run {
-            return Ok(self
-                .simulated
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone());
+            return Ok(sync::lock(&self.simulated).clone());
         }
         let argv = [self.program(), "-Ln".to_string()];
         parse_list(&run_program(&argv, b"", op_limit(self.cfg.timeout, deadline)).await?)
@@ -296,7 +293,7 @@ impl Ipvs {
             argv.extend(op.args());
             if self.cfg.dry_run {
                 note(&format!("dry-run: {}", argv.join(" ")));
-                op.apply(&mut self.simulated.lock().unwrap_or_else(|p| p.into_inner()));
+                op.apply(&mut sync::lock(&self.simulated));
             } else {
                 tracing::info!(command = %argv.join(" "), "ipvsadm");
                 run_program(&argv, b"", op_limit(self.cfg.timeout, deadline)).await?;

@@ -7,6 +7,7 @@
 //! of the whole connection.
 
 use super::{BindOutcome, Entry, LdapConfig, LdapError, Scope, ppolicy};
+use cgp_protocol::sync;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, SearchEntry};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -67,10 +68,6 @@ pub struct Pools {
     binders: Semaphore,
     idle_binders: Mutex<Vec<Conn>>,
     next_id: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pools {
@@ -179,7 +176,7 @@ impl Pools {
             .acquire()
             .await
             .map_err(|_| LdapError::Other("bind pool closed".into()))?;
-        let idle = lock(&self.idle_binders).pop();
+        let idle = sync::lock(&self.idle_binders).pop();
         let mut conn = match idle {
             Some(c) => match self.revalidate(c).await {
                 Some(c) => c,
@@ -202,7 +199,7 @@ impl Pools {
                 self.server_ok(conn.server);
                 let outcome = bind_outcome(&res);
                 conn.last_used = Instant::now();
-                lock(&self.idle_binders).push(conn);
+                sync::lock(&self.idle_binders).push(conn);
                 outcome
             }
             Err(Failure::Answer(e)) => Err(e),
@@ -286,13 +283,13 @@ impl Pools {
     }
 
     fn backing_off(&self, server: usize, now: Instant) -> bool {
-        lock(&self.servers)[server]
+        sync::lock(&self.servers)[server]
             .retry_at
             .is_some_and(|t| t > now)
     }
 
     fn server_failed(&self, server: usize) {
-        let mut servers = lock(&self.servers);
+        let mut servers = sync::lock(&self.servers);
         let s = &mut servers[server];
         s.failures = s.failures.saturating_add(1);
         let wait = MIN_BACKOFF
@@ -302,7 +299,7 @@ impl Pools {
     }
 
     fn server_ok(&self, server: usize) {
-        let mut servers = lock(&self.servers);
+        let mut servers = sync::lock(&self.servers);
         if servers[server].failures != 0 {
             servers[server] = ServerState::default();
         }

@@ -6,6 +6,7 @@
 //! process simply exits while the thread is still blocked.
 
 use crate::request::{MAX_SEQ_LEN, Reply};
+use crate::sync;
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,7 +231,7 @@ struct Output {
 
 impl Output {
     fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
-        self.sink.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.sink)
     }
 
     fn write(&self, line: &[u8]) {
@@ -348,19 +349,20 @@ mod tests {
             max,
         );
         while let Some(batch) = reader.next_batch() {
-            out.push(
-                batch
-                    .inputs()
-                    .map(|i| match i {
-                        Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
-                        Input::TooLong { prefix } => {
-                            format!("TooLong:{}", String::from_utf8_lossy(prefix))
-                        }
-                    })
-                    .collect(),
-            );
+            out.push(shown(&batch));
         }
         out
+    }
+
+    /// A batch's lines as text, an overlong one as `TooLong:<prefix>`.
+    fn shown(batch: &Batch) -> Vec<String> {
+        batch
+            .inputs()
+            .map(|i| match i {
+                Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                Input::TooLong { prefix } => format!("TooLong:{}", String::from_utf8_lossy(prefix)),
+            })
+            .collect()
     }
 
     #[test]
@@ -425,21 +427,11 @@ mod tests {
     fn intake_hands_out_lines_one_by_one_or_the_rest_of_a_batch() {
         let input = format!("1 A\n2 {}\n3 C\n4 D\n", "x".repeat(200));
         let mut intake = Intake::new(LineReader::new(input.as_bytes(), 100));
-        let shown = |b: Batch| -> Vec<String> {
-            b.inputs()
-                .map(|i| match i {
-                    Input::Line(l) => String::from_utf8_lossy(l).into_owned(),
-                    Input::TooLong { prefix } => {
-                        format!("TooLong:{}", String::from_utf8_lossy(prefix))
-                    }
-                })
-                .collect()
-        };
-        assert_eq!(shown(intake.take(false).unwrap()), ["1 A"]);
-        let long = shown(intake.take(false).unwrap());
+        assert_eq!(shown(&intake.take(false).unwrap()), ["1 A"]);
+        let long = shown(&intake.take(false).unwrap());
         assert!(long[0].starts_with("TooLong:2 "), "{long:?}");
         // The rest of the batch in one piece.
-        assert_eq!(shown(intake.take(true).unwrap()), ["3 C", "4 D"]);
+        assert_eq!(shown(&intake.take(true).unwrap()), ["3 C", "4 D"]);
         assert!(intake.take(false).is_none());
     }
 

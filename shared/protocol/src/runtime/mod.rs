@@ -22,6 +22,7 @@ pub mod logging;
 pub mod stats;
 
 use crate::request::{LineError, Reply, Request, sequence_token};
+use crate::sync;
 use config::{ConfigError, HelperConfig, RuntimeConfig};
 use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
@@ -338,7 +339,7 @@ async fn serve<H: Helper>(
                 let Some(quit) = dispatcher(&shared, &permits, &handle, &intake) else {
                     return;
                 };
-                if let Some(tx) = lock(&ended_tx).take() {
+                if let Some(tx) = sync::lock(&ended_tx).take() {
                     let _ = tx.send(quit);
                 }
             })
@@ -355,7 +356,7 @@ async fn serve<H: Helper>(
             return 1;
         }
     };
-    let stats_every = read(&shared.runtime).stats_interval;
+    let stats_every = current(&shared.runtime).stats_interval;
     let mut stats_tick = tokio::time::interval(if stats_every.is_zero() {
         Duration::from_secs(u64::from(u32::MAX))
     } else {
@@ -387,15 +388,10 @@ async fn serve<H: Helper>(
     // another one, gets its task (or its reply) before the drain counts what
     // is in flight. Only this thread waits, and only for the rest of a
     // batch.
-    drop(
-        shared
-            .dispatching
-            .write()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
+    drop(sync::write(&shared.dispatching));
     // Drain: every request in flight holds a permit until its reply is
     // queued, and each is bounded by its deadline.
-    let drain_limit = read(&shared.runtime).deadline + Duration::from_secs(2);
+    let drain_limit = current(&shared.runtime).deadline + Duration::from_secs(2);
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain_limit, permits.acquire_many(all))
         .await
@@ -442,7 +438,7 @@ fn dispatcher<H: Helper>(
     let parallel = H::PARALLEL_DISPATCH;
     let mut admitted = Vec::new();
     loop {
-        let mut input = Some(lock(intake));
+        let mut input = Some(sync::lock(intake));
         if shared.input_ended.load(Ordering::Relaxed) {
             return None;
         }
@@ -454,7 +450,7 @@ fn dispatcher<H: Helper>(
         };
         // Taken before the next line can be read, so that the drain after
         // QUIT or SIGTERM waits for what this thread has taken.
-        let _busy = shared.dispatching.read().unwrap_or_else(|p| p.into_inner());
+        let _busy = sync::read(&shared.dispatching);
         if !parallel {
             input = None;
         }
@@ -487,12 +483,13 @@ fn dispatcher<H: Helper>(
     }
 }
 
-fn read<T: Clone>(lock: &RwLock<T>) -> T {
-    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+/// The current value of a setting that SIGHUP may replace.
+fn current<T: Clone>(setting: &RwLock<T>) -> T {
+    sync::read(setting).clone()
 }
 
 fn too_long<H>(shared: &Shared<H>, prefix: &[u8]) {
-    let max = read(&shared.runtime).max_line_bytes;
+    let max = current(&shared.runtime).max_line_bytes;
     match sequence_token(prefix) {
         Some(seq) => {
             shared.stats.request();
@@ -608,7 +605,7 @@ fn admit<H: Helper>(
     // be polling one with the same token, so every request is registered.
     let registered = H::PARALLEL_DISPATCH;
     {
-        let mut in_flight = lock(&shared.in_flight);
+        let mut in_flight = sync::lock(&shared.in_flight);
         if !in_flight.is_empty() && in_flight.contains(&key) {
             drop(in_flight);
             shared.writer.info(&format!(
@@ -632,15 +629,15 @@ fn admit<H: Helper>(
         match acquire(permits, handle) {
             Some(p) => Some(p),
             None => {
-                lock(&shared.in_flight).remove(&key);
+                sync::lock(&shared.in_flight).remove(&key);
                 return None;
             }
         }
     };
     shared.stats.request();
-    let helper = read(&shared.helper);
+    let helper = current(&shared.helper);
     let started = Instant::now();
-    let until = started + read(&shared.runtime).deadline;
+    let until = started + current(&shared.runtime).deadline;
     let (previous, done) = match helper.order_key(&req) {
         Some(order) => {
             let (done, tail) = oneshot::channel::<()>();
@@ -774,21 +771,21 @@ fn start<H: Helper>(
             .is_ready()
     {
         if registered {
-            lock(&shared.in_flight).remove(&key);
+            sync::lock(&shared.in_flight).remove(&key);
         }
         return;
     }
     let Some(permit) = permit.or_else(|| acquire(permits, handle)) else {
-        lock(&shared.in_flight).remove(&key);
+        sync::lock(&shared.in_flight).remove(&key);
         return;
     };
     if !registered {
-        lock(&shared.in_flight).insert(key);
+        sync::lock(&shared.in_flight).insert(key);
     }
     let shared = shared.clone();
     handle.spawn(async move {
         task.await;
-        lock(&shared.in_flight).remove(&key);
+        sync::lock(&shared.in_flight).remove(&key);
         drop(permit);
     });
 }
@@ -796,10 +793,6 @@ fn start<H: Helper>(
 /// Polls a future once with the current task's waker.
 async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Queues a request behind the last one with the same order key; returns the
@@ -810,7 +803,7 @@ fn join_order(
     key: Vec<u8>,
     tail: oneshot::Receiver<()>,
 ) -> Option<oneshot::Receiver<()>> {
-    let mut tails = lock(tails);
+    let mut tails = sync::lock(tails);
     if tails.len() >= 64 {
         tails.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
@@ -822,14 +815,14 @@ async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
     let result = match loaded {
         Ok(cfg) => {
             let new_runtime = cfg.runtime().clone();
-            let old = read(&shared.helper);
+            let old = current(&shared.helper);
             H::build(cfg, Some(old)).await.map(|h| (h, new_runtime))
         }
         Err(e) => Err(e.to_string()),
     };
     match result {
         Ok((helper, new_runtime)) => {
-            let old_runtime = read(&shared.runtime);
+            let old_runtime = current(&shared.runtime);
             if new_runtime.max_in_flight != old_runtime.max_in_flight
                 || new_runtime.max_line_bytes != old_runtime.max_line_bytes
             {
@@ -837,8 +830,8 @@ async fn reload<H: Helper>(shared: &Arc<Shared<H>>, path: Option<&PathBuf>) {
                     "runtime.max_in_flight and runtime.max_line_bytes take effect after a restart",
                 );
             }
-            *shared.helper.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(helper);
-            *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = new_runtime;
+            *sync::write(&shared.helper) = Arc::new(helper);
+            *sync::write(&shared.runtime) = new_runtime;
             shared.writer.info("configuration reloaded");
             tracing::info!("configuration reloaded");
         }

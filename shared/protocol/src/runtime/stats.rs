@@ -1,5 +1,6 @@
 //! Counters and latency percentiles for the periodic `* stats` line.
 
+use crate::sync;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ impl Stats {
 
     pub fn reply(&self, kind: &str, latency: Duration) {
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = sync::lock(&self.inner);
         if let Some(n) = g.kinds.get_mut(kind) {
             *n += 1;
         } else {
@@ -53,7 +54,7 @@ impl Stats {
 
     /// The text of a `* stats` line; latency samples start afresh after it.
     pub fn line(&self) -> String {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = sync::lock(&self.inner);
         let mut sorted = std::mem::take(&mut g.samples);
         g.seen = 0;
         sorted.sort_unstable();
