@@ -98,17 +98,21 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A fresh identifier: time-ordered, unique across processes.
+/// A fresh identifier: time-ordered, unique across processes. Spool files
+/// are applied in the order of their names, so two changes made by one
+/// process within one clock tick are kept apart by a counter, not by the
+/// random part (which once put a `remove` before the `add` it undoes).
 pub fn new_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut salt = [0u8; 2];
     // Without randomness the pid still separates concurrent writers.
     let _ = getrandom::fill(&mut salt);
     format!(
-        "{:x}{:04x}{:04x}",
-        nanos / 1_000_000,
+        "{nanos:016x}{:04x}{count:04x}{:04x}",
         std::process::id() & 0xffff,
         u16::from_le_bytes(salt)
     )
