@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p cgp-helper-sim -p cgp-auth
-cargo build --release --quiet -p cgp-protocol --examples
+cargo build --release --quiet -p cgp-runtime --examples
 cargo run --release --quiet -p cgp-auth --example auth_bench -- "$@"

@@ -8,5 +8,5 @@
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release -p cgp-banner -p cgp-helper-sim
-cargo build --release -p cgp-protocol --examples
+cargo build --release -p cgp-runtime --examples
 cargo run --release -q -p cgp-tests --example bench_banner

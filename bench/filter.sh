@@ -27,7 +27,7 @@ requests=${1:-20000}
 rounds=${2:-3}
 target=${CARGO_TARGET_DIR:-$top/target}
 cargo build --release --quiet -p cgp-filter -p cgp-helper-sim
-cargo build --release --quiet -p cgp-protocol --example null_helper
+cargo build --release --quiet -p cgp-runtime --example null_helper
 sim=$target/release/cgp-helper-sim
 filter=$target/release/cgp-filter
 null=$target/release/examples/null_helper

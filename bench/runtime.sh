@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 requests=${1:-200000}
 rounds=${2:-3}
 cargo build --release --quiet -p cgp-helper-sim
-cargo build --release --quiet -p cgp-protocol --examples
+cargo build --release --quiet -p cgp-runtime --examples
 sim=target/release/cgp-helper-sim
 ex=target/release/examples
 

@@ -11,7 +11,7 @@
 //! listener and every session, which to a client looks like a PBX going down;
 //! [`FakeAmi::start_on`] brings one back on the same port.
 
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

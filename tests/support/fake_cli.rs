@@ -7,8 +7,8 @@
 //! Usage: `let cli = FakeCli::start("postmaster", "clipw");` then point the
 //! helper at `cli.address()`; inspect `cli.commands()` and `cli.account(name)`.
 
-use cgp_protocol::data::{Value, parse_values};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
+use cgp_wire::data::{Value, parse_values};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -49,7 +49,7 @@ impl Vrfy for Session {
 
 /// A CGP quoted string.
 fn quote(s: &str) -> String {
-    String::from_utf8(cgp_protocol::data::encode_quoted(s.as_bytes())).unwrap()
+    String::from_utf8(cgp_wire::data::encode_quoted(s.as_bytes())).unwrap()
 }
 
 /// The configuration for one test: the LDAP back end on `uris`, logs at

@@ -2,8 +2,8 @@
 //! data replies, error replies, a session the server closed, a hung server.
 
 use cgp_lookup::cgp_cli::{CliClient, CliConfig, CliError};
-use cgp_protocol::Value;
 use cgp_tests::fake_cli::FakeCli;
+use cgp_wire::Value;
 use std::time::{Duration, Instant};
 
 fn client(cli: &FakeCli, password: &str) -> CliClient {

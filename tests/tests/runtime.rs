@@ -1,7 +1,7 @@
 //! Runtime behaviour that a transcript cannot show: completion order,
 //! signals, configuration reload, the statistics line, logging and
 //! `--check-config`. All run on the probe helper
-//! (`shared/protocol/examples/probe_helper.rs`).
+//! (`shared/runtime/examples/probe_helper.rs`).
 
 use cgp_tests::bin;
 use cgp_tests::session::Session;

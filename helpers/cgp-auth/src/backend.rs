@@ -1,11 +1,11 @@
 //! Where users live: the static list in the configuration file, or an LDAP
 //! directory.
 
-use crate::args::Account;
 use crate::config::{AuthConfig, BackendKind, GroupCheck, Lookup, Mode};
 use crate::hash::{self, Stored};
+use crate::wire::Account;
 use cgp_lookup::ldap::{BindOutcome, Directory, Entry, LdapError, Scope, escape_dn, escape_filter};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -1,8 +1,8 @@
 //! The command line of `cgp-auth`, kept in its own module so that the man
 //! page generator (`packaging/manpages`) renders this very definition.
-//! Keep it self-contained: it may use only `clap` and `cgp_protocol`.
+//! Keep it self-contained: it may use only `clap` and `cgp_runtime`.
 
-use cgp_protocol::runtime::CommonArgs;
+use cgp_runtime::CommonArgs;
 use clap::Parser;
 
 /// External authenticator for CommuniGate Pro (VRFY, SASL, READPLAIN, NEW).

@@ -5,7 +5,7 @@
 use crate::hash::Stored;
 use cgp_lookup::cgp_cli::CliConfig;
 use cgp_lookup::ldap::{LdapConfig, Scope, check_filter};
-use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;

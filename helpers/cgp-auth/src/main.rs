@@ -2,12 +2,11 @@
 //! READPLAIN, NEW) with a static or LDAP back end, a verdict cache and
 //! throttling in sled, and account provisioning through the CGP CLI.
 
-use args::{Account, Vrfy};
 use backend::{Backend, Verdict};
 use cgp_lookup::cgp_cli::{CliClient, CliError};
 use cgp_lookup::ldap::LdapError;
-use cgp_protocol::runtime::{Ctx, Helper, HelperInfo, run};
-use cgp_protocol::{Reply, Request};
+use cgp_runtime::{Ctx, Helper, HelperInfo, run};
+use cgp_wire::{Reply, Request};
 use clap::Parser;
 use cli::Cli;
 use config::AuthConfig;
@@ -15,14 +14,15 @@ use state::{Cached, State};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use wire::{Account, Vrfy};
 
-mod args;
 mod backend;
 mod cli;
 mod config;
 mod hash;
 mod provision;
 mod state;
+mod wire;
 
 /// Time kept back from the deadline for the back end when a throttling
 /// delay would eat into it.
@@ -139,7 +139,7 @@ impl Auth {
         if !self.config.readplain {
             return Reply::failure("not supported");
         }
-        let account = match args::single_account(&req.rest, "expected: READPLAIN user@domain") {
+        let account = match wire::single_account(&req.rest, "expected: READPLAIN user@domain") {
             Ok(a) => a,
             Err(e) => return usage(e),
         };
@@ -155,7 +155,7 @@ impl Auth {
     }
 
     async fn new_account(&self, req: &Request) -> Reply {
-        let account = match args::single_account(&req.rest, "expected: NEW user@domain") {
+        let account = match wire::single_account(&req.rest, "expected: NEW user@domain") {
             Ok(a) => a,
             Err(e) => return usage(e),
         };
@@ -317,7 +317,12 @@ fn print_hash(scheme: cli::HashScheme) -> ExitCode {
     }
 }
 
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    cgp_runtime::process::helper_defaults();
     let cli = Cli::parse();
     if let Some(scheme) = cli.hash_password {
         return print_hash(scheme);

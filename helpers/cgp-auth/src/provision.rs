@@ -1,10 +1,10 @@
 //! NEW: create a CGP account for a directory user through the CGP CLI.
 
-use crate::args::Account;
 use crate::config::ProvisionConfig;
+use crate::wire::Account;
 use cgp_lookup::cgp_cli::{CliClient, CliError};
 use cgp_lookup::ldap::Entry;
-use cgp_protocol::Value;
+use cgp_wire::Value;
 
 /// The account's settings dictionary from the mapped attributes; keys in
 /// the configuration's (sorted) order, attributes the entry lacks left out.

@@ -7,7 +7,7 @@
 
 use crate::config::{CacheConfig, ThrottleConfig};
 use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

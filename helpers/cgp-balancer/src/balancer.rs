@@ -5,10 +5,10 @@
 
 use crate::config::{BalancerConfig, GroupConfig};
 use crate::driver::{Driver, Note, op_limit, run_program};
-use crate::grammar::{self, Parsed};
 use crate::state::{GroupState, StateDb};
-use cgp_protocol::runtime::{Ctx, Helper};
-use cgp_protocol::{Reply, Request};
+use crate::wire::{self, Parsed};
+use cgp_runtime::{Ctx, Helper};
+use cgp_wire::{Reply, Request};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -134,7 +134,7 @@ impl Group {
 impl Balancer {
     async fn command(&self, ctx: &Ctx, parsed: Parsed) -> Reply {
         let Some(group) = self.groups.get(&parsed.group) else {
-            return grammar::refused(&format!("unknown group {}", parsed.group));
+            return wire::refused(&format!("unknown group {}", parsed.group));
         };
         if parsed.ignored > 0 && !self.extra_args_logged.swap(true, Ordering::Relaxed) {
             ctx.info("extra arguments after a balancer command ignored (reported once)");
@@ -146,7 +146,7 @@ impl Balancer {
             .unwrap_or_else(Instant::now);
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(mut live) = tokio::time::timeout(left, group.live.lock()).await else {
-            return grammar::refused("the group is busy with another change");
+            return wire::refused("the group is busy with another change");
         };
         live.known = true;
         let command = parsed.command.map_endpoints(|ep| group.driver.entry(ep));
@@ -160,7 +160,7 @@ impl Balancer {
         if changed {
             if let Err(e) = self.db.save(&group.name, &live.desired) {
                 live.desired = before;
-                return grammar::refused(&e);
+                return wire::refused(&e);
             }
             tracing::info!(group = %group.name, command = ?command, "desired state saved");
         }
@@ -173,7 +173,7 @@ impl Balancer {
         match result {
             Ok(n) => {
                 tracing::info!(group = %group.name, command = ?command, changes = n, "reconciled");
-                grammar::applied()
+                wire::applied()
             }
             Err(e) => {
                 // ERROR means "not applied": the command is dropped from the
@@ -186,7 +186,7 @@ impl Balancer {
                         tracing::error!(group = %group.name, error = %e, "cannot save the state");
                     }
                 }
-                grammar::refused(&e)
+                wire::refused(&e)
             }
         }
     }
@@ -290,30 +290,30 @@ impl Helper for Balancer {
     /// them (an ADD followed at once by a REMOVE of the same server must not
     /// be applied the other way round); groups do not wait for each other.
     fn order_key(&self, req: &Request) -> Option<Vec<u8>> {
-        let parsed = grammar::parse(&req.command, &req.rest).ok()??;
+        let parsed = wire::parse(&req.command, &req.rest).ok()??;
         Some(parsed.group.into_bytes())
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
-        match grammar::parse(&req.command, &req.rest) {
+        match wire::parse(&req.command, &req.rest) {
             Ok(Some(parsed)) => self.command(&ctx, parsed).await,
-            Ok(None) => grammar::refused("unsupported command"),
-            Err(e) => grammar::refused(&e),
+            Ok(None) => wire::refused("unsupported command"),
+            Err(e) => wire::refused(&e),
         }
     }
 
     fn timeout_reply(&self, _command: &str) -> Reply {
-        grammar::refused(&format!(
+        wire::refused(&format!(
             "the balancer did not match within {:?}",
             self.deadline
         ))
     }
 
     fn panic_reply(&self, _command: &str) -> Reply {
-        grammar::refused("internal error")
+        wire::refused("internal error")
     }
 
     fn oversize_reply(&self, _command: &str) -> Reply {
-        grammar::refused("the balancer did not match (reason too long to report)")
+        wire::refused("the balancer did not match (reason too long to report)")
     }
 }

@@ -1,7 +1,7 @@
 //! The configuration file of `cgp-balancer`: global settings and one table
 //! per balancer group, each naming exactly one driver.
 
-use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -2,7 +2,7 @@
 //! It keeps the desired state of each balancer group and reconciles HAProxy,
 //! Linux IPVS or an administrator's program to it.
 
-use cgp_protocol::runtime::{HelperInfo, run};
+use cgp_runtime::{HelperInfo, run};
 use clap::Parser;
 use cli::Cli;
 use std::process::ExitCode;
@@ -11,10 +11,15 @@ mod balancer;
 mod cli;
 mod config;
 mod driver;
-mod grammar;
 mod state;
+mod wire;
+
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    cgp_runtime::process::helper_defaults();
     let cli = Cli::parse();
     let info = HelperInfo {
         name: "cgp-balancer",

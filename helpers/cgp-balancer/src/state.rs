@@ -1,7 +1,7 @@
 //! The desired state of each balancer group, how commands change it, and its
 //! persistence in the local store.
 
-use crate::grammar::{Command, Endpoint};
+use crate::wire::{Command, Endpoint};
 use cgp_lookup::store::{Opened, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -7,8 +7,8 @@ use crate::announce::{Announcement, Op, Spool, Target, new_id, now};
 use crate::cli::AnnounceCmd;
 use crate::config::BannerConfig;
 use cgp_lookup::store::Store;
-use cgp_protocol::runtime::CommonArgs;
-use cgp_protocol::runtime::config::load;
+use cgp_runtime::CommonArgs;
+use cgp_runtime::config::load;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 

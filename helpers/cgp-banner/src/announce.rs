@@ -12,7 +12,7 @@
 //! spool files, which is what `announce list` shows while a helper runs.
 
 use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

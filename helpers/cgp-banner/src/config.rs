@@ -4,7 +4,7 @@ use crate::announce::{Announcement, Target};
 use crate::directory::{LdapSource, Person};
 use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
-use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 //! next to the static map of the configuration.
 
 use cgp_lookup::ldap::{self, LdapConfig, Scope, escape_filter};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -148,8 +148,8 @@ impl Default for Attributes {
 
 impl LdapSource {
     /// Cross-key checks for `HelperConfig::validate`.
-    pub fn validate(&self) -> Result<(), cgp_protocol::runtime::KeyError> {
-        use cgp_protocol::runtime::KeyError;
+    pub fn validate(&self) -> Result<(), cgp_runtime::KeyError> {
+        use cgp_runtime::KeyError;
         self.server.validate("directory.ldap.server")?;
         let sample = fill(&self.filter, "u@d");
         ldap::check_filter(&sample).map_err(|e| KeyError::new("directory.ldap.filter", e))?;

@@ -1,6 +1,6 @@
 //! `cgp-banner`: Banner helper for CommuniGate Pro XIMSS and WebUser clients.
 
-use cgp_protocol::runtime::{HelperInfo, run};
+use cgp_runtime::{HelperInfo, run};
 use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
@@ -15,7 +15,12 @@ mod pbx;
 mod template;
 mod wire;
 
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    cgp_runtime::process::helper_defaults();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Announce(cmd)) => admin::announce(&cli.common, cmd),

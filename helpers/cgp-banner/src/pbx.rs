@@ -14,7 +14,7 @@
 //!   is down answers at once, so asking again costs nothing).
 
 use cgp_lookup::ami::{Ami, AmiError, MailboxCount, PbxEvent};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, Weak};

@@ -13,8 +13,8 @@
 //! `""`, `<parameters>` an optional dictionary; further arguments are
 //! accepted and ignored.
 
-use cgp_protocol::data::Value;
-use cgp_protocol::{Reply, Request};
+use cgp_wire::data::Value;
+use cgp_wire::{Reply, Request};
 
 /// One understood BANNER request.
 #[derive(Clone, Debug, PartialEq, Eq)]

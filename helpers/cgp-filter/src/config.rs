@@ -9,7 +9,7 @@
 use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
 use crate::reply::{Dialect, HeaderTemplate, Template};
 use crate::rules::RuleSet;
-use cgp_protocol::runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
+use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! engine can be tested without a server, with a short cache in front.
 
 use crate::patterns::lower_case;
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,8 @@
 //! `cgp-filter`: a rule-driven content filter for CommuniGate Pro mail rules
 //! (`ExternalFilter`), with directory facts about the sender.
 
-use cgp_protocol::runtime::{Ctx, Helper, HelperInfo, run};
-use cgp_protocol::{Reply, Request};
+use cgp_runtime::{Ctx, Helper, HelperInfo, run};
+use cgp_wire::{Reply, Request};
 use clap::Parser;
 use cli::Cli;
 use config::FilterConfig;
@@ -80,7 +80,12 @@ impl Helper for FilterHelper {
     }
 }
 
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    cgp_runtime::process::helper_defaults();
     let cli = Cli::parse();
     let info = HelperInfo {
         name: "cgp-filter",

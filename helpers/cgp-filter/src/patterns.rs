@@ -5,7 +5,7 @@
 //! (`file:PATH`, one entry per line, `#` comments) are read when the rules
 //! are compiled, at start, on `--check-config` and on SIGHUP.
 
-use cgp_protocol::runtime::config::KeyError;
+use cgp_runtime::config::KeyError;
 use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};

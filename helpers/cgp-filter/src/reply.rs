@@ -2,7 +2,7 @@
 //! dialect (protocol.md §3.4, §1.6), and the header fields and texts built
 //! from templates.
 
-use cgp_protocol::Reply;
+use cgp_wire::Reply;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 

@@ -14,7 +14,7 @@ use crate::message::{HeaderParser, Headers};
 use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
 use crate::queue::QueueFile;
 use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
-use cgp_protocol::runtime::config::KeyError;
+use cgp_runtime::config::KeyError;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;

@@ -1,7 +1,7 @@
 //! One conversation with a helper: the requests to send and the checks on
 //! what comes back.
 
-use cgp_protocol::request::sequence_token;
+use cgp_wire::request::sequence_token;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;

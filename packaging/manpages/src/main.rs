@@ -11,7 +11,7 @@
 //! itself, and the helper's example configurations from `EXAMPLES_DIR`
 //! (default `packaging/examples`): `<short>.toml` and `<short>-*.toml`.
 
-use cgp_protocol::runtime::config::{LogConfig, RuntimeConfig};
+use cgp_runtime::config::{LogConfig, RuntimeConfig};
 use clap::{Command, CommandFactory};
 use roff::{Roff, bold, italic, roman};
 use std::path::{Path, PathBuf};

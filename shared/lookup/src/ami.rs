@@ -23,7 +23,7 @@ use asterisk_rs_ami::action::{
 use asterisk_rs_ami::{AmiClient, AmiEvent, AmiResponse};
 use asterisk_rs_core::config::{ConnectionState, ReconnectPolicy};
 use asterisk_rs_core::event::EventReceive;
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -8,7 +8,7 @@
 //! every step has a timeout, and a broken session is reopened on the next
 //! command.
 
-use cgp_protocol::data::{Value, parse_value};
+use cgp_wire::data::{Value, parse_value};
 use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ mod ppolicy;
 
 pub use escape::{escape_dn, escape_filter};
 
-use cgp_protocol::runtime::KeyError;
+use cgp_runtime::KeyError;
 use conn::{Pools, Purpose};
 use serde::{Deserialize, Deserializer};
 use std::collections::HashMap;

@@ -14,8 +14,8 @@
 
 use super::{Applied, Change, Mode, Note, Slot, diff, op_limit};
 use crate::config::{AdminSocket, HaproxyConfig, HaproxyMode};
-use crate::grammar::Endpoint;
 use crate::state::Target;
+use crate::wire::Endpoint;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;

@@ -7,7 +7,7 @@
 use super::{Applied, Change, Mode, Note, Slot, diff, op_limit, run_program};
 use crate::config::{IpvsConfig, Protocol};
 use crate::state::Target;
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -388,8 +388,8 @@ pub fn plan(actual: &Table, wanted: &Table) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grammar::Endpoint;
     use crate::state::Want;
+    use crate::wire::Endpoint;
     use std::path::Path;
     use std::time::Duration;
 

@@ -7,8 +7,8 @@ pub mod haproxy;
 pub mod ipvs;
 
 use crate::config::GroupConfig;
-use crate::grammar::Endpoint;
 use crate::state::{Target, Want};
+use crate::wire::Endpoint;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

@@ -7,7 +7,7 @@
 //! of the whole connection.
 
 use super::{BindOutcome, Entry, LdapConfig, LdapError, Scope, ppolicy};
-use cgp_protocol::sync;
+use cgp_runtime::sync;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, SearchEntry};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -3,8 +3,8 @@
 
 #![no_main]
 
-use cgp_protocol::data::{Value, parse_value, parse_values};
-use cgp_protocol::request::Request;
+use cgp_wire::data::{Value, parse_value, parse_values};
+use cgp_wire::request::Request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

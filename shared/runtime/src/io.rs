@@ -5,8 +5,8 @@
 //! blocking read cannot be cancelled and can hang runtime shutdown: here the
 //! process simply exits while the thread is still blocked.
 
-use crate::request::{MAX_SEQ_LEN, Reply};
 use crate::sync;
+use cgp_wire::request::{MAX_SEQ_LEN, Reply};
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

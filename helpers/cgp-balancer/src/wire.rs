@@ -18,8 +18,8 @@
 //! `[10.0.0.5]:25`, `10.0.0.5:25`, `[2001:db8::5]:25` or `2001:db8::5`.
 //! Extra trailing arguments are ignored (forward compatibility).
 
-use cgp_protocol::Reply;
-use cgp_protocol::data::{Value, parse_values};
+use cgp_wire::Reply;
+use cgp_wire::data::{Value, parse_values};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;

@@ -7,9 +7,9 @@
 //! `--parallel` also `Helper::PARALLEL_DISPATCH`, so the same cases cover
 //! each of the runtime's dispatch paths.
 
-use cgp_protocol::data::{Value, parse_values};
-use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
-use cgp_protocol::{Reply, Request};
+use cgp_runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
+use cgp_wire::data::{Value, parse_values};
+use cgp_wire::{Reply, Request};
 use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +73,12 @@ struct Cli {
     parallel: bool,
 }
 
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    cgp_runtime::process::helper_defaults();
     let info = HelperInfo {
         name: "probe-helper",
         version: env!("CARGO_PKG_VERSION"),

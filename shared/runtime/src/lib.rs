@@ -19,10 +19,11 @@
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod process;
 pub mod stats;
+pub mod sync;
 
-use crate::request::{LineError, Reply, Request, sequence_token};
-use crate::sync;
+use cgp_wire::request::{LineError, Reply, Request, sequence_token};
 use config::{ConfigError, HelperConfig, RuntimeConfig};
 use io::{Input, MAX_REPLY_LINE, Writer};
 use stats::Stats;
@@ -42,14 +43,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use config::{BasicConfig, KeyError, LogConfig};
-
-/// Every helper binary links this crate, so this sets their allocator.
-/// Request buffers are allocated on the reader thread and freed on the
-/// workers, replies the other way round; glibc's malloc spent more
-/// instructions on that cross-thread traffic than the whole request path
-/// (see the runtime benchmark in the README).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Names a helper binary for logs and the start-up line.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +142,36 @@ impl Ctx {
     }
 }
 
+/// Runs a handler's CPU-heavy work (reading and parsing a file, matching
+/// rules) on tokio's blocking threads, at most one piece of work per core at
+/// a time, and waits for its result. Async workers stay free for the
+/// requests that only wait, and the bound keeps a flood of requests from
+/// starting more threads (and holding more buffers) than the cores can
+/// serve. A panic in `work` is passed on to the handler, so the runtime
+/// answers it with the helper's panic reply like any other.
+pub async fn compute<T, F>(work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    static POOL: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Semaphore::new(cores))
+    });
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _slot = pool.clone().acquire_owned().await.ok();
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels blocking work, and then
+            // nobody waits for this reply.
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
 /// The command-line options every helper binary has.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -167,16 +190,6 @@ pub struct CommonArgs {
 /// Runs a helper binary: configuration check, logging, then the protocol
 /// loop on stdin/stdout until QUIT, end of input or SIGTERM.
 pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
-    // mimalloc asks for transparent huge pages on its arenas (the kernel's
-    // "madvise" mode grants them): every thread that allocates (the async
-    // workers, sled's I/O threads) then holds 2 MiB pages. cgp-auth measured
-    // about 35 MiB of resident memory at 256 requests in flight with them,
-    // 14 MiB without. A failure only costs that memory.
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
-    // of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
     let config = match config::load::<H::Config>(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -193,11 +206,6 @@ pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
         println!("{what}: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    // Stores, spools and log files hold account names and hashes: whatever
-    // a helper creates is for its own user only, even where a code path does
-    // not set a mode itself.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
     let target = match logging::init(info.name, config.log(), args.log_stderr) {
         Ok(t) => t,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! when CGP sends a bare token, so the line is tokenised here rather than
 //! with the generic value parser (which would reject a bare `pa"ss`).
 
-use cgp_protocol::data::parse_value;
+use cgp_wire::data::parse_value;
 use std::net::IpAddr;
 
 /// A CGP account name, lower-cased (CGP names are case-insensitive).

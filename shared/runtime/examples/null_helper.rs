@@ -1,8 +1,8 @@
 //! The benchmark's subject: a helper on the runtime that answers OK to every
 //! request, so a run measures the runtime alone.
 
-use cgp_protocol::runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
-use cgp_protocol::{Reply, Request};
+use cgp_runtime::{BasicConfig, CommonArgs, Ctx, Helper, HelperInfo, run};
+use cgp_wire::{Reply, Request};
 use clap::Parser;
 use std::sync::Arc;
 
@@ -28,7 +28,12 @@ struct Cli {
     common: CommonArgs,
 }
 
+/// Process policy is the binary's own (see `cgp_runtime::process`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    cgp_runtime::process::helper_defaults();
     let info = HelperInfo {
         name: "null-helper",
         version: env!("CARGO_PKG_VERSION"),
