@@ -41,6 +41,13 @@ pub trait Directory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Arc<Person>>, Unavailable>> + Send;
 }
 
+/// Answers a directory has at hand, without a wait.
+pub trait Recall: Send + Sync {
+    /// The person with this (lower-case) address, when the answer is at
+    /// hand: `Some(None)` when there is none, `None` when it must be asked.
+    fn recall(&self, address: &str) -> Option<Option<Arc<Person>>>;
+}
+
 /// Keeps answers (found or not found) for `ttl`; failures are not kept, so
 /// the next request asks again. Requests that ask for an address while it
 /// is being asked wait for that answer instead of asking too: after a
@@ -69,15 +76,24 @@ impl<D: Directory> Cached<D> {
         }
     }
 
+    /// The answer of `entry` if it is still fresh.
+    fn fresh(&self, entry: &Entry) -> Option<Option<Arc<Person>>> {
+        entry
+            .get()
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, answer)| answer.clone())
+    }
+
     /// The kept answer for `key`, or the entry to wait on or fill.
     fn lookup(&self, key: &str) -> Result<Option<Arc<Person>>, Arc<Entry>> {
         let mut entries = sync::lock(&self.entries);
         if let Some(entry) = entries.get(key) {
-            match entry.get() {
-                Some((at, answer)) if at.elapsed() < self.ttl => return Ok(answer.clone()),
-                // Being asked (or the last asking failed): join it.
-                None => return Err(entry.clone()),
-                Some(_) => {}
+            if let Some(answer) = self.fresh(entry) {
+                return Ok(answer);
+            }
+            // Being asked (or the last asking failed): join it.
+            if entry.get().is_none() {
+                return Err(entry.clone());
             }
         }
         if entries.len() >= MAX_ENTRIES {
@@ -90,6 +106,13 @@ impl<D: Directory> Cached<D> {
         let entry = Arc::new(Entry::new());
         entries.insert(key.to_string(), entry.clone());
         Err(entry)
+    }
+}
+
+impl<D: Directory> Recall for Cached<D> {
+    fn recall(&self, address: &str) -> Option<Option<Arc<Person>>> {
+        let entries = sync::lock(&self.entries);
+        self.fresh(entries.get(address)?)
     }
 }
 
@@ -157,6 +180,13 @@ pub mod fake {
                 return Err(Unavailable("directory down".into()));
             }
             Ok(self.people.get(address).cloned())
+        }
+    }
+
+    /// Recalls nothing: the rules' tests see every answer asked for.
+    impl Recall for Fake {
+        fn recall(&self, _: &str) -> Option<Option<Arc<Person>>> {
+            None
         }
     }
 

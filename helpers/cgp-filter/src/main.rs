@@ -20,11 +20,12 @@ mod ldap;
 mod message;
 mod patterns;
 mod queue;
-mod reply;
 mod rules;
+mod template;
+mod wire;
 
 struct FilterHelper {
-    filter: Filter<LdapPeople>,
+    filter: Arc<Filter<LdapPeople>>,
     /// The `*` line about left-out modifiers is written once per process.
     warned_modifiers: AtomicBool,
 }
@@ -38,12 +39,9 @@ impl Helper for FilterHelper {
     const PARALLEL_DISPATCH: bool = true;
 
     async fn build(cfg: FilterConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
-        let rules = match cfg.compiled.get() {
-            Some(rules) => rules.clone(),
-            None => Arc::new(
-                rules::RuleSet::compile(&cfg).map_err(|e| format!("{}: {}", e.key, e.message))?,
-            ),
-        };
+        // Compiled when the file was read; `validate` reported an error.
+        let rules = cfg.rules.map_err(|e| e.to_string())?;
+        let cfg = cfg.file;
         let directory = match &cfg.directory {
             Some(d) => Some(LdapPeople::new(
                 d,
@@ -53,7 +51,7 @@ impl Helper for FilterHelper {
             None => None,
         };
         Ok(FilterHelper {
-            filter: Filter::new(&cfg, rules, directory)?,
+            filter: Arc::new(Filter::new(&cfg, rules, directory)?),
             warned_modifiers: AtomicBool::new(false),
         })
     }

@@ -5,7 +5,7 @@
 //! (`file:PATH`, one entry per line, `#` comments) are read when the rules
 //! are compiled, at start, on `--check-config` and on SIGHUP.
 
-use cgp_runtime::config::KeyError;
+use crate::config::CompileError;
 use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -136,7 +136,7 @@ pub struct AddressListsBuilder {
 impl AddressListsBuilder {
     /// Adds one list, reading list files; `key` names the setting in
     /// errors. Returns the list's number.
-    pub fn add(&mut self, patterns: &[AddressPattern], key: &str) -> Result<usize, KeyError> {
+    pub fn add(&mut self, patterns: &[AddressPattern], key: &str) -> Result<usize, CompileError> {
         let list = self.count;
         self.count += 1;
         for p in patterns {
@@ -145,7 +145,12 @@ impl AddressListsBuilder {
         Ok(list)
     }
 
-    fn add_pattern(&mut self, p: &AddressPattern, list: usize, key: &str) -> Result<(), KeyError> {
+    fn add_pattern(
+        &mut self,
+        p: &AddressPattern,
+        list: usize,
+        key: &str,
+    ) -> Result<(), CompileError> {
         match p {
             AddressPattern::Exact(a) => self.lists.exact.push((a.clone(), list)),
             AddressPattern::Domain(d) => self.lists.domains.push((d.clone(), list)),
@@ -156,7 +161,7 @@ impl AddressListsBuilder {
             AddressPattern::File(path) => {
                 for entry in list_file(path, key)? {
                     let p = AddressPattern::parse(&entry, false)
-                        .map_err(|e| KeyError::new(key, format!("{}: {e}", path.display())))?;
+                        .map_err(|e| CompileError::new(key, format!("{}: {e}", path.display())))?;
                     self.add_pattern(&p, list, key)?;
                 }
             }
@@ -165,7 +170,7 @@ impl AddressListsBuilder {
     }
 
     /// The lists, ready to match; `key` names the settings in errors.
-    pub fn build(mut self, key: &str) -> Result<AddressLists, KeyError> {
+    pub fn build(mut self, key: &str) -> Result<AddressLists, CompileError> {
         let mut lists = self.lists;
         for entries in [&mut lists.exact, &mut lists.domains] {
             entries.sort_unstable();
@@ -176,7 +181,7 @@ impl AddressListsBuilder {
                 regex::RegexSetBuilder::new(std::mem::take(&mut self.regex_sources))
                     .case_insensitive(true)
                     .build()
-                    .map_err(|e| KeyError::new(key, format!("invalid regex: {e}")))?,
+                    .map_err(|e| CompileError::new(key, format!("invalid regex: {e}")))?,
             );
         }
         Ok(lists)
@@ -249,18 +254,16 @@ impl<'de> Deserialize<'de> for IpPattern {
 pub struct IpSet(Vec<IpNet>);
 
 impl IpSet {
-    pub fn compile(patterns: &[IpPattern], key: &str) -> Result<IpSet, KeyError> {
+    pub fn compile(patterns: &[IpPattern], key: &str) -> Result<IpSet, CompileError> {
         let mut nets = Vec::new();
         for p in patterns {
             match p {
                 IpPattern::Net(n) => nets.push(*n),
                 IpPattern::File(path) => {
                     for entry in list_file(path, key)? {
-                        nets.push(
-                            parse_net(&entry).map_err(|e| {
-                                KeyError::new(key, format!("{}: {e}", path.display()))
-                            })?,
-                        );
+                        nets.push(parse_net(&entry).map_err(|e| {
+                            CompileError::new(key, format!("{}: {e}", path.display()))
+                        })?);
                     }
                 }
             }
@@ -281,9 +284,9 @@ impl IpSet {
 
 /// The entries of a list file: trimmed lines, blank lines and `#` comments
 /// left out.
-fn list_file(path: &PathBuf, key: &str) -> Result<Vec<String>, KeyError> {
+fn list_file(path: &PathBuf, key: &str) -> Result<Vec<String>, CompileError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        KeyError::new(
+        CompileError::new(
             key,
             format!("cannot read list file {}: {e}", path.display()),
         )
