@@ -424,12 +424,15 @@ deadline = "4s"
 [failure]
 max_age = "100years"
 [directory]
-base = "ou=people,dc=example,dc=org"
-group_base = "ou=groups,dc=example,dc=org"
+type = "ldap"
 [directory.ldap]
 uris = ["ldap://127.0.0.1:{port}"]
 connect_timeout = "2s"
 op_timeout = "2s"
+[directory.search]
+base = "ou=people,dc=example,dc=org"
+[directory.groups]
+lookup = "search"
 [[rule]]
 name = "outbound"
 when = {{ authenticated = true }}

@@ -12,6 +12,7 @@ use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
 use crate::rules::RuleSet;
 use crate::template::{HeaderTemplate, Template};
 use crate::wire::Dialect;
+use cgp_lookup::directory::DirectoryConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub struct ConfigFile {
     pub log: LogConfig,
     pub filter: Settings,
     pub failure: FailureConfig,
+    /// Who the sender is: the suite's one directory configuration.
     pub directory: Option<DirectoryConfig>,
     /// `[[rule]]` tables, evaluated in order, with where each is written.
     #[serde(rename = "rule")]
@@ -103,7 +105,7 @@ impl HelperConfig for FilterConfig {
     }
     fn validate(&self) -> Result<(), KeyError> {
         if let Some(d) = &self.file.directory {
-            d.ldap.validate("directory.ldap")?;
+            d.validate("directory")?;
         }
         match &self.rules {
             Ok(_) => Ok(()),
@@ -132,6 +134,12 @@ pub struct Settings {
     pub scan_limit: usize,
     /// The reply used when the computed one would pass 4096 bytes.
     pub oversize: Fallback,
+    /// Directory attributes holding the addresses of a person (for
+    /// `from_is_own`).
+    pub address_attributes: Vec<String>,
+    /// Recipients found in the directory count as local even when their
+    /// domain is not in `local_domains`.
+    pub recipients_in_directory_are_local: bool,
 }
 
 impl Default for Settings {
@@ -147,6 +155,8 @@ impl Default for Settings {
                 action: Policy::Pass,
                 text: "message filter reply too long".into(),
             },
+            address_attributes: vec!["mail".into()],
+            recipients_in_directory_are_local: false,
         }
     }
 }
@@ -202,55 +212,6 @@ impl Default for FailureConfig {
             after_max_age: Policy::Pass,
         }
     }
-}
-
-/// The `[directory]` table: who the sender is in LDAP.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryConfig {
-    /// Connection settings (URIs, service account, timeouts, failover).
-    #[serde(default)]
-    pub ldap: cgp_lookup::ldap::LdapConfig,
-    /// Where people are searched.
-    pub base: String,
-    /// `{address}`, `{local}` and `{domain}` are replaced by the sender's
-    /// address and its parts, escaped for an LDAP filter.
-    #[serde(default = "default_user_filter")]
-    pub user_filter: String,
-    /// Attributes holding the addresses of a person (for `from_is_own`).
-    #[serde(default = "default_address_attributes")]
-    pub address_attributes: Vec<String>,
-    /// Where groups are searched.
-    pub group_base: Option<String>,
-    /// `{dn}` is replaced by the person's DN, `{address}` by the address.
-    #[serde(default = "default_group_filter")]
-    pub group_filter: String,
-    /// The attribute that names a group in `member_of`.
-    #[serde(default = "default_group_name")]
-    pub group_name_attribute: String,
-    /// How long an answer (a person, or "no such person") is reused.
-    #[serde(with = "humantime_serde", default = "default_cache_ttl")]
-    pub cache_ttl: Duration,
-    /// Recipients found in the directory count as local even when their
-    /// domain is not in `filter.local_domains`.
-    #[serde(default)]
-    pub local_recipients: bool,
-}
-
-fn default_user_filter() -> String {
-    "(mail={address})".into()
-}
-fn default_address_attributes() -> Vec<String> {
-    vec!["mail".into()]
-}
-fn default_group_filter() -> String {
-    "(&(objectClass=groupOfNames)(member={dn}))".into()
-}
-fn default_group_name() -> String {
-    "cn".into()
-}
-fn default_cache_ttl() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// What a matching rule does to the message.

@@ -2,7 +2,7 @@
 //! rules, the failure policy and the reply dialect.
 
 use crate::config::{ConfigFile, FailureConfig, Policy, Settings};
-use crate::directory::{Cached, Directory, Recall};
+use crate::directory::{Directory, DirectoryError, Recall};
 use crate::queue::{BaseDir, Limits, OpenError, QueueFile};
 use crate::rules::{Known, Missing, RuleSet};
 use crate::wire::{self, Verdict};
@@ -21,7 +21,7 @@ pub struct Filter<D> {
     settings: Settings,
     failure: FailureConfig,
     base: BaseDir,
-    directory: Option<Cached<D>>,
+    directory: Option<D>,
 }
 
 /// What the handler reports besides the reply, for `*` lines.
@@ -51,7 +51,7 @@ struct Waiting {
     known: Known,
 }
 
-impl<D: Directory> Filter<D> {
+impl<D: Directory + Recall> Filter<D> {
     /// Builds the filter from a configuration and its compiled rules;
     /// `directory` is the back end for `[directory]`, when there is one.
     pub fn new(
@@ -65,17 +65,12 @@ impl<D: Directory> Filter<D> {
         };
         let base =
             BaseDir::open(&base).map_err(|e| format!("filter.base_dir {}: {e}", base.display()))?;
-        let ttl = cfg
-            .directory
-            .as_ref()
-            .map(|d| d.cache_ttl)
-            .unwrap_or_default();
         Ok(Filter {
             rules,
             settings: cfg.filter.clone(),
             failure: cfg.failure.clone(),
             base,
-            directory: directory.map(|d| Cached::new(d, ttl)),
+            directory,
         })
     }
 
@@ -101,7 +96,7 @@ impl<D: Directory> Filter<D> {
                 }
                 Step::Asks(missing, mut waiting) => {
                     if let Err(e) = self.ask(missing, &mut waiting.known).await {
-                        tracing::warn!(queue_id = %waiting.queue_id, error = %e.0, "directory unavailable");
+                        tracing::warn!(queue_id = %waiting.queue_id, error = %e, "directory unavailable");
                         break self.policy(self.failure.directory_down, Some(waiting.age));
                     }
                     let this = self.clone();
@@ -121,11 +116,7 @@ impl<D: Directory> Filter<D> {
     }
 
     /// Asks the directory what the rules miss.
-    async fn ask(
-        &self,
-        missing: Missing,
-        known: &mut Known,
-    ) -> Result<(), crate::directory::Unavailable> {
+    async fn ask(&self, missing: Missing, known: &mut Known) -> Result<(), DirectoryError> {
         match &self.directory {
             Some(dir) => known.ask(missing, dir).await,
             // Without a directory nothing is missing: `evaluate` gets no

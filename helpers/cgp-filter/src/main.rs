@@ -7,7 +7,6 @@ use clap::Parser;
 use cli::Cli;
 use config::FilterConfig;
 use filter::Filter;
-use ldap::LdapPeople;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +15,6 @@ mod cli;
 mod config;
 mod directory;
 mod filter;
-mod ldap;
 mod message;
 mod patterns;
 mod queue;
@@ -25,7 +23,7 @@ mod template;
 mod wire;
 
 struct FilterHelper {
-    filter: Arc<Filter<LdapPeople>>,
+    filter: Arc<Filter<cgp_lookup::directory::Directory>>,
     /// The `*` line about left-out modifiers is written once per process.
     warned_modifiers: AtomicBool,
 }
@@ -42,12 +40,10 @@ impl Helper for FilterHelper {
         // Compiled when the file was read; `validate` reported an error.
         let rules = cfg.rules.map_err(|e| e.to_string())?;
         let cfg = cfg.file;
+        // The directory is asked for the attributes the rules read.
+        let attributes: Vec<&str> = rules.attributes.iter().map(String::as_str).collect();
         let directory = match &cfg.directory {
-            Some(d) => Some(LdapPeople::new(
-                d,
-                rules.attributes.iter().cloned(),
-                rules.needs_groups,
-            )?),
+            Some(d) => Some(d.open(&attributes).map_err(|e| e.to_string())?),
             None => None,
         };
         Ok(FilterHelper {

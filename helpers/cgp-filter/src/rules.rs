@@ -15,12 +15,13 @@
 
 use crate::config::CompileError;
 use crate::config::{Action, Conditions, ConfigFile, RuleConfig};
-use crate::directory::{Directory, Person, Recall, Unavailable};
+use crate::directory::{Directory, DirectoryError, Person, Recall};
 use crate::message::{HeaderParser, Headers};
 use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
 use crate::queue::QueueFile;
 use crate::template::{HeaderTemplate, Template, Var};
 use crate::wire::{Dialect, Modifiers, Verdict};
+use cgp_lookup::directory::{GroupLookup, GroupRef, Kind};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -47,8 +48,6 @@ pub struct RuleSet {
     pub needs_body: bool,
     /// Directory attributes some rule or template reads.
     pub attributes: BTreeSet<String>,
-    /// Some rule asks about groups.
-    pub needs_groups: bool,
     /// Attributes holding a person's addresses (`from_is_own`).
     address_attributes: Vec<String>,
     local_by_directory: bool,
@@ -88,7 +87,7 @@ impl Known {
         &mut self,
         missing: Missing,
         dir: &D,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<(), DirectoryError> {
         match missing {
             Missing::Person(who) => self.person = Some(dir.person(&who).await?),
             Missing::Recipients(recipients) => {
@@ -135,7 +134,7 @@ struct Cond {
     header: Vec<(usize, usize)>,
     attachment_name: Option<regex::Regex>,
     attachment_type: Option<regex::Regex>,
-    member_of: Option<Vec<String>>,
+    member_of: Option<Vec<GroupRef>>,
     attribute: Vec<(String, regex::Regex)>,
     from_is_own: Option<bool>,
     /// Whether there are envelope conditions, and header or attachment
@@ -230,14 +229,12 @@ impl RuleSet {
             }
         }
         let dir = cfg.directory.as_ref();
-        let address_attributes: Vec<String> = dir
-            .map(|d| {
-                d.address_attributes
-                    .iter()
-                    .map(|a| a.to_ascii_lowercase())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let address_attributes: Vec<String> = cfg
+            .filter
+            .address_attributes
+            .iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
         let uses_from = rules.iter().any(|r| {
             r.when.from_is_own.is_some()
                 || r.unless.as_ref().is_some_and(|u| u.from_is_own.is_some())
@@ -245,10 +242,13 @@ impl RuleSet {
         if uses_from {
             attributes.extend(address_attributes.iter().cloned());
         }
-        if needs_groups && dir.is_some_and(|d| d.group_base.is_none()) {
+        let no_groups = |d: &cgp_lookup::directory::DirectoryConfig| {
+            d.kind == Kind::Ldap && d.groups.lookup == GroupLookup::None
+        };
+        if needs_groups && dir.is_some_and(no_groups) {
             return Err(CompileError::new(
-                "directory.group_base",
-                "is needed by the member_of conditions",
+                "directory.groups.lookup",
+                "the member_of conditions need groups: set search or member_of",
             ));
         }
         Ok(RuleSet {
@@ -268,9 +268,8 @@ impl RuleSet {
             header_hits_len,
             needs_body,
             attributes,
-            needs_groups,
             address_attributes,
-            local_by_directory: dir.is_some_and(|d| d.local_recipients),
+            local_by_directory: cfg.filter.recipients_in_directory_are_local,
         })
     }
 
@@ -450,7 +449,7 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
         member_of: c
             .member_of
             .as_ref()
-            .map(|l| l.iter().map(|g| g.to_lowercase()).collect()),
+            .map(|l| l.iter().map(|g| GroupRef::new(g)).collect()),
         attribute: c
             .attribute
             .iter()
@@ -727,7 +726,7 @@ impl<'a> Facts<'a> {
         }
         let person = self.person();
         if let Some(groups) = &c.member_of {
-            let member = person.is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
+            let member = person.is_some_and(|p| groups.iter().any(|g| p.in_group(g)));
             if !member {
                 return Ok(false);
             }
@@ -804,7 +803,13 @@ mod tests {
         toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const DIRECTORY: &str = "[directory]\nbase = \"ou=people,dc=example,dc=org\"\ngroup_base = \"ou=groups,dc=example,dc=org\"\n";
+    const DIRECTORY: &str = "[directory]\ntype = \"ldap\"\n[directory.search]\nbase = \"ou=people,dc=example,dc=org\"\n[directory.groups]\nlookup = \"search\"\n";
+
+    /// `OUTBOUND` with directory recipients counted as local.
+    fn outbound_local() -> String {
+        let local = "[filter]\nrecipients_in_directory_are_local = true\n";
+        format!("{}{DIRECTORY}", OUTBOUND.replacen("[filter]\n", local, 1))
+    }
 
     fn message(env: &[&str], header: &str) -> QueueFile {
         QueueFile {
@@ -858,7 +863,7 @@ action = "bounce"
 text = "{user} may not send outside the organisation"
 "#;
 
-    async fn run(cfg: &str, qf: &QueueFile, dir: &Fake) -> Result<Verdict, Unavailable> {
+    async fn run(cfg: &str, qf: &QueueFile, dir: &Fake) -> Result<Verdict, DirectoryError> {
         let set =
             RuleSet::compile(&config(cfg)).unwrap_or_else(|e| panic!("{}: {}", e.key, e.message));
         settle(&set, qf, dir).await
@@ -866,7 +871,7 @@ text = "{user} may not send outside the organisation"
 
     /// Evaluates, asks the directory what is missing, and again, as the
     /// filter does. The fake recalls nothing: every answer is asked for.
-    async fn settle(set: &RuleSet, qf: &QueueFile, dir: &Fake) -> Result<Verdict, Unavailable> {
+    async fn settle(set: &RuleSet, qf: &QueueFile, dir: &Fake) -> Result<Verdict, DirectoryError> {
         let mut known = Known::default();
         loop {
             match set.evaluate(qf, &known, Some(dir)) {
@@ -878,7 +883,7 @@ text = "{user} may not send outside the organisation"
 
     #[tokio::test]
     async fn many_recipients_are_asked_about_in_rounds() {
-        let cfg = format!("{OUTBOUND}{DIRECTORY}local_recipients = true\n");
+        let cfg = outbound_local();
         let mut dir = fake();
         let mut env = vec!["S <bob@example.test> SMTP [192.0.2.11]".to_string()];
         for i in 0..100 {
@@ -910,7 +915,7 @@ text = "{user} may not send outside the organisation"
 
     #[tokio::test]
     async fn recipients_in_the_directory_can_count_as_local() {
-        let cfg = format!("{OUTBOUND}{DIRECTORY}local_recipients = true\n");
+        let cfg = outbound_local();
         let dir = fake().with("partner@other.test", &[], &[]);
         let mut bob = alice_out();
         bob.envelope = Envelope::parse([
@@ -1188,8 +1193,8 @@ add_header = ["X-PDF: yes"]
                 "more than",
             ),
             (
-                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n[directory]\nbase = \"dc=x\"\n",
-                "directory.group_base",
+                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n[directory]\ntype = \"ldap\"\n",
+                "directory.groups.lookup",
                 "member_of",
             ),
         ];
