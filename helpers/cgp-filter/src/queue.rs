@@ -1,4 +1,4 @@
-//! CGP queue files (protocol.md §3.5): where `FILE` may point, and reading
+//! CGP queue files (docs/wire.md): where `FILE` may point, and reading
 //! the envelope, the header and a bounded prefix of the body.
 //!
 //! The file is opened read-only and read front to back through a bounded
