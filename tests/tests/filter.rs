@@ -457,3 +457,21 @@ action = "bounce"
         "peak RSS {peak_mib} MiB for 64 waiting requests"
     );
 }
+
+#[test]
+fn a_rule_that_does_not_compile_is_reported_at_its_line() {
+    let base = Base::new(&[]);
+    // The first rule has a `stop` too: looking the key up by name would
+    // point there.
+    let config = base.config(
+        "[[rule]]\nname = \"first\"\nstop = true\n\n[[rule]]\nname = \"second\"\naction = \"bounce\"\nstop = false\n",
+    );
+    let out = std::process::Command::new(bin("cgp-filter"))
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run cgp-filter");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 5, key `rule[1].stop`"), "{err}");
+}
