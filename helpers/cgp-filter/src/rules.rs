@@ -13,8 +13,7 @@
 //! keeping only the small [`Known`] facts (not the message) while it waits,
 //! and evaluates again with them.
 
-use crate::config::CompileError;
-use crate::config::{Action, Conditions, ConfigFile, RuleConfig};
+use crate::config::{Action, CompileError, Conditions, ConfigFile, RuleConfig};
 use crate::directory::{Directory, DirectoryError, Person, Recall};
 use crate::message::{HeaderParser, Headers};
 use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
