@@ -26,6 +26,21 @@ impl<'de> Deserialize<'de> for Regex {
     }
 }
 
+/// Why an address-list or network-list entry does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("a list file cannot name another list file")]
+    NestedFile,
+    #[error("list files hold addresses and domains, not regexes")]
+    RegexInFile,
+    #[error("invalid regex: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("{0:?} is not an address or a domain")]
+    NotAnAddress(String),
+    #[error("{0:?} is not an IP address or a CIDR block")]
+    NotANetwork(String),
+}
+
 /// One entry of an address list: `user@domain` (exact), `domain` or
 /// `@domain` (every address of the domain), `/regex/` (on the whole address,
 /// case-insensitive) or `file:PATH` (a list of such entries, regexes aside).
@@ -38,26 +53,26 @@ pub enum AddressPattern {
 }
 
 impl AddressPattern {
-    fn parse(text: &str, allow_file: bool) -> Result<AddressPattern, String> {
+    fn parse(text: &str, allow_file: bool) -> Result<AddressPattern, PatternError> {
         let t = text.trim();
         if let Some(path) = t.strip_prefix("file:") {
             if !allow_file {
-                return Err("a list file cannot name another list file".into());
+                return Err(PatternError::NestedFile);
             }
             return Ok(AddressPattern::File(PathBuf::from(path)));
         }
         if t.len() >= 2 && t.starts_with('/') && t.ends_with('/') {
             if !allow_file {
-                return Err("list files hold addresses and domains, not regexes".into());
+                return Err(PatternError::RegexInFile);
             }
             return regex::RegexBuilder::new(&t[1..t.len() - 1])
                 .case_insensitive(true)
                 .build()
                 .map(AddressPattern::Regex)
-                .map_err(|e| format!("invalid regex: {e}"));
+                .map_err(PatternError::from);
         }
         if t.is_empty() || t.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{t:?} is not an address or a domain"));
+            return Err(PatternError::NotAnAddress(t.to_string()));
         }
         let t = t.to_lowercase();
         match t.find('@') {
@@ -230,11 +245,11 @@ pub enum IpPattern {
     File(PathBuf),
 }
 
-fn parse_net(t: &str) -> Result<IpNet, String> {
+fn parse_net(t: &str) -> Result<IpNet, PatternError> {
     let t = t.trim();
     t.parse::<IpNet>()
         .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{t:?} is not an IP address or a CIDR block"))
+        .map_err(|_| PatternError::NotANetwork(t.to_string()))
 }
 
 impl<'de> Deserialize<'de> for IpPattern {
