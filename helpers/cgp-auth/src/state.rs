@@ -535,7 +535,6 @@ mod tests {
             positive_ttl: Duration::ZERO,
             negative_ttl: Duration::ZERO,
             stale_window: Duration::ZERO,
-            dn_ttl: Duration::ZERO,
         };
         let fp = s.fingerprint("a@x", b"pw");
         s.remember(s.generation(), &off, "a@x", &fp, Cached::Ok);
@@ -607,7 +606,6 @@ mod tests {
             positive_ttl: Duration::from_millis(30),
             negative_ttl: Duration::from_millis(30),
             stale_window: Duration::ZERO,
-            dn_ttl: Duration::ZERO,
         };
         let t = ThrottleConfig {
             reset_after: Duration::from_millis(30),
