@@ -60,9 +60,9 @@ fn u64_at(v: &[u8], at: usize) -> Option<u64> {
 
 /// The stamp of a cache record of either kind, by its key.
 pub fn cache_stamp(key: &[u8], value: &[u8]) -> Option<u64> {
-    match key.first()? {
-        &POSITIVE => Positive::decode(value).map(|p| p.stamp),
-        &NEGATIVE => Negative::decode(value).map(|n| n.stamp),
+    match *key.first()? {
+        POSITIVE => Positive::decode(value).map(|p| p.stamp),
+        NEGATIVE => Negative::decode(value).map(|n| n.stamp),
         _ => None,
     }
 }
