@@ -164,7 +164,10 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     /// A directory on any back end (a new one, or a fake in tests).
     pub fn with_backend(backend: impl Backend, cache: &CacheConfig) -> Directory {
-        let cache = backend.cacheable().then(|| Arc::new(Cache::new(cache)));
+        // With both TTLs at zero nothing could be answered from the cache:
+        // every lookup would only add an entry to drop later.
+        let keeps = !cache.ttl.is_zero() || !cache.negative_ttl.is_zero();
+        let cache = (backend.cacheable() && keeps).then(|| Arc::new(Cache::new(cache)));
         Directory {
             backend: Arc::new(backend),
             cache,
