@@ -31,11 +31,6 @@ struct FilterHelper {
 
 impl Helper for FilterHelper {
     type Config = FilterConfig;
-    // A request is computed where it is read (file, header, rules); only a
-    // directory lookup that misses the cache waits. Several dispatchers
-    // keep every core busy without a hand-over to a worker and back.
-    const INLINE_FIRST_POLL: bool = true;
-    const PARALLEL_DISPATCH: bool = true;
 
     async fn build(cfg: FilterConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         let rules = match cfg.compiled.get() {
