@@ -4,8 +4,10 @@
 # cgp-helper-sim (search+bind, and the DN-template fast path), cached VRFY
 # against the null helper, and peak RSS at 256 in flight.
 # Usage: bench/auth.sh [REQUESTS] [USERS] [IN_FLIGHT]   (defaults 20000 2000 32)
+# With AUTH_BASE_BIN=/path/to/an/earlier/cgp-auth every helper row also runs
+# that binary (configuration shape before [directory]) and prints the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p cgp-helper-sim -p cgp-auth
 cargo build --release --quiet -p cgp-runtime --examples
-cargo run --release --quiet -p cgp-auth --example auth_bench -- "$@"
+cargo run --release --quiet -p cgp-tests --example auth_bench -- "$@"
