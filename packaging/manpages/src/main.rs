@@ -271,7 +271,9 @@ fn sim_sections(r: &mut Roff) {
         "0 when the helper kept the protocol contract on every request; 1 on any \
          violation (the first 20 are printed on stderr; the summary line is on stdout \
          either way); 2 when the helper cannot be started, the transcript cannot be \
-         read, or neither --transcript nor --generate is given.",
+         read, or neither --transcript nor --generate is given. The tap subcommand \
+         ends as its helper ended (the same exit status, or the same signal), and \
+         exits 1 when the helper cannot be started.",
     )]);
 }
 
