@@ -38,17 +38,17 @@ const EVENTS: [(Event, &str, &str); 3] = [
     (
         Event::CacheHit,
         "cgp_helper_cache_hits",
-        "Requests answered from the helper's cache.",
+        "Requests answered from the helper's cache",
     ),
     (
         Event::BackendError,
         "cgp_helper_backend_errors",
-        "Back-end requests that failed (down, timed out, refused).",
+        "Back-end requests that failed (down, timed out, refused)",
     ),
     (
         Event::Throttled,
         "cgp_helper_throttled_requests",
-        "Requests slowed down or refused by throttling.",
+        "Requests slowed down or refused by throttling",
     ),
 ];
 
@@ -74,13 +74,13 @@ impl Collector for Counters {
         let requests = ConstCounter::new(self.requests);
         requests.encode(encoder.encode_descriptor(
             "cgp_helper_requests",
-            "Requests read, the runtime's own (INTF, KEY) included.",
+            "Requests read, the runtime's own (INTF, KEY) included",
             None,
             requests.metric_type(),
         )?)?;
         let mut replies = encoder.encode_descriptor(
             "cgp_helper_replies",
-            "Replies written, by kind (their first word: OK, ERROR, FAILURE, ...).",
+            "Replies written, by kind (their first word: OK, ERROR, FAILURE, ...)",
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;
@@ -108,7 +108,7 @@ pub fn render(helper: &str, instance: &str, stats: &Stats) -> String {
     let mut registry = Registry::with_labels(labels.into_iter());
     registry.register(
         "cgp_helper_request_duration_seconds",
-        "Time from reading a request to queueing its reply.",
+        "Time from reading a request to queueing its reply",
         snapshot.latency,
     );
     registry.register_collector(Box::new(Counters {
