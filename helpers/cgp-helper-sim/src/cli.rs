@@ -65,11 +65,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Mode {
-    /// Run a helper under CGP and record its conversation: set this as the
-    /// helper's Program Path in front of the real one. Bytes pass through
-    /// unchanged both ways; both directions are recorded with times, secrets
-    /// masked, to a file created 0600. Signals (TERM, HUP, INT) are passed
-    /// to the helper and its exit status is passed on.
+    /// Run a helper under CGP and record its conversation, secrets masked
+    ///
+    /// Set it as the helper's Program Path in front of the real one. Bytes
+    /// pass through unchanged both ways; both directions are recorded with
+    /// times, secrets masked, to a file created 0600. Signals (TERM, HUP,
+    /// INT) are passed to the helper and its exit status is passed on.
     Tap(TapArgs),
 }
 

@@ -173,10 +173,18 @@ impl Tap {
         });
 
         let s = shared.clone();
+        let reaped = Arc::new(AtomicBool::new(false));
+        let gone = reaped.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
-                // SAFETY: kill(2) on the helper's pid, which stays reserved
-                // until it is waited for below.
+                // The pid stays the helper's until it is waited for below;
+                // after that the tap is exiting, and the signal is not sent
+                // to a process that may have been given the number since.
+                if gone.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // SAFETY: kill(2) touches no memory of ours; `pid` is our
+                // child, not yet waited for.
                 unsafe { libc::kill(pid, sig) };
                 s.event(format!("signal {} passed to the helper", signal_name(sig)));
             }
@@ -235,6 +243,7 @@ impl Tap {
         let status = child
             .wait()
             .map_err(|e| format!("cannot wait for the helper: {e}"))?;
+        reaped.store(true, Ordering::Relaxed);
         let _ = replies.join();
         shared.event(format!("helper ended: {}", describe(status)));
         // The recorder gets a little time to write the end; a file that
