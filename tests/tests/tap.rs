@@ -7,7 +7,7 @@
 use cgp_tests::session::Session;
 use cgp_tests::transcript::{run, run_all_with};
 use cgp_tests::{bin, testdata};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -343,6 +343,58 @@ fn an_unwritable_capture_stops_recording_and_nothing_else() {
             assert!(helper_bytes == said, "{case}: the helper's bytes changed");
         }
     }
+}
+
+#[test]
+fn a_capture_that_stops_taking_bytes_does_not_hold_the_helper() {
+    // A FIFO whose reader never reads: its buffer fills, and a blocking
+    // writer would hang there.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cap");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut helper = vec![path_str(&bin("cgp-helper-sim"))];
+    helper.extend(tap_args(&fifo));
+    helper.push(path_str(&bin("probe_helper")));
+    let out = Command::new(bin("cgp-helper-sim"))
+        .args([
+            "--generate",
+            "20000",
+            "--in-flight",
+            "16",
+            "--reply-timeout",
+            "10",
+        ])
+        .args([
+            "--request",
+            "ECHO a-line-long-enough-to-fill-the-pipe-quickly-{n}",
+            "--print",
+        ])
+        .arg("--")
+        .args(&helper)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("requests=20002 replies=20002 violations=0"),
+        "{text}"
+    );
+    let notices = text
+        .lines()
+        .filter(|l| l.starts_with("* cgp-helper-sim tap: capture stopped (cannot write"))
+        .count();
+    assert_eq!(notices, 1, "{text}");
 }
 
 #[test]

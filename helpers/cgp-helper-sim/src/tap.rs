@@ -4,8 +4,8 @@
 //! ([`crate::capture`]), to a size-bounded, rotated file.
 //!
 //! Passing bytes never waits for the file: the two forwarding threads hand
-//! a copy of what they read to the recorder through a bounded queue without
-//! waiting, and a file that cannot be written (or a queue that fills up)
+//! a copy of what they read to the recorder through a queue bounded in bytes,
+//! without waiting, and a file that cannot be written (or a queue that fills up)
 //! stops the recording for good, which is said once on a `*` line put
 //! between two lines of the helper's output. A request is queued for the
 //! recorder before it is passed on, so the recorder sees a READPLAIN before
@@ -21,13 +21,17 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-/// Chunks waiting for the recorder: at most this many reads of either side.
-const QUEUE: usize = 256;
+/// Bytes waiting for the recorder, at most: a slow disk gets this much
+/// slack before the recording stops, and the tap's memory stays bounded.
+const QUEUE_BYTES: usize = 16 << 20;
+/// What a queued message costs besides its bytes.
+const MSG_COST: usize = 64;
 const READ_SIZE: usize = 16 * 1024;
 
 pub struct Tap {
@@ -56,7 +60,9 @@ struct Shared {
     recording: AtomicBool,
     notice: Mutex<Option<String>>,
     out: Mutex<Out>,
-    queue: SyncSender<Msg>,
+    queue: Sender<Msg>,
+    /// Bytes queued for the recorder and not yet written.
+    pending: AtomicUsize,
 }
 
 struct Out {
@@ -73,9 +79,15 @@ impl Shared {
         if !self.recording.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(msg) {
+        let cost = msg.cost();
+        if self.pending.fetch_add(cost, Ordering::Relaxed) + cost > QUEUE_BYTES {
+            self.pending.fetch_sub(cost, Ordering::Relaxed);
             self.stop("the capture file is written more slowly than the helper talks");
+            return;
         }
+        // Fails only once the recorder has stopped, and then nothing is
+        // recorded any more.
+        let _ = self.queue.send(msg);
     }
 
     fn event(&self, text: String) {
@@ -93,6 +105,18 @@ impl Shared {
         ));
         if let Ok(mut out) = self.out.try_lock() {
             let _ = out.write(b"", &self.notice);
+        }
+    }
+}
+
+impl Msg {
+    /// What the message counts against [`QUEUE_BYTES`]; `Finish` is sent
+    /// outside the bound.
+    fn cost(&self) -> usize {
+        match self {
+            Msg::Chunk(_, _, bytes) => MSG_COST + bytes.len(),
+            Msg::Event(_, text) => MSG_COST + text.len(),
+            Msg::Finish => 0,
         }
     }
 }
@@ -150,7 +174,7 @@ impl Tap {
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
         let pid = child.id() as libc::pid_t;
-        let (queue, rx) = sync_channel(QUEUE);
+        let (queue, rx) = channel();
         let shared = Arc::new(Shared {
             recording: AtomicBool::new(true),
             notice: Mutex::new(None),
@@ -159,6 +183,7 @@ impl Tap {
                 at_boundary: true,
             }),
             queue,
+            pending: AtomicUsize::new(0),
         });
         shared.event(format!(
             "helper started, pid {pid}: {}",
@@ -248,15 +273,8 @@ impl Tap {
         shared.event(format!("helper ended: {}", describe(status)));
         // The recorder gets a little time to write the end; a file that
         // hangs does not keep the helper's exit from CGP.
-        let until = Instant::now() + Duration::from_secs(2);
-        while shared.recording.load(Ordering::Relaxed) && Instant::now() < until {
-            match shared.queue.try_send(Msg::Finish) {
-                Err(TrySendError::Full(_)) => std::thread::sleep(Duration::from_millis(5)),
-                _ => {
-                    let _ = done.recv_timeout(until.saturating_duration_since(Instant::now()));
-                    break;
-                }
-            }
+        if shared.recording.load(Ordering::Relaxed) && shared.queue.send(Msg::Finish).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(2));
         }
         Ok(status)
     }
@@ -326,13 +344,16 @@ impl Recorder {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let finish = matches!(msg, Msg::Finish);
-            let mut result = self.take(msg);
-            // Written out whenever the queue is empty, so that a capture
-            // read while the helper runs is up to date.
-            if result.is_ok() && !finish {
-                while let Ok(msg) = rx.try_recv() {
-                    result = result.and_then(|()| self.take(msg));
+            // Everything queued is taken, then written out: a capture read
+            // while the helper runs is up to date.
+            let mut finish = false;
+            let mut result = Ok(());
+            for msg in std::iter::once(msg).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                finish |= matches!(msg, Msg::Finish);
+                shared.pending.fetch_sub(msg.cost(), Ordering::Relaxed);
+                result = result.and_then(|()| self.take(msg));
+                if finish || result.is_err() {
+                    break;
                 }
             }
             if let Some(f) = self.file.as_mut() {
