@@ -91,6 +91,25 @@ fn raw_stdout(args: &[String], input: &[u8]) -> (Vec<u8>, Option<i32>) {
     (out.stdout, out.status.code())
 }
 
+/// `cgp-helper-sim <sim> -- cgp-helper-sim tap <tap> -- probe_helper`:
+/// checks that the simulator found no violation; returns what it printed.
+fn sim_through_tap(sim: &[&str], tap: Vec<String>) -> String {
+    let mut helper = vec![path_str(&bin("cgp-helper-sim"))];
+    helper.extend(tap);
+    helper.push(path_str(&bin("probe_helper")));
+    let out = Command::new(bin("cgp-helper-sim"))
+        .args(sim)
+        .arg("--")
+        .args(&helper)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(text.contains("violations=0"), "{text}");
+    text
+}
+
 #[test]
 fn bytes_pass_through_unchanged_both_ways_on_the_runtime_transcripts() {
     for (case, input) in runtime_cases() {
@@ -154,28 +173,15 @@ fn reply_order_through_the_tap_is_the_order_without_it() {
 fn exactly_once_under_load_and_every_line_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("cap");
-    let mut helper = vec![path_str(&bin("cgp-helper-sim"))];
-    helper.extend(tap_args(&capture));
-    helper.push(path_str(&bin("probe_helper")));
-    let out = Command::new(bin("cgp-helper-sim"))
-        .args([
-            "--generate",
-            "20000",
-            "--in-flight",
-            "32",
-            "--request",
-            "ECHO {n}",
-        ])
-        .arg("--")
-        .args(&helper)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sim = [
+        "--generate",
+        "20000",
+        "--in-flight",
+        "32",
+        "--request",
+        "ECHO {n}",
+    ];
+    let text = sim_through_tap(&sim, tap_args(&capture));
     assert!(
         text.contains("requests=20002 replies=20002 violations=0"),
         "{text}"
@@ -359,33 +365,18 @@ fn a_capture_that_stops_taking_bytes_does_not_hold_the_helper() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    let mut helper = vec![path_str(&bin("cgp-helper-sim"))];
-    helper.extend(tap_args(&fifo));
-    helper.push(path_str(&bin("probe_helper")));
-    let out = Command::new(bin("cgp-helper-sim"))
-        .args([
-            "--generate",
-            "20000",
-            "--in-flight",
-            "16",
-            "--reply-timeout",
-            "10",
-        ])
-        .args([
-            "--request",
-            "ECHO a-line-long-enough-to-fill-the-pipe-quickly-{n}",
-            "--print",
-        ])
-        .arg("--")
-        .args(&helper)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sim = [
+        "--generate",
+        "20000",
+        "--in-flight",
+        "16",
+        "--reply-timeout",
+        "10",
+        "--request",
+        "ECHO a-line-long-enough-to-fill-the-pipe-quickly-{n}",
+        "--print",
+    ];
+    let text = sim_through_tap(&sim, tap_args(&fifo));
     assert!(
         text.contains("requests=20002 replies=20002 violations=0"),
         "{text}"
@@ -467,29 +458,12 @@ fn partial_lines_and_invalid_utf8_pass_and_are_recorded() {
 fn the_capture_is_rotated_within_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("cap");
-    let mut helper = vec![path_str(&bin("cgp-helper-sim"))];
-    helper.extend(tap_args(&capture));
-    helper.splice(
-        4..4,
-        [
-            "--max-bytes".into(),
-            "4096".into(),
-            "--keep".into(),
-            "2".into(),
-        ],
+    let mut tap = tap_args(&capture);
+    tap.splice(
+        3..3,
+        ["--max-bytes", "4096", "--keep", "2"].map(String::from),
     );
-    helper.push(path_str(&bin("probe_helper")));
-    let out = Command::new(bin("cgp-helper-sim"))
-        .args(["--generate", "2000", "--request", "ECHO {n}"])
-        .arg("--")
-        .args(&helper)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    sim_through_tap(&["--generate", "2000", "--request", "ECHO {n}"], tap);
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()

@@ -26,8 +26,10 @@ const MAX_TRANSCRIPT_LINE: usize = 4 << 20;
 /// Lines of a transcript looked at, at most, for the INTF it may open with.
 const INTF_LOOKAHEAD: usize = 64;
 
-/// Latency samples kept exactly; past this, reservoir sampling keeps the
-/// memory fixed on an endless run.
+/// Latency samples kept exactly; past this, every other sample is dropped
+/// and from then on only every other reply sampled (and so on), so the
+/// memory stays fixed on an endless run and the samples spread over all of
+/// it.
 const SAMPLES: usize = 1 << 20;
 
 /// Answered tokens remembered to catch a second reply; older ones are
@@ -263,24 +265,24 @@ pub struct Report {
     pub elapsed: Duration,
     latencies_us: Vec<u64>,
     max_us: u64,
-    rng: u64,
+    /// One reply in this many is sampled.
+    stride: u64,
 }
 
 impl Report {
     fn latency(&mut self, us: u64) {
         self.max_us = self.max_us.max(us);
-        if self.latencies_us.len() < SAMPLES {
-            self.latencies_us.push(us);
-        } else {
-            // xorshift picks the sample to replace: percentiles stay
-            // representative while the memory stays fixed.
-            self.rng ^= self.rng << 13 | 1;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let slot = self.rng % self.replies as u64;
-            if let Some(s) = self.latencies_us.get_mut(slot as usize) {
-                *s = us;
-            }
+        if self.replies as u64 % self.stride.max(1) != 0 {
+            return;
+        }
+        self.latencies_us.push(us);
+        if self.latencies_us.len() >= SAMPLES {
+            let mut odd = false;
+            self.latencies_us.retain(|_| {
+                odd = !odd;
+                odd
+            });
+            self.stride = self.stride.max(1) * 2;
         }
     }
 
@@ -362,16 +364,7 @@ impl Session {
             b
         });
 
-        let mut state = State {
-            report: Report::default(),
-            outstanding: HashMap::new(),
-            answered: HashSet::new(),
-            answered_order: VecDeque::new(),
-            quit: None,
-            quit_answered: false,
-            eof: false,
-            print: self.print,
-        };
+        let mut state = State::new(self.print);
         let started = Instant::now();
         let mut exhausted = false;
         while !state.eof {
@@ -467,6 +460,19 @@ struct State {
 }
 
 impl State {
+    fn new(print: bool) -> State {
+        State {
+            report: Report::default(),
+            outstanding: HashMap::new(),
+            answered: HashSet::new(),
+            answered_order: VecDeque::new(),
+            quit: None,
+            quit_answered: false,
+            eof: false,
+            print,
+        }
+    }
+
     fn violation(&mut self, v: String) {
         self.report.violation_count += 1;
         if self.report.violations.len() < KEPT_VIOLATIONS {
@@ -653,17 +659,22 @@ mod tests {
     }
 
     #[test]
+    fn latency_samples_stay_bounded_and_spread_over_the_run() {
+        let mut r = Report::default();
+        let n = SAMPLES as u64 * 3;
+        for i in 0..n {
+            r.replies += 1;
+            r.latency(i);
+        }
+        assert!(r.latencies_us.len() < SAMPLES);
+        assert!(r.latencies_us.iter().any(|v| *v < 1000));
+        assert!(r.latencies_us.iter().any(|v| *v > n - 1000));
+        assert_eq!(r.max_us, n - 1);
+    }
+
+    #[test]
     fn answered_tokens_and_latencies_stay_bounded() {
-        let mut s = State {
-            report: Report::default(),
-            outstanding: HashMap::new(),
-            answered: HashSet::new(),
-            answered_order: VecDeque::new(),
-            quit: None,
-            quit_answered: false,
-            eof: false,
-            print: false,
-        };
+        let mut s = State::new(false);
         for i in 0..(REMEMBERED + 10) {
             let seq = i.to_string();
             s.sent(seq.as_bytes(), false);

@@ -218,51 +218,31 @@ impl Tap {
         let mut to_helper = child.stdin.take().ok_or("no stdin")?;
         let s = shared.clone();
         std::thread::spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0; READ_SIZE];
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
+            let ended = each_read(std::io::stdin(), |chunk| {
                 // Recorded before it is passed on: see the module's text.
-                s.record(Msg::Chunk(
-                    Dir::Request,
-                    SystemTime::now(),
-                    buf[..n].to_vec(),
-                ));
-                if to_helper.write_all(&buf[..n]).is_err() {
-                    return;
-                }
+                s.record(Msg::Chunk(Dir::Request, SystemTime::now(), chunk.to_vec()));
+                to_helper.write_all(chunk).is_ok()
+            });
+            if ended {
+                s.event("end of input from CGP".into());
             }
-            s.event("end of input from CGP".into());
             // Dropping the pipe tells the helper, as CGP closing it would.
         });
 
         let mut from_helper = child.stdout.take().ok_or("no stdout")?;
         let s = shared.clone();
         let replies = std::thread::spawn(move || {
-            let mut buf = vec![0; READ_SIZE];
             let mut cgp_gone = false;
-            loop {
-                let n = match from_helper.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
+            each_read(&mut from_helper, |chunk| {
                 let at = SystemTime::now();
                 // If CGP stopped reading for good, keep draining the helper
                 // so that it is not blocked on a full pipe while it exits.
                 if !cgp_gone {
-                    cgp_gone = crate::sync_lock(&s.out)
-                        .write(&buf[..n], &s.notice)
-                        .is_err();
+                    cgp_gone = crate::sync_lock(&s.out).write(chunk, &s.notice).is_err();
                 }
-                s.record(Msg::Chunk(Dir::Reply, at, buf[..n].to_vec()));
-            }
+                s.record(Msg::Chunk(Dir::Reply, at, chunk.to_vec()));
+                true
+            });
         });
 
         let status = child
@@ -277,6 +257,24 @@ impl Tap {
             let _ = done.recv_timeout(Duration::from_secs(2));
         }
         Ok(status)
+    }
+}
+
+/// Hands each read of `from` to `each` as it comes, until the end of input
+/// (true) or until `each` returns false or the input fails (false).
+fn each_read(mut from: impl Read, mut each: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut buf = vec![0; READ_SIZE];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                if !each(&buf[..n]) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
     }
 }
 
