@@ -183,7 +183,7 @@ fn helper_sections(r: &mut Roff, short: &str, examples: &[(String, String)]) {
         ),
     ]);
     r.control("SS", ["Common keys"]);
-    let keys: [(&str, String, &str); 7] = [
+    let keys: [(&str, String, &str); 8] = [
         (
             "runtime.deadline",
             secs(rt.deadline),
@@ -202,7 +202,12 @@ fn helper_sections(r: &mut Roff, short: &str, examples: &[(String, String)]) {
         (
             "runtime.stats_interval",
             secs(rt.stats_interval),
-            "period of the * stats line in the CGP log; 0s turns it off",
+            "period of the * stats line in the CGP log and of the metrics file; 0s turns both off",
+        ),
+        (
+            "runtime.metrics.file",
+            "unset".to_string(),
+            "Prometheus text file for node_exporter's textfile collector (an absolute path ending in .prom), replaced at each stats interval, mode 0644",
         ),
         (
             "log.journald",
