@@ -23,6 +23,7 @@ mod compute;
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod stats;
 pub mod sync;
@@ -367,6 +368,8 @@ async fn serve<H: Helper>(
             _ = signals.hup.recv() => reload(&shared, path.as_ref()).await,
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 shared.writer.info(&shared.stats.line());
+                // metrics hook (tap branch): the metrics file beside each stats line.
+                metrics::publish(&current(&shared.runtime).metrics, shared.info.name, &shared.stats);
             }
         }
     };
@@ -385,6 +388,12 @@ async fn serve<H: Helper>(
         tracing::error!("requests still in flight after the drain limit");
     }
     shared.writer.info(&shared.stats.line());
+    // metrics hook (tap branch): the final counts, with the final stats line.
+    metrics::publish(
+        &current(&shared.runtime).metrics,
+        shared.info.name,
+        &shared.stats,
+    );
     if let Some(seq) = quit {
         shared.writer.reply(&seq, &Reply::ok());
     }
