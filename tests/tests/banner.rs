@@ -241,6 +241,48 @@ fn announce_refuses_bad_input_with_a_message() {
     }
 }
 
+/// Issue 14, defect 4: `--for 1000000years` was accepted and `list` then
+/// panicked formatting a time after year 9999.
+#[test]
+fn a_window_past_year_9999_is_refused_where_it_enters_and_never_breaks_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "");
+    let announce = |args: &[&str]| {
+        Command::new(bin("cgp-banner"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("announce")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = announce(&["add", "--text", "x", "--for", "1000000years"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {out:?}");
+    assert!(
+        err.contains("--for \"1000000years\"") && err.contains("9999-12-31T23:59:59Z"),
+        "{err}"
+    );
+    // A spool file written by hand (or by an older version) with such a
+    // window is set aside, and `list` still works.
+    let ok = announce(&["add", "--text", "kept", "--for", "1h"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let spool = dir.path().join("state.spool");
+    std::fs::write(
+        spool.join("op-0000000000000000-huge.json"),
+        r#"{"op":"add","id":"huge","text":"t","target":"all","from":0,"until":18446744073709551615}"#,
+    )
+    .unwrap();
+    let out = announce(&["list", "--all"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        listed.contains("kept") && !listed.contains("huge"),
+        "{listed}"
+    );
+    assert!(spool.join("bad-op-0000000000000000-huge.json").exists());
+}
+
 #[test]
 fn users_from_ldap_with_groups_hostile_values_and_a_directory_outage() {
     use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};

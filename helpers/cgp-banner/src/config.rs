@@ -1,6 +1,6 @@
 //! The configuration file of `cgp-banner` (reference in `docs/banner.md`).
 
-use crate::announce::{Announcement, Target};
+use crate::announce::{Announcement, LATEST, Target};
 use crate::directory::{LdapSource, Person};
 use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
@@ -59,7 +59,7 @@ impl FixedAnnouncement {
             text: self.text.clone(),
             target: self.target.clone(),
             from: self.from.map_or(0, |t| t.0),
-            until: self.until.map_or(u64::MAX, |t| t.0),
+            until: self.until.map_or(LATEST, |t| t.0),
             types: self.types.clone(),
         }
     }
@@ -217,6 +217,11 @@ impl HelperConfig for BannerConfig {
         if self.store.spool.is_some() && self.store.path.is_none() {
             return Err(KeyError::new("store.spool", "needs store.path"));
         }
+        for (i, a) in self.announcements.iter().enumerate() {
+            let a = a.to_announcement(i);
+            Announcement::check(a.from, a.until)
+                .map_err(|e| KeyError::new(format!("announcement[{i}].until"), e.to_string()))?;
+        }
         let names: Vec<&str> = self.ami.servers.iter().map(|s| s.name.as_str()).collect();
         for (account, p) in &self.directory.users {
             if let Some(pbx) = &p.pbx {
@@ -287,5 +292,10 @@ mod tests {
         assert!(e.starts_with("directory.users.\"a@b\".pbx"), "{e}");
         let e = parse("[store]\nspool = \"/tmp/x\"\n").unwrap_err();
         assert!(e.starts_with("store.spool"), "{e}");
+        let e = parse(
+            "[[announcement]]\ntext = \"x\"\nfrom = \"2030-01-02T00:00:00Z\"\nuntil = \"2030-01-01T00:00:00Z\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("announcement[0].until"), "{e}");
     }
 }
