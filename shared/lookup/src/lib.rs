@@ -3,5 +3,6 @@
 
 pub mod ami;
 pub mod cgp_cli;
+pub mod directory;
 pub mod ldap;
 pub mod store;
