@@ -6,10 +6,10 @@
 use crate::announce::{Announcement, Announcements};
 use crate::config::{BannerConfig, Rule};
 use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
-use crate::pbx::Pbx;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest};
-use cgp_lookup::ami::{Ami, extension_state_words};
+use cgp_lookup::ami::Ami;
+use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
 use cgp_wire::{Reply, Request};
@@ -48,15 +48,15 @@ impl Helper for Banner {
         let pbx = match previous.as_ref().filter(|p| p.config.ami == config.ami) {
             Some(p) => p.pbx.clone(),
             None if config.ami.servers.is_empty() => None,
-            None => {
-                let names: Vec<String> =
-                    config.ami.servers.iter().map(|s| s.name.clone()).collect();
-                Some(Pbx::start(
-                    Ami::start(&config.ami),
+            // Every PBX system is a back end of the one PBX interface; the
+            // banner never talks to a system directly.
+            None => Some(
+                Pbx::start(
+                    vec![Arc::new(Ami::start(&config.ami))],
                     config.cache.pbx_ttl,
-                    &names,
-                ))
-            }
+                )
+                .map_err(|e| e.to_string())?,
+            ),
         };
         // The running helper holds the store's lock: opening the same path
         // again would wait for itself.
@@ -186,7 +186,7 @@ impl Banner {
                 Var::Department => person.as_ref()?.department.clone(),
                 Var::VmNew => vm.map(|(n, _)| n.to_string()),
                 Var::VmOld => vm.map(|(_, o)| o.to_string()),
-                Var::ExtState => ext.map(|s| extension_state_words(s).to_string()),
+                Var::ExtState => ext.map(|s| s.words().to_string()),
                 Var::Announcements => return announcements.clone().map(Filled::Escaped),
             };
             raw.map(Filled::Raw)
@@ -207,7 +207,7 @@ impl Banner {
             return None;
         }
         let (pbx, p) = (self.pbx.as_ref()?, person?);
-        match pbx.mailbox(p.pbx.as_deref(), p.mailbox.as_deref()?).await {
+        match pbx.voicemail(p.pbx.as_deref(), p.mailbox.as_deref()?).await {
             Ok(c) => Some((c.new, c.old)),
             Err(e) => {
                 tracing::debug!(error = %e, "voicemail count unavailable");
@@ -216,15 +216,16 @@ impl Banner {
         }
     }
 
-    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<i32> {
+    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<ExtState> {
         if !wanted {
             return None;
         }
         let (pbx, p) = (self.pbx.as_ref()?, person?);
-        match pbx
-            .extension(p.pbx.as_deref(), p.extension.as_deref()?, &p.context)
-            .await
-        {
+        let extension = ExtensionId {
+            exten: p.extension.clone()?,
+            context: p.context.clone(),
+        };
+        match pbx.extension(p.pbx.as_deref(), &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!(error = %e, "extension state unavailable");

@@ -11,7 +11,6 @@ mod cli;
 mod config;
 mod directory;
 mod helper;
-mod pbx;
 mod template;
 mod wire;
 
