@@ -436,3 +436,56 @@ fn a_store_locked_by_the_previous_process_is_taken_over_when_it_exits() {
     new.ask_until("BANNER Notices bob@example.com", r#"OK "stored""#);
     new.finish();
 }
+
+/// Issue 18: a request outside the reconstructed grammar gets no banner,
+/// and its shape (never its values) is logged at warn level once.
+#[test]
+fn unknown_request_shapes_get_no_banner_and_are_logged_once_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("banner.log");
+    let cfg = dir.path().join("banner.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "default_banner = \"Welcome\"\n[runtime]\nstats_interval = \"0s\"\n\
+             [log]\njournald = false\nfile = \"{}\"\nlevel = \"warn\"\n\
+             [[banner]]\ntemplate = \"Hello {{account}}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut s = session(&cfg);
+    for _ in 0..3 {
+        assert_eq!(
+            s.ask("BANNER XIMSSLogin secret.user@example.com {} s3cretvalue"),
+            r#"ERROR "no banner""#
+        );
+        assert_eq!(s.ask("BANNERX hidden"), r#"ERROR "no banner""#);
+    }
+    // Another account of the same shape: not logged again.
+    assert_eq!(
+        s.ask("BANNER XIMSSLogin bob@example.com {} other"),
+        r#"ERROR "no banner""#
+    );
+    assert_eq!(
+        s.ask("BANNER XIMSSLogin bob@example.com"),
+        r#"OK "Hello bob@example.com""#
+    );
+    s.finish();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("unknown shape"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{logged}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logged}");
+    assert!(
+        lines[0].contains("shape=BANNER string string dict string")
+            && lines[0].contains("lengths=10 23 0 11"),
+        "{logged}"
+    );
+    assert!(lines[1].contains("shape=BANNERX string"), "{logged}");
+    for secret in ["secret.user", "s3cretvalue", "hidden", "XIMSSLogin"] {
+        assert!(!logged.contains(secret), "{secret} in {logged}");
+    }
+}

@@ -7,14 +7,14 @@ use crate::announce::{Announcement, Announcements};
 use crate::config::{BannerConfig, Rule};
 use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
 use crate::template::{Filled, Format, Var, push_escaped};
-use crate::wire::{self, BannerRequest};
+use crate::wire::{self, BannerRequest, Refused};
 use cgp_lookup::ami::Ami;
 use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
+use cgp_wire::shape::UnknownShapes;
 use cgp_wire::{Reply, Request};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Kept back from the request deadline so that the default banner is sent
@@ -32,7 +32,9 @@ pub struct Banner {
     directories: Vec<Box<dyn Directory>>,
     pbx: Option<Arc<Pbx>>,
     announcements: Option<Arc<Announcements>>,
-    extra_logged: AtomicBool,
+    /// Requests outside the reconstructed grammar, reported once per shape
+    /// (kept over a reload, so a shape is reported once per process).
+    unknown_shapes: Arc<UnknownShapes>,
 }
 
 impl Helper for Banner {
@@ -88,18 +90,21 @@ impl Helper for Banner {
             config,
             pbx,
             announcements,
-            extra_logged: AtomicBool::new(false),
+            unknown_shapes: previous
+                .map(|p| p.unknown_shapes.clone())
+                .unwrap_or_default(),
         })
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
         let br = match wire::parse(&req) {
             Ok(b) => b,
-            Err(reply) => return reply,
+            Err(Refused::UnknownShape) => {
+                self.unknown_shapes.report(&req, "no banner");
+                return wire::no_banner();
+            }
+            Err(Refused::Bad(reply)) => return reply,
         };
-        if br.extra > 0 && !self.extra_logged.swap(true, Ordering::Relaxed) {
-            ctx.info("BANNER requests carry arguments after <parameters>; they are ignored");
-        }
         let Some(rule) = self
             .config
             .banners
