@@ -57,8 +57,10 @@ fn quote(s: &str) -> String {
 fn config(dir: &Path, uris: &[String], top: &str, extra: &str) -> String {
     let uris: Vec<String> = uris.iter().map(|u| format!("{u:?}")).collect();
     format!(
-        r#"backend = "ldap"
-{top}
+        r#"{top}
+
+[directory]
+type = "ldap"
 
 [runtime]
 deadline = "8s"
@@ -69,7 +71,7 @@ journald = false
 level = "debug"
 file = "{log}"
 
-[ldap]
+[directory.ldap]
 uris = [{uris}]
 bind_dn = "{SERVICE_DN}"
 bind_password = "{SERVICE_PASSWORD}"
@@ -85,7 +87,7 @@ max_backoff = "200ms"
 }
 
 const LOOKUP: &str = r#"
-[lookup]
+[directory.search]
 base = "ou=people,dc=example,dc=org"
 "#;
 
@@ -202,106 +204,118 @@ fn verdicts_escaping_and_no_secrets_anywhere() {
 fn group_rule_compare_mode_template_and_domains() {
     let slapd = Slapd::start_default();
     let dir = tempdir();
-    let extra = r#"
-[lookup]
+    let extra = |groups: &str| {
+        format!(
+            r#"
+[directory.search]
 base = "ou=people,dc=example,dc=org"
-groups = ["cn=outbound,ou=groups,dc=example,dc=org"]
-readplain_attribute = "AstAccountSecret"
+required_groups = ["cn=outbound,ou=groups,dc=example,dc=org"]
+secret_attribute = "AstAccountSecret"
 
-[domains."compare.test"]
+[directory.groups]
+{groups}
+
+[directory.domains."compare.test"]
 base = "ou=people,dc=example,dc=org"
 mode = "compare"
 
-[domains."template.test"]
+[directory.domains."Template.TEST"]
 base = "ou=people,dc=example,dc=org"
-dn_template = "uid={user},ou=people,dc=example,dc=org"
+dn_template = "uid={{user}},ou=people,dc=example,dc=org"
 access_filter = "(departmentNumber=Sales)"
 
-[domains."other.test"]
+[directory.domains."other.test"]
 base = "ou=partners,dc=example,dc=org"
-filter = "(mail={email})"
+user_filter = "(mail={{address}})"
 
-[domains."memberof.test"]
+[directory.domains."memberof.test"]
 base = "ou=people,dc=example,dc=org"
-groups = ["CN=Outbound, OU=Groups, DC=example, DC=org"]
-group_check = "memberof"
+required_groups = ["CN=Outbound, OU=Groups, DC=example, DC=org"]
 
-[domains."memberof-template.test"]
+[directory.domains."memberof-template.test"]
 base = "ou=people,dc=example,dc=org"
-dn_template = "uid={user},ou=people,dc=example,dc=org"
-groups = ["cn=staff,ou=groups,dc=example,dc=org"]
-group_check = "memberof"
+dn_template = "uid={{user}},ou=people,dc=example,dc=org"
+required_groups = ["cn=staff,ou=groups,dc=example,dc=org"]
 
 [throttle]
 enabled = false
-"#;
-    let mut h = start(
-        dir.path(),
-        &config(
+"#
+        )
+    };
+    // The same rules with groups found by a search and read from memberOf.
+    for groups in [
+        "lookup = \"search\"\nbase = \"ou=groups,dc=example,dc=org\"",
+        "lookup = \"member_of\"",
+    ] {
+        let mut h = start(
             dir.path(),
-            &[slapd.uri()],
-            "detailed_errors = true\nreadplain = true",
-            extra,
-        ),
-    );
-    // cn=outbound holds alice only.
-    assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
-    assert_eq!(
-        h.vrfy("bob@example.test", "bobpw"),
-        r#"ERROR "not permitted""#
-    );
-    // The rule is checked after the password: a wrong one reveals nothing.
-    assert_eq!(
-        h.vrfy("bob@example.test", "wrong-pass"),
-        r#"ERROR "invalid credentials""#
-    );
-    assert_eq!(h.ask("READPLAIN alice@example.test"), r#"OK "alicesip""#);
-    assert_eq!(
-        h.ask("READPLAIN bob@example.test"),
-        r#"ERROR "unknown user""#
-    );
-    // Compare mode checks the {SSHA} userPassword read by the service account.
-    assert_eq!(h.vrfy("bob@compare.test", "bobpw"), "OK");
-    assert_eq!(
-        h.vrfy("bob@compare.test", "wrong-pass"),
-        r#"ERROR "invalid credentials""#
-    );
-    assert_eq!(
-        h.vrfy("nobody@compare.test", "bobpw"),
-        r#"ERROR "invalid credentials""#
-    );
-    // DN template: one bind, then the access filter (bob is in Sales).
-    assert_eq!(h.vrfy("bob@template.test", "bobpw"), "OK");
-    assert_eq!(
-        h.vrfy("alice@template.test", "alicepw"),
-        r#"ERROR "not permitted""#
-    );
-    assert_eq!(
-        h.vrfy("x,ou=people@template.test", "bobpw"),
-        r#"ERROR "invalid credentials""#
-    );
-    // memberOf, read with the search or after a template bind.
-    assert_eq!(h.vrfy("alice@memberof.test", "alicepw"), "OK");
-    assert_eq!(
-        h.vrfy("bob@memberof.test", "bobpw"),
-        r#"ERROR "not permitted""#
-    );
-    assert_eq!(h.vrfy("bob@memberof-template.test", "bobpw"), "OK");
-    assert_eq!(
-        h.vrfy(
-            "carol@memberof-template.test",
-            "sp ace \"quote\" back\\slash é"
-        ),
-        r#"ERROR "not permitted""#
-    );
-    // Per-domain base and filter: dave lives under ou=partners.
-    assert_eq!(h.vrfy("dave@other.test", "davepw"), "OK");
-    assert_eq!(
-        h.vrfy("dave@example.test", "davepw"),
-        r#"ERROR "invalid credentials""#
-    );
-    h.finish();
-    assert_no_passwords(dir.path());
+            &config(
+                dir.path(),
+                &[slapd.uri()],
+                "detailed_errors = true\nreadplain = true",
+                &extra(groups),
+            ),
+        );
+        // cn=outbound holds alice only.
+        assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
+        assert_eq!(
+            h.vrfy("bob@example.test", "bobpw"),
+            r#"ERROR "not permitted""#
+        );
+        // The rule is checked after the password: a wrong one reveals nothing.
+        assert_eq!(
+            h.vrfy("bob@example.test", "wrong-pass"),
+            r#"ERROR "invalid credentials""#
+        );
+        assert_eq!(h.ask("READPLAIN alice@example.test"), r#"OK "alicesip""#);
+        assert_eq!(
+            h.ask("READPLAIN bob@example.test"),
+            r#"ERROR "unknown user""#
+        );
+        // Compare mode checks the {SSHA} userPassword read by the service account.
+        assert_eq!(h.vrfy("bob@compare.test", "bobpw"), "OK");
+        assert_eq!(
+            h.vrfy("bob@compare.test", "wrong-pass"),
+            r#"ERROR "invalid credentials""#
+        );
+        assert_eq!(
+            h.vrfy("nobody@compare.test", "bobpw"),
+            r#"ERROR "invalid credentials""#
+        );
+        // DN template: one bind, then the access filter (bob is in Sales).
+        assert_eq!(h.vrfy("bob@template.test", "bobpw"), "OK");
+        assert_eq!(
+            h.vrfy("alice@template.test", "alicepw"),
+            r#"ERROR "not permitted""#
+        );
+        assert_eq!(
+            h.vrfy("x,ou=people@template.test", "bobpw"),
+            r#"ERROR "invalid credentials""#
+        );
+        // Group DNs as written in the configuration, checked with the
+        // search or after a template bind.
+        assert_eq!(h.vrfy("alice@memberof.test", "alicepw"), "OK");
+        assert_eq!(
+            h.vrfy("bob@memberof.test", "bobpw"),
+            r#"ERROR "not permitted""#
+        );
+        assert_eq!(h.vrfy("bob@memberof-template.test", "bobpw"), "OK");
+        assert_eq!(
+            h.vrfy(
+                "carol@memberof-template.test",
+                "sp ace \"quote\" back\\slash é"
+            ),
+            r#"ERROR "not permitted""#
+        );
+        // Per-domain base and filter: dave lives under ou=partners.
+        assert_eq!(h.vrfy("dave@other.test", "davepw"), "OK");
+        assert_eq!(
+            h.vrfy("dave@example.test", "davepw"),
+            r#"ERROR "invalid credentials""#
+        );
+        h.finish();
+        assert_no_passwords(dir.path());
+    }
 }
 
 #[test]
@@ -438,9 +452,12 @@ fn new_creates_accounts_through_the_cli() {
     let dir = tempdir();
     let extra = format!(
         r#"
-[lookup]
+[directory.search]
 base = "ou=people,dc=example,dc=org"
-groups = ["cn=staff,ou=groups,dc=example,dc=org"]
+required_groups = ["cn=staff,ou=groups,dc=example,dc=org"]
+
+[directory.groups]
+lookup = "member_of"
 
 [throttle]
 enabled = false
@@ -503,8 +520,9 @@ op_timeout = "1s"
     // A hung CLI: FAILURE within the op timeout, then service resumes.
     cli.set_silent(true);
     slapd.stop();
+    // (A user not asked for yet: bob's entry is in the directory cache.)
     assert_eq!(
-        h.ask("NEW bob@example.test"),
+        h.ask("NEW erin@example.test"),
         r#"FAILURE "directory unavailable""#
     );
     slapd.start_again();
@@ -654,23 +672,32 @@ fn check_config_reports_errors_with_keys() {
         )
         .0
     );
-    let (ok, err) = run("backend = \"ldap\"\n");
-    assert!(!ok && err.contains("lookup.base"), "{err}");
-    let (ok, err) = run("[[static.users]]\nname = \"a@b\"\npassword = \"plain\"\n");
-    assert!(!ok && err.contains("static.users[0].password"), "{err}");
-    let (ok, err) = run("[lookup]\nfilter = \"(uid={user}\"\n");
+    let (ok, err) = run("[directory]\ntype = \"ldap\"\n");
+    assert!(!ok && err.contains("directory.search.base"), "{err}");
+    let (ok, err) = run("[[directory.static.users]]\nname = \"a@b\"\npassword = \"plain\"\n");
+    assert!(
+        !ok && err.contains("directory.static.users[0].password"),
+        "{err}"
+    );
+    let (ok, err) = run("[directory.search]\nuser_filter = \"(uid={user}\"\n");
     assert!(!ok && err.contains("line 2"), "{err}");
-    let (ok, err) = run("[ldap]\nuris = [\"http://x\"]\n");
+    // The old placeholder names are refused with the new one named.
+    let (ok, err) = run("[directory.search]\nuser_filter = \"(mail={email})\"\n");
+    assert!(
+        !ok && err.contains("line 2") && err.contains("{address}"),
+        "{err}"
+    );
+    let (ok, err) = run("[directory.ldap]\nuris = [\"http://x\"]\n");
     assert!(!ok && err.contains("line 2"), "{err}");
     let (ok, err) = run("bogus = 1\n");
     assert!(!ok && err.contains("bogus"), "{err}");
     // The bind password never shows in an error.
     let (ok, err) = run(
-        "backend = \"ldap\"\n[ldap]\nbind_password = \"s3cr3t-pw\"\n[lookup]\nbase = \"dc=x\"\n",
+        "[directory]\ntype = \"ldap\"\n[directory.ldap]\nbind_password = \"s3cr3t-pw\"\n[directory.search]\nbase = \"dc=x\"\n",
     );
-    assert!(!ok && err.contains("ldap.bind_dn"), "{err}");
+    assert!(!ok && err.contains("directory.ldap.bind_dn"), "{err}");
     assert!(!err.contains("s3cr3t-pw"), "{err}");
-    let (ok, err) = run("[ldap]\nbind_password = 42\n");
+    let (ok, err) = run("[directory.ldap]\nbind_password = 42\n");
     assert!(!ok && err.contains("line 2"), "{err}");
 }
 
@@ -694,7 +721,7 @@ fn hash_password_makes_usable_hashes() {
         let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let dir = tempdir();
         let cfg = format!(
-            "[log]\njournald = false\n[throttle]\nenabled = false\n[[static.users]]\nname = \"u@x.test\"\npassword = {hash:?}\n"
+            "[log]\njournald = false\n[throttle]\nenabled = false\n[[directory.static.users]]\nname = \"u@x.test\"\npassword = {hash:?}\n"
         );
         let mut h = start(dir.path(), &cfg);
         assert_eq!(h.ask(r#"VRFY u@x.test "pa ss\"w""#), "OK", "{scheme}");
@@ -712,7 +739,7 @@ fn sighup_reloads_users_and_keeps_the_state() {
     let dir = tempdir();
     let user = |name: &str| {
         format!(
-            "[[static.users]]\nname = \"{name}\"\npassword = \"{{SSHA}}X2W8QR6LP+CsG3vDkc6H+BFqXBKaduqD\"\n"
+            "[[directory.static.users]]\nname = \"{name}\"\npassword = \"{{SSHA}}X2W8QR6LP+CsG3vDkc6H+BFqXBKaduqD\"\n"
         )
     };
     let base =
@@ -832,14 +859,17 @@ fn read_ldap_message(r: &mut impl std::io::Read) -> Option<(u8, Vec<u8>)> {
 }
 
 /// cgp-auth talking to slapd through a relay that records the directory
-/// operations, with `cache` as its `[cache]` table and throttling off. One
+/// operations, with `cache` as its `[directory.cache]` table, the verdict
+/// cache off and throttling off. One
 /// connection of each kind, so that no connection opens (with its service
 /// bind) after the first request.
 fn relayed(cache: &str) -> (Slapd, OpRelay, tempfile::TempDir, Session) {
     let slapd = Slapd::start_default();
     let relay = OpRelay::start(slapd.port());
     let dir = tempdir();
-    let extra = format!("{LOOKUP}\n[cache]\n{cache}[throttle]\nenabled = false\n");
+    let extra = format!(
+        "{LOOKUP}\n[directory.cache]\n{cache}[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n[throttle]\nenabled = false\n"
+    );
     let cfg = config(dir.path(), &[relay.uri()], "", &extra).replace(
         "max_backoff = \"200ms\"",
         "max_backoff = \"200ms\"\npool_size = 1\nbind_pool_size = 1",
@@ -850,7 +880,7 @@ fn relayed(cache: &str) -> (Slapd, OpRelay, tempfile::TempDir, Session) {
 
 #[test]
 fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
-    let (_slapd, relay, _dir, mut h) = relayed("positive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n");
+    let (_slapd, relay, _dir, mut h) = relayed("ttl = \"0s\"\nnegative_ttl = \"0s\"\n");
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
     assert_eq!(
@@ -875,8 +905,7 @@ fn an_unknown_user_costs_the_directory_what_a_wrong_password_costs() {
 
 #[test]
 fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
-    let (slapd, relay, _dir, mut h) =
-        relayed("positive_ttl = \"0s\"\nnegative_ttl = \"0s\"\ndn_ttl = \"1h\"\n");
+    let (slapd, relay, _dir, mut h) = relayed("ttl = \"1h\"\nnegative_ttl = \"1h\"\n");
     // Warm the connections (their first use binds the service account).
     assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
     relay.take();
@@ -888,12 +917,15 @@ fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
         r#"ERROR "invalid credentials""#
     );
     assert_eq!(relay.take(), [BIND, SEARCH]);
-    // Unknown users are never remembered.
-    assert_eq!(
-        h.vrfy("ghost@example.test", "wrong-pass"),
-        r#"ERROR "invalid credentials""#
-    );
-    assert_eq!(relay.take(), [SEARCH, BIND]);
+    // An unknown user costs what a wrong password costs, also when the
+    // directory remembers that there is no such user: it asks again.
+    for _ in 0..2 {
+        assert_eq!(
+            h.vrfy("ghost@example.test", "wrong-pass"),
+            r#"ERROR "invalid credentials""#
+        );
+        assert_eq!(relay.take(), [SEARCH, BIND]);
+    }
     assert_eq!(h.vrfy("bob@example.test", "bobpw"), "OK");
     relay.take();
     // bob moves (his entry keeps uid=bob); the old DN fails, the search

@@ -1,19 +1,18 @@
 //! NEW: create a CGP account for a directory user through the CGP CLI.
 
 use crate::config::ProvisionConfig;
-use crate::wire::Account;
 use cgp_lookup::cgp_cli::{CliClient, CliError};
-use cgp_lookup::ldap::Entry;
+use cgp_lookup::directory::{Account, Person};
 use cgp_wire::Value;
 
 /// The account's settings dictionary from the mapped attributes; keys in
-/// the configuration's (sorted) order, attributes the entry lacks left out.
-pub fn settings(cfg: &ProvisionConfig, entry: &Entry) -> Value {
+/// the configuration's (sorted) order, attributes the person lacks left out.
+pub fn settings(cfg: &ProvisionConfig, person: &Person) -> Value {
     Value::Dict(
         cfg.settings
             .iter()
             .filter_map(|(setting, attr)| {
-                entry
+                person
                     .first(attr)
                     .map(|v| (setting.as_bytes().to_vec(), Value::str(v)))
             })
@@ -23,18 +22,18 @@ pub fn settings(cfg: &ProvisionConfig, entry: &Entry) -> Value {
 
 /// Aliases: the local parts of the alias attribute's addresses in the
 /// account's own domain, other than the account name itself.
-pub fn aliases(cfg: &ProvisionConfig, account: &Account, entry: &Entry) -> Vec<String> {
+pub fn aliases(cfg: &ProvisionConfig, account: &Account, person: &Person) -> Vec<String> {
     let Some(attr) = &cfg.aliases_attribute else {
         return Vec::new();
     };
-    let mut out: Vec<String> = entry
-        .all(attr)
+    let mut out: Vec<String> = person
+        .values(attr)
         .iter()
         .filter_map(|addr| {
             let (local, domain) = addr.rsplit_once('@')?;
             let local = local.to_lowercase();
-            (domain.eq_ignore_ascii_case(&account.domain)
-                && local != account.user
+            (domain.eq_ignore_ascii_case(account.domain())
+                && local != account.user()
                 && !local.is_empty()
                 && !local.contains(|c: char| c.is_whitespace() || c.is_control()))
             .then_some(local)
@@ -92,23 +91,22 @@ pub async fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
     #[test]
     fn maps_settings_and_aliases() {
-        let entry = Entry::new(
-            "uid=alice".into(),
-            HashMap::from([
-                ("cn".to_string(), vec!["Alice Liddell".to_string()]),
-                (
-                    "mail".to_string(),
-                    vec![
-                        "alice@example.test".to_string(),
-                        "Alice.Liddell@EXAMPLE.test".to_string(),
-                        "alice@elsewhere.test".to_string(),
-                    ],
-                ),
-            ]),
+        let mut entry = Person {
+            id: "uid=alice".into(),
+            ..Person::default()
+        };
+        entry.push_values("cn", ["Alice Liddell".to_string()]);
+        entry.push_values(
+            "mail",
+            [
+                "alice@example.test".to_string(),
+                "Alice.Liddell@EXAMPLE.test".to_string(),
+                "alice@elsewhere.test".to_string(),
+            ],
         );
         let cfg = ProvisionConfig {
             settings: BTreeMap::from([

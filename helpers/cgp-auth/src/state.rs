@@ -5,9 +5,12 @@
 //! cache, never the truth: when it cannot be opened the helper keeps the
 //! same state in memory.
 
+mod records;
+
 use crate::config::{CacheConfig, ThrottleConfig};
 use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};
 use cgp_runtime::sync;
+use records::{Failures, Negative, Positive};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -97,11 +100,6 @@ fn now_ms() -> u64 {
 
 fn age(stamp: u64) -> Duration {
     Duration::from_millis(now_ms().saturating_sub(stamp))
-}
-
-fn stamp_of(v: &[u8], at: usize) -> Option<u64> {
-    v.get(at..at + 8)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// What the cache knows about an account and password.
@@ -198,13 +196,6 @@ impl State {
         h.finalize().into()
     }
 
-    fn key(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(body.len() + 1);
-        k.push(kind);
-        k.extend_from_slice(body);
-        k
-    }
-
     /// A cached verdict no older than its TTL plus `extra` (the stale
     /// window while the directory is down, else zero). Each account keeps
     /// one positive entry, for its latest good password, so a changed
@@ -224,8 +215,8 @@ impl State {
             }
         }
         if !cfg.negative_ttl.is_zero() {
-            if let Some(v) = self.cache.get(Self::key(b'n', fp)).ok().flatten() {
-                if stamp_of(&v, 0).is_some_and(|t| age(t) < cfg.negative_ttl + extra) {
+            if let Some(v) = self.cache.get(records::negative_key(fp)).ok().flatten() {
+                if Negative::decode(&v).is_some_and(|n| age(n.stamp) < cfg.negative_ttl + extra) {
                     return Some(Cached::Invalid);
                 }
             }
@@ -247,10 +238,11 @@ impl State {
         }
         let v = self
             .cache
-            .get(Self::key(b'p', account.as_bytes()))
+            .get(records::positive_key(account))
             .ok()
             .flatten()?;
-        let entry = (v.get(..32)?.try_into().ok()?, stamp_of(&v, 32)?);
+        let p = Positive::decode(&v)?;
+        let entry = (p.fp, p.stamp);
         Self::put_front(&mut front, account, entry);
         Some(entry)
     }
@@ -284,24 +276,25 @@ impl State {
             return;
         }
         let now = now_ms();
-        let stamp = now.to_be_bytes();
-        let positive = Self::key(b'p', account.as_bytes());
+        let positive = records::positive_key(account);
         let result = match verdict {
             Cached::Ok if !cfg.positive_ttl.is_zero() => {
-                let mut v = Vec::with_capacity(40);
-                v.extend_from_slice(fp);
-                v.extend_from_slice(&stamp);
+                let v = Positive {
+                    fp: *fp,
+                    stamp: now,
+                }
+                .encode();
                 // Both copies change under the lock, so that two logins
                 // racing with different passwords leave memory and sled
                 // agreeing on the later one.
                 let mut front = self.front();
-                let stored = self.cache.insert(positive, v);
+                let stored = self.cache.insert(positive, &v[..]);
                 if stored.is_ok() {
                     Self::put_front(&mut front, account, (*fp, now));
                 }
                 drop(front);
                 stored
-                    .and_then(|_| self.cache.remove(Self::key(b'n', fp)))
+                    .and_then(|_| self.cache.remove(records::negative_key(fp)))
                     .map(drop)
             }
             Cached::Invalid => {
@@ -317,8 +310,12 @@ impl State {
                 if cfg.negative_ttl.is_zero() {
                     dropped
                 } else {
-                    dropped
-                        .and_then(|_| self.cache.insert(Self::key(b'n', fp), &stamp[..]).map(drop))
+                    let v = Negative { stamp: now }.encode();
+                    dropped.and_then(|_| {
+                        self.cache
+                            .insert(records::negative_key(fp), &v[..])
+                            .map(drop)
+                    })
                 }
             }
             Cached::Ok => Ok(()),
@@ -328,17 +325,6 @@ impl State {
         }
     }
 
-    fn throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<Vec<u8>> {
-        let mut keys = vec![Self::key(b'u', account.as_bytes())];
-        match ip {
-            Some(IpAddr::V4(a)) => keys.push(Self::key(b'4', &a.octets())),
-            // One client usually holds a whole /64.
-            Some(IpAddr::V6(a)) => keys.push(Self::key(b'6', &a.octets()[..8])),
-            None => {}
-        }
-        keys
-    }
-
     /// The delay owed before answering, from the failures of this account
     /// and of this client address (trusted networks owe none).
     pub fn delay(&self, cfg: &ThrottleConfig, account: &str, ip: Option<IpAddr>) -> Duration {
@@ -346,16 +332,15 @@ impl State {
         {
             return Duration::ZERO;
         }
-        Self::throttle_keys(account, ip)
+        records::throttle_keys(account, ip)
             .iter()
             .filter(|k| self.throttled.maybe_present(k))
             .filter_map(|k| self.throttle.get(k).ok().flatten())
             .filter_map(|v| {
-                let failures = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
-                let last = stamp_of(&v, 4)?;
-                (age(last) < cfg.reset_after && failures > 0).then(|| {
+                let f = Failures::decode(&v)?;
+                (age(f.stamp) < cfg.reset_after && f.count > 0).then(|| {
                     cfg.initial_delay
-                        .saturating_mul(1u32 << (failures - 1).min(20))
+                        .saturating_mul(1u32 << (f.count - 1).min(20))
                         .min(cfg.max_delay)
                 })
             })
@@ -374,37 +359,29 @@ impl State {
         if !cfg.enabled {
             return;
         }
-        let tag = &fp[..8];
-        for key in Self::throttle_keys(account, ip) {
+        let tag: records::Tag = fp[..8].try_into().expect("8 bytes");
+        for key in records::throttle_keys(account, ip) {
             // Counted before the write, so that a reader never misses it;
             // taken back when the key was there already.
             self.throttled.add(&key);
             let result = self.throttle.fetch_and_update(&key, |old| {
-                let (mut failures, mut recent) = match old {
-                    Some(v)
-                        if v.len() >= 12
-                            && stamp_of(v, 4).is_some_and(|t| age(t) < cfg.reset_after) =>
-                    {
-                        (
-                            u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-                            v[12..].to_vec(),
-                        )
-                    }
-                    _ => (0, Vec::new()),
-                };
-                let repeated = recent.chunks(8).any(|c| c == tag);
-                if !repeated {
-                    failures = failures.saturating_add(1);
-                    recent.extend_from_slice(tag);
-                    if recent.len() > RECENT * 8 {
-                        recent.drain(..8);
+                let mut f = old
+                    .and_then(Failures::decode)
+                    .filter(|f| age(f.stamp) < cfg.reset_after)
+                    .unwrap_or(Failures {
+                        count: 0,
+                        stamp: 0,
+                        recent: Vec::new(),
+                    });
+                if !f.recent.contains(&tag) {
+                    f.count = f.count.saturating_add(1);
+                    f.recent.push(tag);
+                    if f.recent.len() > RECENT {
+                        f.recent.remove(0);
                     }
                 }
-                let mut v = Vec::with_capacity(12 + recent.len());
-                v.extend_from_slice(&failures.to_be_bytes());
-                v.extend_from_slice(&now_ms().to_be_bytes());
-                v.extend_from_slice(&recent);
-                Some(v)
+                f.stamp = now_ms();
+                Some(f.encode())
             });
             match result {
                 Ok(None) => {}
@@ -420,7 +397,7 @@ impl State {
     /// A successful login clears the account's failures (not the client's:
     /// one good password must not unlock guessing at other accounts).
     pub fn succeeded(&self, account: &str) {
-        let key = Self::key(b'u', account.as_bytes());
+        let key = records::account_key(account);
         // Reads first: most logins have nothing to clear, and a sled
         // removal is a write.
         if self.throttled.maybe_present(&key) && self.throttle.contains_key(&key).unwrap_or(true) {
@@ -439,17 +416,12 @@ impl State {
         let cache_limit = cache.positive_ttl.max(cache.negative_ttl) + cache.stale_window;
         self.front().retain(|_, (_, t)| age(*t) < cache_limit);
         for (k, v) in self.cache.iter().flatten() {
-            let stamp = match k.first() {
-                Some(b'p') => stamp_of(&v, 32),
-                Some(b'n') => stamp_of(&v, 0),
-                _ => None,
-            };
-            if stamp.is_none_or(|t| age(t) >= cache_limit) {
+            if records::cache_stamp(&k, &v).is_none_or(|t| age(t) >= cache_limit) {
                 let _ = self.cache.remove(k);
             }
         }
         for (k, v) in self.throttle.iter().flatten() {
-            if stamp_of(&v, 4).is_none_or(|t| age(t) >= throttle.reset_after) {
+            if Failures::decode(&v).is_none_or(|f| age(f.stamp) >= throttle.reset_after) {
                 self.remove_throttle(&k);
             }
         }
@@ -535,7 +507,6 @@ mod tests {
             positive_ttl: Duration::ZERO,
             negative_ttl: Duration::ZERO,
             stale_window: Duration::ZERO,
-            dn_ttl: Duration::ZERO,
         };
         let fp = s.fingerprint("a@x", b"pw");
         s.remember(s.generation(), &off, "a@x", &fp, Cached::Ok);
@@ -607,7 +578,6 @@ mod tests {
             positive_ttl: Duration::from_millis(30),
             negative_ttl: Duration::from_millis(30),
             stale_window: Duration::ZERO,
-            dn_ttl: Duration::ZERO,
         };
         let t = ThrottleConfig {
             reset_after: Duration::from_millis(30),

@@ -3,53 +3,9 @@
 //! when CGP sends a bare token, so the line is tokenised here rather than
 //! with the generic value parser (which would reject a bare `pa"ss`).
 
+use cgp_lookup::directory::{Account, AccountError};
 use cgp_wire::data::parse_value;
 use std::net::IpAddr;
-
-/// A CGP account name, lower-cased (CGP names are case-insensitive).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub user: String,
-    pub domain: String,
-}
-
-impl Account {
-    pub fn parse(raw: &[u8]) -> Result<Account, &'static str> {
-        let text = std::str::from_utf8(raw).map_err(|_| "the account name is not UTF-8")?;
-        let (user, domain) = text.split_once('@').ok_or("expected user@domain")?;
-        // ASCII names, the common case, are checked and lower-cased byte by
-        // byte (the same rules: ASCII whitespace and controls are what
-        // `char::is_whitespace`/`is_control` find there), without Unicode
-        // tables.
-        let bad = |s: &str| {
-            s.is_empty()
-                || if s.is_ascii() {
-                    s.bytes()
-                        .any(|b| b == b'@' || b == b' ' || b.is_ascii_control())
-                } else {
-                    s.contains('@') || s.chars().any(|c| c.is_whitespace() || c.is_control())
-                }
-        };
-        if bad(user) || bad(domain) {
-            return Err("expected user@domain");
-        }
-        let lower = |s: &str| {
-            if s.is_ascii() {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_lowercase()
-            }
-        };
-        Ok(Account {
-            user: lower(user),
-            domain: lower(domain),
-        })
-    }
-
-    pub fn address(&self) -> String {
-        [self.user.as_str(), "@", self.domain.as_str()].concat()
-    }
-}
 
 /// `VRFY [(mode)] user@domain password`.
 #[derive(Debug)]
@@ -163,7 +119,7 @@ impl Vrfy {
         } else {
             first
         };
-        let account = Account::parse(word(&user_tok).ok_or(VRFY_USAGE)?)?;
+        let account = parse_account(word(&user_tok).ok_or(VRFY_USAGE)?)?;
         let (pw_tok, _) = next_token(rest)?.ok_or(VRFY_USAGE)?;
         let password = word(&pw_tok).ok_or(VRFY_USAGE)?.to_vec();
         Ok(Vrfy {
@@ -175,6 +131,13 @@ impl Vrfy {
 }
 
 /// The single `user@domain` argument of NEW and READPLAIN.
+fn parse_account(raw: &[u8]) -> Result<Account, &'static str> {
+    Account::parse(raw).map_err(|e| match e {
+        AccountError::NotUtf8 => "the account name is not UTF-8",
+        AccountError::Malformed => "expected user@domain",
+    })
+}
+
 pub fn single_account(rest: &[u8], usage: &'static str) -> Result<Account, &'static str> {
     let (t, after) = next_token(rest)?.ok_or(usage)?;
     let t = match t {
@@ -182,7 +145,7 @@ pub fn single_account(rest: &[u8], usage: &'static str) -> Result<Account, &'sta
         Token::Group(_) => next_token(after)?.ok_or(usage)?.0,
         other => other,
     };
-    Account::parse(word(&t).ok_or(usage)?)
+    parse_account(word(&t).ok_or(usage)?)
 }
 
 #[cfg(test)]

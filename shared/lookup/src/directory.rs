@@ -121,7 +121,8 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
-    /// Whether the access rules let the person in.
+    /// Whether the access rules (LDAP `access_filter` and
+    /// `required_groups`, the static file's `disabled`) let the person in.
     fn permitted<'a>(
         &'a self,
         account: &'a Account,
@@ -219,7 +220,7 @@ impl Directory {
     ) -> Result<Verdict, DirectoryError> {
         let person = match self.backend.direct(account) {
             Some(p) => Arc::new(p),
-            None => match self.lookup(By::Account(account)).await? {
+            None => match self.lookup_again_if_absent(account).await? {
                 (None, _) => {
                     self.backend.check_unknown(account, password).await;
                     return Ok(Verdict::Invalid);
@@ -230,9 +231,7 @@ impl Directory {
                     if v != Verdict::Invalid {
                         return self.admit(account, &p, v).await;
                     }
-                    if let Some(cache) = &self.cache {
-                        cache.forget(&Self::key(By::Account(account)));
-                    }
+                    self.forget(account);
                     match self.lookup(By::Account(account)).await? {
                         (Some(again), _) if again.id != p.id => again,
                         _ => return Ok(Verdict::Invalid),
@@ -244,6 +243,28 @@ impl Directory {
         self.admit(account, &person, v).await
     }
 
+    /// A kept "no such person" is asked again when a password is checked:
+    /// a wrong password for a kept person costs a check and a lookup, and
+    /// so must a name nobody has.
+    async fn lookup_again_if_absent(
+        &self,
+        account: &Account,
+    ) -> Result<(Option<Arc<Person>>, Source), DirectoryError> {
+        match self.lookup(By::Account(account)).await? {
+            (None, Source::Cached) => {
+                self.forget(account);
+                self.lookup(By::Account(account)).await
+            }
+            found => Ok(found),
+        }
+    }
+
+    fn forget(&self, account: &Account) {
+        if let Some(cache) = &self.cache {
+            cache.forget(&Self::key(By::Account(account)));
+        }
+    }
+
     /// Access rules only after a good password, so that they tell nothing
     /// to someone guessing.
     async fn admit(
@@ -252,13 +273,14 @@ impl Directory {
         person: &Person,
         v: Verdict,
     ) -> Result<Verdict, DirectoryError> {
-        if v == Verdict::Ok && !self.backend.permitted(account, person).await? {
+        if v == Verdict::Ok && !self.permitted(account, person).await? {
             return Ok(Verdict::NotPermitted);
         }
         Ok(v)
     }
 
-    /// Whether the access rules let the person in.
+    /// Whether the access rules (LDAP `access_filter` and
+    /// `required_groups`, the static file's `disabled`) let the person in.
     pub async fn permitted(
         &self,
         account: &Account,

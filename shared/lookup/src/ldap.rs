@@ -9,10 +9,14 @@
 //! the pool here.
 
 mod conn;
-mod escape;
 mod ppolicy;
 
-pub use escape::{escape_dn, escape_filter};
+/// A value escaped for a search filter, by ldap3 (RFC 4515). Only for the
+/// helpers that still build filters by hand; new code fills a
+/// [`crate::directory::Template`], which escapes in one pass.
+pub fn escape_filter(value: &str) -> String {
+    ldap3::ldap_escape(value).into_owned()
+}
 
 use cgp_runtime::KeyError;
 use conn::{Pools, Purpose};

@@ -5,7 +5,7 @@
 
 use super::password::Stored;
 use super::template::{AccountDn, AccountFilter, EntryFilter, Template};
-use super::{Account, CacheConfig, Directory, DirectoryError};
+use super::{Account, CacheConfig, Directory, DirectoryError, GroupRef};
 use crate::ldap::{LdapConfig, Scope};
 use cgp_runtime::KeyError;
 use serde::{Deserialize, Deserializer};
@@ -64,6 +64,9 @@ pub struct SearchConfig {
     /// The entry must also match this filter to be let in (checked after a
     /// good password, at the entry's DN).
     pub access_filter: Option<Template<EntryFilter>>,
+    /// Only members of one of these groups (names, or DNs) are let in
+    /// (checked after a good password); empty: everybody.
+    pub required_groups: Vec<GroupRef>,
     /// The attribute READPLAIN answers from (e.g. `AstAccountSecret`).
     pub secret_attribute: Option<String>,
 }
@@ -80,6 +83,7 @@ impl Default for SearchConfig {
             mode: Mode::Bind,
             password_attribute: "userPassword".into(),
             access_filter: None,
+            required_groups: Vec::new(),
             secret_attribute: None,
         }
     }
@@ -166,6 +170,12 @@ pub struct StaticUser {
     pub groups: Vec<String>,
     #[serde(default)]
     pub attributes: BTreeMap<String, Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for GroupRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(GroupRef::new(&String::deserialize(d)?))
+    }
 }
 
 impl<'de> Deserialize<'de> for Account {
@@ -264,6 +274,12 @@ impl DirectoryConfig {
             return Err(KeyError::new(
                 format!("{key}.dn_template"),
                 "the DN template is a bind-mode fast path; compare mode searches",
+            ));
+        }
+        if !s.required_groups.is_empty() && self.groups.lookup == GroupLookup::None {
+            return Err(KeyError::new(
+                format!("{key}.required_groups"),
+                "needs groups.lookup = \"search\" or \"member_of\"",
             ));
         }
         if s.mode == Mode::Compare && self.ldap.bind_dn.is_none() {

@@ -137,24 +137,19 @@ impl Backend for LdapDirectory {
                 .client
                 .search(&search.base, search.scope, &filter, &attrs)
                 .await?;
-            let mut people = Vec::with_capacity(entries.len());
-            let single = entries.len() == 1;
+            if entries.len() > 1 {
+                // Refused by the directory: no group search for them.
+                return Ok(entries
+                    .into_iter()
+                    .map(|e| Person {
+                        id: e.dn,
+                        ..Person::default()
+                    })
+                    .collect());
+            }
+            let mut people = Vec::with_capacity(1);
             for entry in entries {
-                // Groups only for the one entry that can be used.
-                let groups = if single {
-                    self.groups(&entry, account).await?
-                } else {
-                    Vec::new()
-                };
-                let mut person = Person {
-                    id: entry.dn,
-                    attributes: Vec::with_capacity(entry.attrs.len()),
-                    groups,
-                };
-                for (name, values) in entry.attrs {
-                    person.push_values(&name, values);
-                }
-                people.push(person);
+                people.push(self.person(entry, account).await?);
             }
             Ok(people)
         })
@@ -204,19 +199,30 @@ impl Backend for LdapDirectory {
         person: &'a Person,
     ) -> BoxFuture<'a, Result<bool, DirectoryError>> {
         Box::pin(async move {
-            let Some(filter) = &self.search_for(account).access_filter else {
+            let search = self.search_for(account);
+            if let Some(filter) = &search.access_filter {
+                let filter = filter.fill(&Values {
+                    account,
+                    dn: Some(&person.id),
+                });
+                let hits = self
+                    .client
+                    .search(&person.id, Scope::Base, &filter, &["1.1"])
+                    .await?;
+                if hits.is_empty() {
+                    return Ok(false);
+                }
+            }
+            let required = &search.required_groups;
+            if required.is_empty() {
                 return Ok(true);
-            };
-            let filter = filter.fill(&Values {
-                account,
-                dn: Some(&person.id),
-            });
-            let filter = filter.as_str();
-            let hits = self
-                .client
-                .search(&person.id, Scope::Base, filter, &["1.1"])
-                .await?;
-            Ok(!hits.is_empty())
+            }
+            if search.dn_template.is_some() && person.groups.is_empty() {
+                // Bound through the DN template: the entry was not read.
+                let whole = self.complete(account, person).await?;
+                return Ok(required.iter().any(|g| whole.in_group(g)));
+            }
+            Ok(required.iter().any(|g| person.in_group(g)))
         })
     }
 
@@ -239,6 +245,35 @@ impl Backend for LdapDirectory {
 }
 
 impl LdapDirectory {
+    /// The whole person (attributes, groups) for an id alone.
+    async fn complete(&self, account: &Account, person: &Person) -> Result<Person, DirectoryError> {
+        let attrs: Vec<&str> = self.attributes.iter().map(String::as_str).collect();
+        let found = self
+            .client
+            .search(&person.id, Scope::Base, "(objectClass=*)", &attrs)
+            .await?;
+        match found.into_iter().next() {
+            Some(entry) => self.person(entry, account).await,
+            None => Ok(person.clone()),
+        }
+    }
+
+    /// A person from their entry, with their groups.
+    async fn person(&self, entry: Entry, account: &Account) -> Result<Person, DirectoryError> {
+        let groups = self.groups(&entry, account).await?;
+        let mut person = Person {
+            id: entry.dn,
+            attributes: Vec::with_capacity(entry.attrs.len()),
+            groups,
+        };
+        for (name, values) in entry.attrs {
+            if name != "1.1" {
+                person.push_values(&name, values);
+            }
+        }
+        Ok(person)
+    }
+
     async fn check_with(
         &self,
         search: &SearchConfig,

@@ -1,0 +1,256 @@
+//! `cgp_lookup::directory` on its LDAP back end against a real slapd: people
+//! found by login name and by mail address, attributes and groups (by
+//! search and from memberOf), passwords by bind and by compare, templates
+//! filled once at every site, several matching entries refused, and a
+//! server that is down reported as unavailable.
+
+use cgp_lookup::directory::{
+    Account, Directory, DirectoryConfig, DirectoryError, GroupRef, Verdict,
+};
+use cgp_tests::slapd::{SERVICE_DN, SERVICE_PASSWORD, Slapd};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A directory on `slapd` with `extra` TOML after the connection table.
+fn open(slapd: &Slapd, extra: &str) -> Directory {
+    let text = format!(
+        r#"
+type = "ldap"
+attributes = ["cn", "mail", "departmentNumber"]
+[ldap]
+uris = ["{}"]
+bind_dn = "{SERVICE_DN}"
+bind_password = "{SERVICE_PASSWORD}"
+connect_timeout = "1s"
+op_timeout = "1s"
+max_backoff = "200ms"
+{extra}
+"#,
+        slapd.uri()
+    );
+    let config: DirectoryConfig = toml::from_str(&text).unwrap();
+    config.validate("directory").unwrap();
+    config.open(&["telephoneNumber"]).unwrap()
+}
+
+fn account(s: &str) -> Account {
+    Account::parse(s.as_bytes()).unwrap()
+}
+
+const PEOPLE: &str = r#"
+[search]
+base = "ou=people,dc=example,dc=org"
+"#;
+
+#[test]
+fn people_attributes_and_groups() {
+    let slapd = Slapd::start_default();
+    let rt = runtime();
+    for groups in [
+        "[groups]\nlookup = \"search\"\nbase = \"ou=groups,dc=example,dc=org\"",
+        "[groups]\nlookup = \"member_of\"",
+    ] {
+        let dir = open(&slapd, &format!("{PEOPLE}{groups}"));
+        rt.block_on(async {
+            let alice = dir
+                .find(&account("Alice@Example.TEST"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(alice.id, "uid=alice,ou=people,dc=example,dc=org");
+            assert_eq!(alice.first("CN"), Some("Alice Liddell"));
+            assert_eq!(alice.values("mail").len(), 2);
+            assert_eq!(alice.first("telephonenumber"), Some("+1 555 0101"));
+            // Group DNs as an administrator writes them match.
+            assert!(alice.in_group(&GroupRef::new("CN=Outbound, OU=Groups, DC=example, DC=org")));
+            assert!(alice.in_group(&GroupRef::new("staff")));
+            let carol = dir
+                .find(&account("carol@example.test"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(carol.groups.is_empty(), "{groups}: {carol:?}");
+            // By mail address (default filter: (mail={address})).
+            let by_mail = dir
+                .find_by_mail(&account("alice.liddell@example.test"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(by_mail.id, alice.id);
+            assert!(
+                dir.find(&account("ghost@example.test"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        });
+    }
+}
+
+#[test]
+fn passwords_by_bind_and_by_compare() {
+    let slapd = Slapd::start_default();
+    let rt = runtime();
+    let dir = open(
+        &slapd,
+        r#"
+[search]
+base = "ou=people,dc=example,dc=org"
+[domains."Compare.TEST"]
+base = "ou=people,dc=example,dc=org"
+mode = "compare"
+"#,
+    );
+    rt.block_on(async {
+        assert_eq!(
+            dir.verify(&account("alice@example.test"), b"alicepw").await,
+            Ok(Verdict::Ok)
+        );
+        assert_eq!(
+            dir.verify(&account("alice@example.test"), b"bobpw").await,
+            Ok(Verdict::Invalid)
+        );
+        assert_eq!(
+            dir.verify(&account("lucy@example.test"), b"lucypw").await,
+            Ok(Verdict::Locked)
+        );
+        // The domain key is matched without regard to case: compare mode.
+        assert_eq!(
+            dir.verify(&account("bob@compare.test"), b"bobpw").await,
+            Ok(Verdict::Ok)
+        );
+        // lucy is locked by the password policy, which compare mode does
+        // not see: the key decided the mode.
+        assert_eq!(
+            dir.verify(&account("lucy@compare.test"), b"lucypw").await,
+            Ok(Verdict::Ok)
+        );
+        assert_eq!(
+            dir.verify(&account("ghost@compare.test"), b"bobpw").await,
+            Ok(Verdict::Invalid)
+        );
+    });
+}
+
+/// A local part that looks like a placeholder stays itself at every
+/// template site: before, `{domain}@alice` was filled as `alice`.
+#[test]
+fn templates_are_filled_once_at_every_site() {
+    let slapd = Slapd::start_default();
+    let rt = runtime();
+    let tricky = account("{domain}@alice");
+    let people = open(
+        &slapd,
+        r#"
+[search]
+base = "ou=people,dc=example,dc=org"
+user_filter = "(uid={user})"
+mail_filter = "(mail={user}@example.test)"
+dn_template = "uid={user},ou=people,dc=example,dc=org"
+"#,
+    );
+    // Names whose directory part is fixed, so that only the rule under
+    // test sees the tricky local part.
+    let fixed = open(
+        &slapd,
+        r#"
+[search]
+base = "ou=people,dc=example,dc=org"
+[domains.alice]
+base = "ou=people,dc=example,dc=org"
+dn_template = "uid=alice,ou=people,dc=example,dc=org"
+access_filter = "(uid={user})"
+[domains.staff]
+base = "ou=people,dc=example,dc=org"
+user_filter = "(uid=carol)"
+[groups]
+lookup = "search"
+base = "ou=groups,dc=example,dc=org"
+filter = "(|(member={dn})(cn={user}))"
+"#,
+    );
+    rt.block_on(async {
+        // user_filter, mail_filter: nobody has these names.
+        assert!(people.find(&tricky).await.unwrap().is_none());
+        assert!(people.find_by_mail(&tricky).await.unwrap().is_none());
+        // dn_template: no bind as uid=alice.
+        assert_eq!(
+            people.verify(&tricky, b"alicepw").await,
+            Ok(Verdict::Invalid)
+        );
+        assert_eq!(
+            people.verify(&account("alice@alice"), b"alicepw").await,
+            Ok(Verdict::Ok)
+        );
+        // access_filter: the bind as alice succeeds; the filter asks for
+        // uid={domain}, which alice is not.
+        assert_eq!(
+            fixed.verify(&tricky, b"alicepw").await,
+            Ok(Verdict::NotPermitted)
+        );
+        assert_eq!(
+            fixed.verify(&account("alice@alice"), b"alicepw").await,
+            Ok(Verdict::Ok)
+        );
+        // The group filter: carol is in no group, and no group is named
+        // `{domain}` (staff, the domain, is one).
+        let carol = fixed
+            .find(&account("{domain}@staff"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(carol.groups.is_empty(), "{carol:?}");
+        let carol = fixed.find(&account("staff@staff")).await.unwrap().unwrap();
+        assert!(carol.in_group(&GroupRef::new("staff")));
+    });
+}
+
+#[test]
+fn several_matching_entries_are_refused() {
+    let slapd = Slapd::start_default();
+    let rt = runtime();
+    let dir = open(
+        &slapd,
+        r#"
+[search]
+base = "ou=people,dc=example,dc=org"
+user_filter = "(|(uid={user})(uid=bob))"
+"#,
+    );
+    rt.block_on(async {
+        let alice = account("alice@example.test");
+        assert_eq!(dir.find(&alice).await, Ok(None));
+        assert_eq!(dir.verify(&alice, b"alicepw").await, Ok(Verdict::Invalid));
+        // bob alone matches for bob.
+        assert!(
+            dir.find(&account("bob@example.test"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    });
+}
+
+#[test]
+fn a_server_that_is_down_is_unavailable() {
+    let mut slapd = Slapd::start_default();
+    let rt = runtime();
+    let dir = open(&slapd, PEOPLE);
+    slapd.stop();
+    rt.block_on(async {
+        assert!(matches!(
+            dir.find(&account("alice@example.test")).await,
+            Err(DirectoryError::Unavailable(_))
+        ));
+        assert!(matches!(
+            dir.verify(&account("alice@example.test"), b"alicepw").await,
+            Err(DirectoryError::Unavailable(_))
+        ));
+    });
+}
