@@ -3,7 +3,7 @@
 //! announcements added while the helper runs, request coalescing, and the
 //! 4096-byte line.
 
-use cgp_tests::banner::{ALICE_IDLE, config, pbx, session};
+use cgp_tests::banner::{ALICE_IDLE, config, pbx, session, static_user};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::process::Command;
@@ -101,9 +101,10 @@ fn a_burst_for_many_users_sends_one_action_per_mailbox() {
     let users: String = (0..100)
         .map(|i| {
             fake.set_mailbox(&format!("{}@default", 2000 + i), i, 0);
-            format!(
-                "[directory.users.\"u{i}@example.com\"]\nreal_name = \"U{i}\"\nmailbox = \"{}@default\"\n",
-                2000 + i
+            static_user(
+                &format!("u{i}@example.com"),
+                &format!("U{i}"),
+                Some(2000 + i),
             )
         })
         .collect();
@@ -193,8 +194,8 @@ fn overlong_banners_are_cut_or_replaced_to_fit_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
     // Ä is 2 bytes, `"` becomes `\"` on the wire: the cut must count both.
-    let long_name = "Ä\\\"".repeat(200);
-    let users = format!("[directory.users.\"long@example.com\"]\nreal_name = \"{long_name}\"\n");
+    let long_name = "Ä\"".repeat(200);
+    let users = static_user("long@example.com", &long_name, None);
     let mut s = session(&config(dir.path(), fake.port(), &users));
     let text = s.ask("BANNER Long long@example.com");
     assert!(text.starts_with(r#"OK "Ä\"Ä\"Ä"#), "{text}");
@@ -301,16 +302,23 @@ fn users_from_ldap_with_groups_hostile_values_and_a_directory_outage() {
     fake.set_extension("1003", "default", "PJSIP/1003", 4);
     let ldap = format!(
         r#"
+[directory]
+type = "ldap"
+[directory.cache]
+ttl = "300ms"
+negative_ttl = "300ms"
 [directory.ldap]
-base = "{BASE}"
-group_base = "ou=groups,{BASE}"
-cache_ttl = "300ms"
-[directory.ldap.server]
 uris = ["{uri}"]
 bind_dn = "{SERVICE_DN}"
 bind_password = "{SERVICE_PASSWORD}"
 connect_timeout = "500ms"
 op_timeout = "500ms"
+[directory.search]
+base = "{BASE}"
+mail_filter = "(mail={{address}})"
+[directory.groups]
+lookup = "search"
+base = "ou=groups,{BASE}"
 
 [[announcement]]
 text = "Staff only"

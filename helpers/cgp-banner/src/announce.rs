@@ -125,15 +125,21 @@ impl Announcement {
         }
     }
 
-    /// Whether it shows now in a banner of `kind` for a user of `domain` in
-    /// `groups`.
-    pub fn applies(&self, now: u64, kind: &str, domain: Option<&str>, groups: &[String]) -> bool {
+    /// Whether it shows now in a banner of `kind` for a user of `domain`
+    /// who is in the groups `in_group` says.
+    pub fn applies(
+        &self,
+        now: u64,
+        kind: &str,
+        domain: Option<&str>,
+        in_group: impl Fn(&str) -> bool,
+    ) -> bool {
         let in_window = self.from <= now && now < self.until;
         let type_ok = self.types.is_empty() || self.types.iter().any(|t| t == kind);
         let target_ok = match &self.target {
             Target::All => true,
             Target::Domain(d) => domain == Some(d.as_str()),
-            Target::Group(g) => groups.iter().any(|x| x == g),
+            Target::Group(g) => in_group(g),
         };
         in_window && type_ok && target_ok
     }
@@ -395,17 +401,18 @@ mod tests {
 
     #[test]
     fn window_type_and_target_decide() {
+        let none = |_: &str| false;
         let mut a = ann("1", Target::Domain("example.com".into()));
-        assert!(a.applies(150, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(99, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(200, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(150, "WebUserTop", Some("other.test"), &[]));
-        assert!(!a.applies(150, "WebUserTop", None, &[]));
+        assert!(a.applies(150, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(99, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(200, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(150, "WebUserTop", Some("other.test"), none));
+        assert!(!a.applies(150, "WebUserTop", None, none));
         a.types = vec!["XIMSSLogin".into()];
-        assert!(!a.applies(150, "WebUserTop", Some("example.com"), &[]));
+        assert!(!a.applies(150, "WebUserTop", Some("example.com"), none));
         let g = ann("2", Target::Group("staff".into()));
-        assert!(g.applies(150, "x", None, &["staff".into()]));
-        assert!(!g.applies(150, "x", None, &["sales".into()]));
+        assert!(g.applies(150, "x", None, |g| g == "staff"));
+        assert!(!g.applies(150, "x", None, |g| g == "sales"));
     }
 
     #[test]

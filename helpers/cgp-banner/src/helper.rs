@@ -5,10 +5,11 @@
 
 use crate::announce::{Announcement, Announcements};
 use crate::config::{BannerConfig, Rule};
-use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
+use crate::people::in_group;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest, Refused};
 use cgp_lookup::ami::Ami;
+use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
 use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
@@ -28,8 +29,8 @@ pub struct Banner {
     config: BannerConfig,
     /// `[[announcement]]`s of the configuration.
     fixed: Vec<Announcement>,
-    /// Asked in order; the first that knows the account answers.
-    directories: Vec<Box<dyn Directory>>,
+    /// Where people are found, by the request's address.
+    directory: Directory,
     pbx: Option<Arc<Pbx>>,
     announcements: Option<Arc<Announcements>>,
     /// Requests outside the reconstructed grammar, reported once per shape
@@ -86,7 +87,10 @@ impl Helper for Banner {
                 .enumerate()
                 .map(|(i, a)| a.to_announcement(i))
                 .collect(),
-            directories: directories(&config)?,
+            directory: config
+                .directory
+                .open(&config.attributes.names())
+                .map_err(|e| e.to_string())?,
             config,
             pbx,
             announcements,
@@ -174,21 +178,23 @@ impl Banner {
             },
             _ => None,
         };
+        let person = person.as_deref();
         let (vm, ext) = tokio::join!(
-            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person.as_deref()),
-            self.extension(t.uses(Var::ExtState), person.as_deref()),
+            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person),
+            self.extension(t.uses(Var::ExtState), person),
         );
         let announcements = t
             .uses(Var::Announcements)
-            .then(|| self.announcements_text(br, person.as_deref(), rule.format));
+            .then(|| self.announcements_text(br, person, rule.format));
+        let attrs = &self.config.attributes;
         t.render(rule.format, |v| {
             let raw = match v {
                 Var::Account => br.account.clone(),
                 Var::User => br.user().map(str::to_string),
                 Var::Domain => br.domain().map(str::to_string),
                 Var::Type => Some(br.kind.clone()),
-                Var::RealName => person.as_ref()?.real_name.clone(),
-                Var::Department => person.as_ref()?.department.clone(),
+                Var::RealName => attrs.real_name(person?).map(str::to_string),
+                Var::Department => attrs.department(person?).map(str::to_string),
                 Var::VmNew => vm.map(|(n, _)| n.to_string()),
                 Var::VmOld => vm.map(|(_, o)| o.to_string()),
                 Var::ExtState => ext.map(|s| s.words().to_string()),
@@ -198,21 +204,22 @@ impl Banner {
         })
     }
 
-    async fn person(&self, account: &str) -> Result<Found, String> {
-        for d in &self.directories {
-            if let Some(p) = d.lookup(account).await? {
-                return Ok(Some(p));
-            }
-        }
-        Ok(None)
+    /// The person whose mail address the request's account is.
+    async fn person(&self, account: &str) -> Result<Option<Arc<Person>>, DirectoryError> {
+        // The wire already checked `user@domain`; what the directory's
+        // account type refuses is nobody's address.
+        let Ok(address) = Account::parse(account.as_bytes()) else {
+            return Ok(None);
+        };
+        self.directory.find_by_mail(&address).await
     }
 
     async fn voicemail(&self, wanted: bool, person: Option<&Person>) -> Option<(u32, u32)> {
         if !wanted {
             return None;
         }
-        let (pbx, p) = (self.pbx.as_ref()?, person?);
-        match pbx.voicemail(p.pbx.as_deref(), p.mailbox.as_deref()?).await {
+        let (pbx, p, attrs) = (self.pbx.as_ref()?, person?, &self.config.attributes);
+        match pbx.voicemail(attrs.pbx(p), attrs.mailbox(p)?).await {
             Ok(c) => Some((c.new, c.old)),
             Err(e) => {
                 tracing::debug!(error = %e, "voicemail count unavailable");
@@ -225,12 +232,12 @@ impl Banner {
         if !wanted {
             return None;
         }
-        let (pbx, p) = (self.pbx.as_ref()?, person?);
+        let (pbx, p, attrs) = (self.pbx.as_ref()?, person?, &self.config.attributes);
         let extension = ExtensionId {
-            exten: p.extension.clone()?,
-            context: p.context.clone(),
+            exten: attrs.extension(p)?.to_string(),
+            context: attrs.context(p).to_string(),
         };
-        match pbx.extension(p.pbx.as_deref(), &extension).await {
+        match pbx.extension(attrs.pbx(p), &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!(error = %e, "extension state unavailable");
@@ -252,7 +259,6 @@ impl Banner {
             .as_ref()
             .map(|a| a.current())
             .unwrap_or_default();
-        let groups = person.map(|p| p.groups.as_slice()).unwrap_or_default();
         let now = crate::announce::now();
         let separator = match format {
             Format::Text => "\n",
@@ -263,7 +269,7 @@ impl Banner {
             .fixed
             .iter()
             .chain(stored.iter())
-            .filter(|x| x.applies(now, &br.kind, br.domain(), groups))
+            .filter(|x| x.applies(now, &br.kind, br.domain(), |g| in_group(person, g)))
         {
             if !out.is_empty() {
                 out.push_str(separator);
@@ -272,15 +278,6 @@ impl Banner {
         }
         out
     }
-}
-
-fn directories(config: &BannerConfig) -> Result<Vec<Box<dyn Directory>>, String> {
-    let mut out: Vec<Box<dyn Directory>> =
-        vec![Box::new(StaticDirectory::new(&config.directory.users))];
-    if let Some(source) = &config.directory.ldap {
-        out.push(Box::new(LdapDirectory::new(source)?));
-    }
-    Ok(out)
 }
 
 /// The reply for a rendered banner, within the 4096-byte line. Text banners

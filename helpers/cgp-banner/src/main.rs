@@ -9,8 +9,8 @@ mod admin;
 mod announce;
 mod cli;
 mod config;
-mod directory;
 mod helper;
+mod people;
 mod template;
 mod wire;
 

@@ -319,6 +319,24 @@ mod tests {
         config.open(&[]).unwrap()
     }
 
+    /// People a helper only shows (a banner's name and phone) need no
+    /// password, and no password logs them in.
+    #[tokio::test]
+    async fn a_static_person_without_a_password_is_found_but_never_let_in() {
+        let dir = static_dir(
+            r#"
+            [[static.users]]
+            name = "carol@example.test"
+            attributes = { cn = ["Carol"] }
+            "#,
+        );
+        let carol = account("carol@example.test");
+        let p = dir.find_by_mail(&carol).await.unwrap().unwrap();
+        assert_eq!(p.first("cn"), Some("Carol"));
+        assert_eq!(dir.verify(&carol, b"").await, Ok(Verdict::Invalid));
+        assert_eq!(dir.verify(&carol, b"x").await, Ok(Verdict::Invalid));
+    }
+
     #[tokio::test]
     async fn the_static_file_finds_verifies_and_lists_groups() {
         let dir = static_dir(&format!(

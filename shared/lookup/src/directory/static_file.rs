@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 struct User {
     person: Person,
-    stored: Stored,
+    /// `None`: no password logs this person in.
+    stored: Option<Stored>,
     disabled: bool,
     secret: Option<String>,
 }
@@ -51,7 +52,7 @@ impl StaticDirectory {
                     .or_insert_with(|| user.clone());
             }
         }
-        let dummies = Dummies::new(users.values().map(|u| &u.stored))
+        let dummies = Dummies::new(users.values().filter_map(|u| u.stored.as_ref()))
             .map_err(|e| DirectoryError::Failed(e.to_string()))?;
         Ok(StaticDirectory {
             users,
@@ -79,7 +80,7 @@ impl Backend for StaticDirectory {
 
     fn check<'a>(
         &'a self,
-        _account: &'a Account,
+        account: &'a Account,
         person: &'a Person,
         password: &'a [u8],
     ) -> BoxFuture<'a, Result<Verdict, DirectoryError>> {
@@ -87,7 +88,12 @@ impl Backend for StaticDirectory {
             let Some(user) = self.user(person) else {
                 return Ok(Verdict::Invalid);
             };
-            if !password::check(&user.stored, password).await {
+            let Some(stored) = &user.stored else {
+                // Costs what a check costs, as for a name nobody has.
+                self.check_unknown(account, password).await;
+                return Ok(Verdict::Invalid);
+            };
+            if !password::check(stored, password).await {
                 return Ok(Verdict::Invalid);
             }
             Ok(if user.disabled {
