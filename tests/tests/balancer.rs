@@ -64,15 +64,13 @@ fn vip_hook_brings_vips_up_and_down_once() {
 #[test]
 fn unknown_request_shapes_are_refused_and_logged_once_without_values() {
     let work = tempfile::tempdir().unwrap();
-    let log = work.path().join("balancer.log");
+    let (log_section, log) = cgp_tests::warn_log(work.path());
     let cfg = work.path().join("shapes.toml");
     std::fs::write(
         &cfg,
         format!(
-            "reconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n\
-             [log]\njournald = false\nfile = \"{}\"\nlevel = \"warn\"\n\
-             [groups.edge.ipvs]\nports = [25]\ndry_run = true\n",
-            log.display()
+            "reconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\
+             [groups.edge.ipvs]\nports = [25]\ndry_run = true\n"
         ),
     )
     .unwrap();
@@ -92,11 +90,7 @@ fn unknown_request_shapes_are_refused_and_logged_once_without_values() {
     assert_eq!(h.ask("REMOVE edge 10.0.0.6"), "OK");
     assert_eq!(h.ask("REMOVE edge 10.0.0.5"), "OK");
     h.finish();
-    let logged = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = logged
-        .lines()
-        .filter(|l| l.contains("unknown shape"))
-        .collect();
+    let (logged, lines) = cgp_tests::unknown_shape_lines(&log);
     assert_eq!(lines.len(), 2, "{logged}");
     assert!(
         lines[0].contains("WARN")

@@ -450,15 +450,13 @@ fn a_store_locked_by_the_previous_process_is_taken_over_when_it_exits() {
 #[test]
 fn unknown_request_shapes_get_no_banner_and_are_logged_once_without_values() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("banner.log");
+    let (log_section, log) = cgp_tests::warn_log(dir.path());
     let cfg = dir.path().join("banner.toml");
     std::fs::write(
         &cfg,
         format!(
-            "default_banner = \"Welcome\"\n[runtime]\nstats_interval = \"0s\"\n\
-             [log]\njournald = false\nfile = \"{}\"\nlevel = \"warn\"\n\
-             [[banner]]\ntemplate = \"Hello {{account}}\"\n",
-            log.display()
+            "default_banner = \"Welcome\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\
+             [[banner]]\ntemplate = \"Hello {{account}}\"\n"
         ),
     )
     .unwrap();
@@ -480,11 +478,7 @@ fn unknown_request_shapes_get_no_banner_and_are_logged_once_without_values() {
         r#"OK "Hello bob@example.com""#
     );
     s.finish();
-    let logged = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = logged
-        .lines()
-        .filter(|l| l.contains("unknown shape"))
-        .collect();
+    let (logged, lines) = cgp_tests::unknown_shape_lines(&log);
     assert_eq!(lines.len(), 2, "{logged}");
     assert!(lines.iter().all(|l| l.contains("WARN")), "{logged}");
     assert!(

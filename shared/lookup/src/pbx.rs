@@ -330,14 +330,28 @@ impl Pbx {
         Ok((name, &*self.backends[*i]))
     }
 
+    /// `key` on the named PBX, from `table` or else from `ask`.
+    async fn ask<'a, K, T>(
+        &'a self,
+        table: &Table<K, T>,
+        pbx: Option<&str>,
+        key: K,
+        ask: impl FnOnce(&'a dyn PbxBackend, &'a str) -> PbxFuture<'a, T>,
+    ) -> Result<T, PbxError>
+    where
+        K: Eq + Hash + Clone,
+        T: Clone,
+    {
+        let (name, backend) = self.route(pbx)?;
+        table.get(name, key, self.ttl, || ask(backend, name)).await
+    }
+
     /// The counts of `mailbox` on the named PBX.
     pub async fn voicemail(&self, pbx: Option<&str>, mailbox: &str) -> Result<Voicemail, PbxError> {
-        let (name, backend) = self.route(pbx)?;
-        self.voicemail
-            .get(name, mailbox.to_string(), self.ttl, || {
-                backend.voicemail(name, mailbox)
-            })
-            .await
+        self.ask(&self.voicemail, pbx, mailbox.to_string(), |b, name| {
+            b.voicemail(name, mailbox)
+        })
+        .await
     }
 
     /// The state of `extension` on the named PBX.
@@ -346,12 +360,10 @@ impl Pbx {
         pbx: Option<&str>,
         extension: &ExtensionId,
     ) -> Result<ExtState, PbxError> {
-        let (name, backend) = self.route(pbx)?;
-        self.extensions
-            .get(name, extension.clone(), self.ttl, || {
-                backend.extension(name, extension)
-            })
-            .await
+        self.ask(&self.extensions, pbx, extension.clone(), |b, name| {
+            b.extension(name, extension)
+        })
+        .await
     }
 
     /// The missed calls of `extension` on the named PBX.
@@ -360,12 +372,10 @@ impl Pbx {
         pbx: Option<&str>,
         extension: &ExtensionId,
     ) -> Result<MissedCalls, PbxError> {
-        let (name, backend) = self.route(pbx)?;
-        self.missed
-            .get(name, extension.clone(), self.ttl, || {
-                backend.missed_calls(name, extension)
-            })
-            .await
+        self.ask(&self.missed, pbx, extension.clone(), |b, name| {
+            b.missed_calls(name, extension)
+        })
+        .await
     }
 
     fn forget(&self, pbx: &str) {
