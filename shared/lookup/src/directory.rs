@@ -100,8 +100,9 @@ impl Verdict {
 /// it only through [`Directory`].
 pub trait Backend: Send + Sync + 'static {
     /// Every entry that matches (the policy for more than one is the
-    /// [`Directory`]'s; two are enough to tell).
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>>;
+    /// [`Directory`]'s; two are enough to tell). Shared, not copied: a back
+    /// end that holds its people in memory answers without copying them.
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>>;
 
     /// Checks a password for a person `find` gave.
     fn check<'a>(
@@ -206,7 +207,7 @@ impl Directory {
         };
         match &self.cache {
             Some(cache) => cache.get(&Self::key(by), ask).await,
-            None => Ok((ask().await?.map(Arc::new), Source::Asked)),
+            None => Ok((ask().await?, Source::Asked)),
         }
     }
 
@@ -398,9 +399,19 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     impl Backend for Arc<Scripted> {
-        fn find<'a>(&'a self, _: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+        fn find<'a>(
+            &'a self,
+            _: By<'a>,
+        ) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
             self.finds.fetch_add(1, Ordering::Relaxed);
-            let people = self.people.lock().unwrap().clone();
+            let people = self
+                .people
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(Arc::new)
+                .collect();
             Box::pin(std::future::ready(Ok(people)))
         }
         fn check<'a>(

@@ -9,7 +9,7 @@ use std::future::ready;
 use std::sync::Arc;
 
 struct User {
-    person: Person,
+    person: Arc<Person>,
     /// `None`: no password logs this person in.
     stored: Option<Stored>,
     disabled: bool,
@@ -38,7 +38,7 @@ impl StaticDirectory {
                 person.push_values(name, values.iter().cloned());
             }
             let user = Arc::new(User {
-                person,
+                person: Arc::new(person),
                 stored: u.password.clone(),
                 disabled: u.disabled,
                 secret: u.secret.clone(),
@@ -67,7 +67,7 @@ impl StaticDirectory {
 }
 
 impl Backend for StaticDirectory {
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
         let found = match by {
             By::Account(a) => self.users.get(a.address()),
             By::Mail(a) => self.mail.get(a.address()),
