@@ -190,6 +190,10 @@ pub struct Ami {
     names: Vec<Arc<str>>,
     action_timeout: Duration,
     events: broadcast::Sender<PbxEvent>,
+    /// Subscribed before the supervisors start, for the first subscriber:
+    /// a link can come up (and send `Connected`) before anyone else could
+    /// subscribe, and a missed `Connected` means states never loaded.
+    first: std::sync::Mutex<Option<broadcast::Receiver<PbxEvent>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -200,7 +204,7 @@ impl Ami {
     /// Starts one supervisor per server; must run inside a tokio runtime.
     /// Returns at once: servers connect in the background.
     pub fn start(config: &AmiConfig) -> Ami {
-        let (events, _) = broadcast::channel(4096);
+        let (events, first) = broadcast::channel(4096);
         let mut links = BTreeMap::new();
         let mut tasks = Vec::new();
         let mut names = Vec::new();
@@ -223,6 +227,7 @@ impl Ami {
             names,
             action_timeout: config.action_timeout,
             events,
+            first: std::sync::Mutex::new(Some(first)),
             tasks,
         }
     }
@@ -232,9 +237,12 @@ impl Ami {
         self.names.first().map(|n| &**n)
     }
 
-    /// Events of all servers from now on.
+    /// Events of all servers: for the first caller from the start, for
+    /// later ones from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<PbxEvent> {
-        self.events.subscribe()
+        cgp_runtime::sync::lock(&self.first)
+            .take()
+            .unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Whether the server is logged in right now.

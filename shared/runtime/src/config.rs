@@ -72,6 +72,9 @@ pub trait HelperConfig: DeserializeOwned + Default + Clone + Send + Sync + 'stat
 pub struct KeyError {
     pub key: String,
     pub message: String,
+    /// Where in the file, when the helper knows (a `toml::Spanned` span);
+    /// otherwise the line is looked for by the key.
+    pub span: Option<std::ops::Range<usize>>,
 }
 
 impl KeyError {
@@ -79,6 +82,15 @@ impl KeyError {
         KeyError {
             key: key.into(),
             message: message.into(),
+            span: None,
+        }
+    }
+
+    /// The error, placed at `span` (byte offsets into the file).
+    pub fn at(self, span: std::ops::Range<usize>) -> KeyError {
+        KeyError {
+            span: Some(span),
+            ..self
         }
     }
 }
@@ -174,7 +186,8 @@ fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), C
     match failed.map_or_else(|| c.validate(), Err) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let line = key_line(text, &e.key)
+            let line = (e.span.as_ref().map(|s| line_col(text, s.start).0))
+                .or_else(|| key_line(text, &e.key))
                 .map(|l| format!("line {l}, "))
                 .unwrap_or_default();
             Err(ConfigError(format!(

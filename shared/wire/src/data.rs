@@ -475,7 +475,8 @@ mod tests {
 
     #[test]
     fn encoder_follows_the_reference_examples() {
-        // protocol.md §6.3: folded header with a tab, a backslash and quotes.
+        // docs/wire.md, quoted strings: a folded header with a tab, a
+        // backslash and quotes.
         let text = "DKIM-Signature: v=1; a=rsa-sha256; d=example.test;\n\tb=abc\\def; z=\"q\"";
         assert_eq!(
             encode_quoted(text.as_bytes()),
