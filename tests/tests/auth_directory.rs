@@ -2,7 +2,7 @@
 //! password-policy verdicts, escaping, failover and fault injection.
 
 use cgp_lookup::ldap::{BindOutcome, Directory, LdapConfig, LdapError, Scope, escape_filter};
-use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};
+use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd, runtime};
 use std::time::{Duration, Instant};
 
 fn config(uris: Vec<String>) -> LdapConfig {
@@ -15,14 +15,6 @@ fn config(uris: Vec<String>) -> LdapConfig {
         max_backoff: Duration::from_millis(200),
         ..LdapConfig::default()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 const ALICE: &str = "uid=alice,ou=people,dc=example,dc=org";
