@@ -99,6 +99,14 @@ fn quit_waits_for_work_running_on_the_compute_pool() {
 }
 
 #[test]
+fn a_panic_in_compute_work_gets_the_panic_reply_and_the_pool_goes_on() {
+    replies_in_order(
+        &["2 COMPUTEPANIC", "3 COMPUTE 0"],
+        &["2 FAILURE \"internal error\"", "3 OK"],
+    );
+}
+
+#[test]
 fn sigterm_drains_requests_in_flight_then_exits_0() {
     conversation(3, |h| {
         h.send_line("2 SLEEP 500");

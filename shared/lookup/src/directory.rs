@@ -188,6 +188,14 @@ impl Directory {
         self.lookup(By::Mail(address)).await.map(|(p, _)| p)
     }
 
+    /// The cached answer for a mail address, without asking the back end:
+    /// `None` when it must be asked (not cached, expired, or a back end
+    /// that is not cached). For work that must not wait, such as the
+    /// filter's rules on the blocking pool.
+    pub fn cached_by_mail(&self, address: &Account) -> Option<Option<Arc<Person>>> {
+        self.cache.as_ref()?.peek(&Self::key(By::Mail(address)))
+    }
+
     fn key(by: By<'_>) -> String {
         let (kind, a) = match by {
             By::Account(a) => ("a:", a),

@@ -3,7 +3,8 @@
 //! `SLEEP <ms>`, `BLOCK <ms>` (holds its thread, as a handler that
 //! computes does), `BIG <bytes>`, `PANIC`, `HANG`, `ECHO <values>`,
 //! `ORDERED <key> <ms>` (sleeps, in arrival order per key).
-//! `COMPUTE <ms>` (holds a thread of `cgp_runtime::compute`), `PEAK` (the
+//! `COMPUTE <ms>` (holds a thread of `cgp_runtime::compute`), `COMPUTEPANIC`
+//! (panics there), `PEAK` (the
 //! most handlers that ever ran at once, this one included).
 //! With `--build-delay MS` its start takes that long, as a helper that
 //! connects to its directory does, to test signals that come early.
@@ -83,6 +84,7 @@ impl Helper for Probe {
             }
             "BIG" => Reply::ok().quoted(&vec![b'x'; arg() as usize]),
             "PANIC" => panic!("probe asked to panic"),
+            "COMPUTEPANIC" => cgp_runtime::compute(|| panic!("probe asked to panic")).await,
             "HANG" => std::future::pending().await,
             "ECHO" => match parse_values(&req.rest) {
                 Ok(values) => Reply::ok().value(&Value::Array(values)),

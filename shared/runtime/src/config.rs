@@ -20,9 +20,57 @@ pub struct RuntimeConfig {
     /// Longest request line read; longer lines are discarded and answered
     /// with an error.
     pub max_line_bytes: usize,
-    /// Period of the `* stats` line; `0s` turns it off.
+    /// Period of the `* stats` line, and of the metrics file; `0s` turns
+    /// both off.
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
+    /// `[runtime.metrics]`: the counters for Prometheus.
+    pub metrics: MetricsConfig,
+}
+
+/// Where the helper's counters go for node_exporter's textfile collector.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The file written at each stats interval (none: no metrics file).
+    pub file: Option<PromFile>,
+}
+
+/// The path of a metrics file: absolute, ending in `.prom` (the textfile
+/// collector reads nothing else), in a directory. Checked once, where the
+/// configuration is read, so the error carries its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromFile {
+    path: PathBuf,
+}
+
+impl PromFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name without `.prom`, which tells two instances of one
+    /// helper apart in the metrics.
+    pub fn stem(&self) -> &str {
+        self.path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for PromFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PromFile, D::Error> {
+        let path = PathBuf::deserialize(d)?;
+        let named = path.extension().is_some_and(|e| e == "prom")
+            && path.file_stem().and_then(|s| s.to_str()).is_some();
+        if !path.is_absolute() || !named {
+            return Err(serde::de::Error::custom(
+                "must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom files)",
+            ));
+        }
+        Ok(PromFile { path })
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -32,6 +80,7 @@ impl Default for RuntimeConfig {
             max_in_flight: 256,
             max_line_bytes: 64 * 1024,
             stats_interval: Duration::from_secs(300),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -72,6 +121,9 @@ pub trait HelperConfig: DeserializeOwned + Default + Clone + Send + Sync + 'stat
 pub struct KeyError {
     pub key: String,
     pub message: String,
+    /// Where in the file, when the helper knows (a `toml::Spanned` span);
+    /// otherwise the line is looked for by the key.
+    pub span: Option<std::ops::Range<usize>>,
 }
 
 impl KeyError {
@@ -79,6 +131,15 @@ impl KeyError {
         KeyError {
             key: key.into(),
             message: message.into(),
+            span: None,
+        }
+    }
+
+    /// The error, placed at `span` (byte offsets into the file).
+    pub fn at(self, span: std::ops::Range<usize>) -> KeyError {
+        KeyError {
+            span: Some(span),
+            ..self
         }
     }
 }
@@ -159,6 +220,11 @@ fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), C
             "must be at least 1024",
         ),
         (
+            rt.metrics.file.is_some() && rt.stats_interval.is_zero(),
+            "runtime.stats_interval",
+            "must be more than 0s when runtime.metrics.file is set (the file is written at each interval)",
+        ),
+        (
             !matches!(
                 c.log().level.as_str(),
                 "error" | "warn" | "info" | "debug" | "trace"
@@ -174,7 +240,8 @@ fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), C
     match failed.map_or_else(|| c.validate(), Err) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let line = key_line(text, &e.key)
+            let line = (e.span.as_ref().map(|s| line_col(text, s.start).0))
+                .or_else(|| key_line(text, &e.key))
                 .map(|l| format!("line {l}, "))
                 .unwrap_or_default();
             Err(ConfigError(format!(
@@ -346,6 +413,31 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("1234567"), "{e}");
+    }
+
+    #[test]
+    fn metrics_file_is_an_absolute_prom_path_written_at_an_interval() {
+        let f = write("[runtime.metrics]\nfile = \"/var/lib/node/cgp-auth.prom\"\n");
+        let c: BasicConfig = load(Some(&f.0)).unwrap();
+        let file = c.runtime.metrics.file.unwrap();
+        assert_eq!(file.path(), Path::new("/var/lib/node/cgp-auth.prom"));
+        assert_eq!(file.stem(), "cgp-auth");
+        for bad in [
+            "cgp-auth.prom",
+            "/var/lib/node/cgp-auth.txt",
+            "/var/lib/node/.prom",
+        ] {
+            let f = write(&format!("[runtime.metrics]\nfile = \"{bad}\"\n"));
+            let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+            assert!(
+                e.contains("line 2") && e.contains("ending in .prom"),
+                "{bad}: {e}"
+            );
+        }
+        let f =
+            write("[runtime]\nstats_interval = \"0s\"\n[runtime.metrics]\nfile = \"/m/a.prom\"\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.contains("line 2, key `runtime.stats_interval`"), "{e}");
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //! one writer thread writes every line. CPU-heavy handler work goes through
 //! [`compute`]. Signals, reloads and the drain run on the main thread.
 
+mod compute;
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod stats;
 pub mod sync;
@@ -45,6 +47,7 @@ use tokio::runtime::Handle;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+pub use compute::compute;
 pub use config::{BasicConfig, KeyError, LogConfig};
 
 /// Names a helper binary for logs and the start-up line.
@@ -123,36 +126,6 @@ impl Ctx {
     /// Sends a `*` line to the CGP log.
     pub fn info(&self, text: &str) {
         self.writer.info(text);
-    }
-}
-
-/// Runs a handler's CPU-heavy work (reading and parsing a file, matching
-/// rules) on tokio's blocking threads, at most one piece of work per core at
-/// a time, and waits for its result. Async workers stay free for the
-/// requests that only wait, and the bound keeps a flood of requests from
-/// starting more threads (and holding more buffers) than the cores can
-/// serve. A panic in `work` is passed on to the handler, so the runtime
-/// answers it with the helper's panic reply like any other.
-pub async fn compute<T, F>(work: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    static POOL: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(Semaphore::new(cores))
-    });
-    // The semaphore is never closed, so acquiring cannot fail.
-    let _slot = pool.clone().acquire_owned().await.ok();
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime shutting down cancels blocking work, and then
-            // nobody waits for this reply.
-            Err(_) => std::future::pending().await,
-        },
     }
 }
 
@@ -395,6 +368,8 @@ async fn serve<H: Helper>(
             _ = signals.hup.recv() => reload(&shared, path.as_ref()).await,
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 shared.writer.info(&shared.stats.line());
+                // metrics hook (tap branch): the metrics file beside each stats line.
+                metrics::publish(&current(&shared.runtime).metrics, shared.info.name, &shared.stats);
             }
         }
     };
@@ -413,6 +388,12 @@ async fn serve<H: Helper>(
         tracing::error!("requests still in flight after the drain limit");
     }
     shared.writer.info(&shared.stats.line());
+    // metrics hook (tap branch): the final counts, with the final stats line.
+    metrics::publish(
+        &current(&shared.runtime).metrics,
+        shared.info.name,
+        &shared.stats,
+    );
     if let Some(seq) = quit {
         shared.writer.reply(&seq, &Reply::ok());
     }
