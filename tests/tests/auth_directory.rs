@@ -1,7 +1,7 @@
 //! `cgp_lookup::ldap::Directory` against a real slapd: searches, binds,
 //! password-policy verdicts, escaping, failover and fault injection.
 
-use cgp_lookup::ldap::{BindOutcome, Directory, LdapConfig, LdapError, Scope, escape_filter};
+use cgp_lookup::ldap::{BindOutcome, Directory, LdapConfig, LdapError, Scope};
 use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd, runtime};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ fn config(uris: Vec<String>) -> LdapConfig {
 const ALICE: &str = "uid=alice,ou=people,dc=example,dc=org";
 
 async fn find_uid(dir: &Directory, uid: &str) -> Result<Vec<String>, LdapError> {
-    let filter = format!("(uid={})", escape_filter(uid));
+    let filter = format!("(uid={})", ldap3::ldap_escape(uid));
     let entries = dir.search(BASE, Scope::Sub, &filter, &["uid"]).await?;
     Ok(entries.into_iter().map(|e| e.dn).collect())
 }
