@@ -376,7 +376,15 @@ fn main() {
         ("cold", requests, "0s", "0s", false, false, in_flight),
         ("template", requests, "0s", "0s", true, false, in_flight),
         ("dn-cache", requests, "0s", "1h", false, false, in_flight),
-        ("cached", cached_requests, "1h", "0s", false, true, in_flight),
+        (
+            "cached",
+            cached_requests,
+            "1h",
+            "0s",
+            false,
+            true,
+            in_flight,
+        ),
         ("cold@256", requests, "0s", "0s", false, false, 256),
     ];
     // results[row][binary]
@@ -492,7 +500,9 @@ fn main() {
         big.peak_rss_kib as f64 / 1024.0
     );
     if binaries.len() > 1 {
-        println!("against AUTH_BASE_BIN, same run (rate ratio, helper CPU per request now / before):");
+        println!(
+            "against AUTH_BASE_BIN, same run (rate ratio, helper CPU per request now / before):"
+        );
         for ((name, n, ..), runs) in rows.iter().zip(&results) {
             println!(
                 "  {name:<9} {:>6.2}x rate   CPU {:>6.1} / {:>6.1} us",

@@ -8,7 +8,7 @@
 //! ldap3 has no pooling or reconnect by design (ldap3 issues #81, #96), hence
 //! the pool here.
 
-mod conn;
+pub(crate) mod conn;
 mod ppolicy;
 
 /// A value escaped for a search filter, by ldap3 (RFC 4515). Only for the
