@@ -546,15 +546,17 @@ impl SqlDirectory {
 /// timed-out statement), insufficient resources, transaction rollback.
 fn classify(e: &tokio_postgres::Error) -> Attempt {
     match e.code() {
-        Some(code) if !["08", "57", "53", "40"].contains(&&code.code()[..2]) => Attempt::Failed(
-            e.as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.to_string()),
-        ),
-        _ => Attempt::Unavailable(
-            e.as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.to_string()),
-        ),
+        Some(code) if !["08", "57", "53", "40"].contains(&&code.code()[..2]) => {
+            Attempt::Failed(describe(e))
+        }
+        _ => Attempt::Unavailable(describe(e)),
     }
+}
+
+/// The server's message for its errors ("db error" alone says nothing).
+fn describe(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.to_string())
 }
 
 /// A column's values as text: text types, booleans and integers, and arrays
@@ -802,7 +804,9 @@ impl Backend for SqlDirectory {
                             .map_err(|_| {
                                 DirectoryError::Unavailable(format!("{}: no answer", server.name))
                             })?
-                            .map_err(|e| DirectoryError::Failed(format!("{}: {e}", server.name)))?;
+                            .map_err(|e| {
+                                DirectoryError::Failed(format!("{}: {}", server.name, describe(&e)))
+                            })?;
                     let has = |name: &str| prepared.columns().iter().any(|col| col.name() == name);
                     if std::ptr::eq(q, c.password_query.as_ref().expect("validated"))
                         && !has("password")
