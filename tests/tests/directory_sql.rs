@@ -376,3 +376,36 @@ fn cgp_auth_verdicts_faults_and_recovery() {
         "secret in the log"
     );
 }
+
+#[test]
+fn the_sql_example_passes_check_config_and_a_spliced_value_does_not() {
+    let example = cgp_tests::workspace().join("packaging/examples/auth-sql.toml");
+    let check = |path: &Path| {
+        std::process::Command::new(bin("cgp-auth"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&example);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("auth.toml");
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "locked FROM users WHERE email = {address}",
+        "locked FROM users WHERE email = '{address}'",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = check(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 51") && err.contains("{address} is a bound parameter"),
+        "{err}"
+    );
+}
