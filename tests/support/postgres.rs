@@ -169,8 +169,26 @@ impl Postgres {
         cmd
     }
 
+    /// The SQL goes on stdin: a large load does not fit in an argument.
     fn psql_as(&self, database: &str, sql: &str) -> String {
-        run_ok(self.psql_cmd(database).arg("-c").arg(sql), "psql")
+        let mut child = self
+            .psql_cmd(database)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let sql = sql.to_string();
+        let writer = std::thread::spawn(move || stdin.write_all(sql.as_bytes()));
+        let out = child.wait_with_output().expect("psql output");
+        writer.join().expect("writer").expect("write to psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A session that takes an exclusive lock on `table` and keeps it (and
