@@ -21,6 +21,10 @@
 //! the configuration shape before `[directory]`), every helper row is run
 //! with it too, in the same run, alternating, and the ratios are printed.
 //!
+//! With `AUTH_WRAP` set, this tree's binary runs under that command, with
+//! `{row}` replaced by the row's name, to profile it where it is measured:
+//! `AUTH_WRAP='perf record -g -o /tmp/auth-{row}.data --'`.
+//!
 //! With `sql` first, the SQL directory instead (`bench/auth-sql.sh`): one
 //! PostgreSQL with USERS users ({SSHA} hashes); a direct tokio-postgres
 //! loop, IN_FLIGHT tasks each on its own connection running the helper's
@@ -375,6 +379,7 @@ fn main() {
     let slapd_cpu_of = || slapd_cpu(&slapd);
     let auth = release_dir().join("cgp-auth").display().to_string();
     let base = std::env::var("AUTH_BASE_BIN").ok();
+    let wrap = std::env::var("AUTH_WRAP").ok();
     let null = release_dir()
         .join("examples/null_helper")
         .display()
@@ -426,7 +431,15 @@ fn main() {
                 store,
                 *shape,
             );
-            let helper = vec![bin.clone(), "--config".into(), cfg];
+            let mut helper: Vec<String> = match (&wrap, prefix.is_empty()) {
+                (Some(w), true) => w
+                    .replace("{row}", name)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            helper.extend([bin.clone(), "--config".into(), cfg]);
             if store {
                 // Cached VRFY is measured with the cache filled: one
                 // untimed pass over the users first, then a new helper

@@ -191,12 +191,31 @@ impl Session {
     pub fn close(&mut self) -> (Option<i32>, String) {
         drop(self.stdin.take());
         let status = self.child.wait().expect("wait for the helper");
-        let stderr = self
-            .stderr
+        (status.code(), self.stderr())
+    }
+
+    /// Waits for the helper to exit with stdin still open, as CGP keeps
+    /// it, within [`LINE_WAIT`]: the exit code (`None` when a signal ended
+    /// it) and stderr. Fails the test if the helper is still running.
+    pub fn exit_with_stdin_open(&mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the helper") {
+                return (status.code(), self.stderr());
+            }
+            assert!(
+                start.elapsed() < LINE_WAIT,
+                "the helper did not exit within {LINE_WAIT:?} with stdin open"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        self.stderr
             .take()
             .map(|t| t.join().expect("stderr thread"))
-            .unwrap_or_default();
-        (status.code(), stderr)
+            .unwrap_or_default()
     }
 
     /// Sends a signal to the helper (SIGTERM, SIGHUP, SIGSTOP, SIGCONT…).

@@ -378,3 +378,100 @@ add_header = ["X-Big: yes"]
     assert_eq!(replies["huge.msg"], r#"ADDHEADER "X-Big: yes" OK"#);
     assert_eq!(replies["small.msg"], r#"ERROR "no executables""#);
 }
+
+/// The peak resident memory of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM value")
+}
+
+#[test]
+fn requests_waiting_for_a_silent_directory_hold_no_message() {
+    // An LDAP server that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("port").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    // Envelopes of 2 MiB (many recipients): 64 of them held at once are
+    // 64 times that and more, as the envelope is also parsed.
+    let mut text =
+        String::from("S <bob@example.test> SMTP [192.0.2.11]\nP I x <bob@example.test>\n");
+    let mut i = 0;
+    while text.len() < 2 << 20 {
+        text.push_str(&format!(
+            "R W 26-04-2019 15:57:14 0000 ____ _FY_ <user{i:07}@example.test>\n"
+        ));
+        i += 1;
+    }
+    text.push_str("\nFrom: bob@example.test\nSubject: many\n\nhello\n");
+    let base = Base::new(&[("wide.msg", &text)]);
+    let config = base.config(&format!(
+        r#"
+[runtime]
+stats_interval = "0s"
+deadline = "4s"
+[failure]
+max_age = "100years"
+[directory]
+type = "ldap"
+[directory.ldap]
+uris = ["ldap://127.0.0.1:{port}"]
+connect_timeout = "2s"
+op_timeout = "2s"
+[directory.search]
+base = "ou=people,dc=example,dc=org"
+[directory.groups]
+lookup = "search"
+[[rule]]
+name = "outbound"
+when = {{ authenticated = true }}
+unless = {{ member_of = ["outbound"] }}
+action = "bounce"
+"#
+    ));
+    let mut cmd = std::process::Command::new(bin("cgp-filter"));
+    cmd.arg("--config").arg(&config).current_dir(base.path());
+    let mut s = cgp_tests::session::Session::start_cmd(cmd);
+    let seqs: Vec<String> = (0..64).map(|_| s.send("FILE Queue/wide.msg")).collect();
+    for seq in &seqs {
+        assert_eq!(
+            s.reply(seq),
+            r#"REJECTED "message filter temporarily unavailable""#,
+            "the directory's failure policy"
+        );
+    }
+    let peak_mib = peak_rss_kib(s.child.id()) / 1024;
+    assert!(
+        peak_mib < 128,
+        "peak RSS {peak_mib} MiB for 64 waiting requests"
+    );
+}
+
+#[test]
+fn a_rule_that_does_not_compile_is_reported_at_its_line() {
+    let base = Base::new(&[]);
+    // The first rule has a `stop` too: looking the key up by name would
+    // point there.
+    let config = base.config(
+        "[[rule]]\nname = \"first\"\nstop = true\n\n[[rule]]\nname = \"second\"\naction = \"bounce\"\nstop = false\n",
+    );
+    let out = std::process::Command::new(bin("cgp-filter"))
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run cgp-filter");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 5, key `rule[1].stop`"), "{err}");
+}

@@ -9,11 +9,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-/// The probe helper's dispatch paths: requests always spawned, requests
-/// polled once on the dispatcher first (`Helper::INLINE_FIRST_POLL`), and
-/// that on several dispatcher threads (`Helper::PARALLEL_DISPATCH`).
-const MODES: [&[&str]; 3] = [&[], &["--inline"], &["--parallel"]];
-
 /// The probe helper with `extra` arguments and a configuration file.
 fn probe(config: &std::path::Path, extra: &[&str]) -> Session {
     let mut cmd = Command::new(bin("probe_helper"));
@@ -27,29 +22,27 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     p
 }
 
-/// Runs `conversation` on the probe helper in every dispatch mode, after
-/// `1 INTF <intf>` and its reply; then expects exit 0 and nothing on stderr.
-fn in_every_mode(intf: u32, conversation: impl Fn(&mut Session, &[&str])) {
-    for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = probe(&config(&dir, ""), mode);
-        h.send_line(&format!("1 INTF {intf}"));
-        assert_eq!(h.line(false), format!("1 INTF {intf}"));
-        conversation(&mut h, mode);
-        let (code, err) = h.close();
-        assert_eq!((code, err.as_str()), (Some(0), ""), "{mode:?}");
-    }
+/// Runs `conversation` on the probe helper after `1 INTF <intf>` and its
+/// reply; then expects exit 0 and nothing on stderr at the end of input.
+fn conversation(intf: u32, conversation: impl Fn(&mut Session)) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = probe(&config(&dir, ""), &[]);
+    h.send_line(&format!("1 INTF {intf}"));
+    assert_eq!(h.line(false), format!("1 INTF {intf}"));
+    conversation(&mut h);
+    let (code, err) = h.close();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
 }
 
-/// Sends `requests` after INTF, in every dispatch mode, and expects the
-/// replies in the order `replies`; then end of input, exit 0, no stderr.
+/// Sends `requests` after INTF and expects the replies in the order
+/// `replies`; then end of input, exit 0, no stderr.
 fn replies_in_order(requests: &[&str], replies: &[&str]) {
-    in_every_mode(4, |h, mode| {
+    conversation(4, |h| {
         for r in requests {
             h.send_line(r);
         }
         for r in replies {
-            assert_eq!(h.line(false), *r, "{mode:?}");
+            assert_eq!(h.line(false), *r);
         }
     });
 }
@@ -79,7 +72,7 @@ fn requests_with_one_order_key_keep_their_order() {
 fn every_request_gets_one_reply_and_quit_comes_last() {
     // Enough lines for dispatcher threads to race each other: whatever
     // order the replies take, each comes once and none after QUIT's.
-    in_every_mode(4, |h, mode| {
+    conversation(4, |h| {
         for i in 2..2002 {
             h.send_line(&format!("{i} ECHO {i}"));
         }
@@ -88,35 +81,157 @@ fn every_request_gets_one_reply_and_quit_comes_last() {
         loop {
             let (seq, body) = h.read_reply();
             if seq == "9999" {
-                assert_eq!(body, "OK", "{mode:?}");
+                assert_eq!(body, "OK");
                 break;
             }
-            assert_eq!(body, format!("OK ({seq})"), "{mode:?}");
-            assert!(
-                answered.insert(seq.clone()),
-                "{mode:?}: {seq} answered twice"
-            );
+            assert_eq!(body, format!("OK ({seq})"));
+            assert!(answered.insert(seq.clone()), "{seq} answered twice");
         }
-        assert_eq!(answered.len(), 2000, "{mode:?}");
+        assert_eq!(answered.len(), 2000);
     });
 }
 
 #[test]
-fn quit_waits_for_a_handler_running_on_a_dispatcher() {
-    // With parallel dispatch, QUIT is read by another thread while 2's
-    // handler still holds its own: 2 is answered first all the same.
-    replies_in_order(&["2 BLOCK 300", "3 QUIT"], &["2 OK", "3 OK"]);
+fn quit_waits_for_work_running_on_the_compute_pool() {
+    // 2's handler holds a compute thread when QUIT is read: 2 is answered
+    // first all the same.
+    replies_in_order(&["2 COMPUTE 300", "3 QUIT"], &["2 OK", "3 OK"]);
+}
+
+#[test]
+fn a_panic_in_compute_work_gets_the_panic_reply_and_the_pool_goes_on() {
+    replies_in_order(
+        &["2 COMPUTEPANIC", "3 COMPUTE 0"],
+        &["2 FAILURE \"internal error\"", "3 OK"],
+    );
 }
 
 #[test]
 fn sigterm_drains_requests_in_flight_then_exits_0() {
-    in_every_mode(3, |h, mode| {
+    conversation(3, |h| {
         h.send_line("2 SLEEP 500");
         std::thread::sleep(Duration::from_millis(100));
         h.signal(libc::SIGTERM);
         h.info_starting("* SIGTERM received");
-        assert_eq!(h.line(false), "2 OK", "{mode:?}");
+        assert_eq!(h.line(false), "2 OK");
     });
+}
+
+/// CGP keeps the helper's stdin open while it is idle: SIGTERM alone must
+/// end it, idle or with requests in flight, after their replies.
+#[test]
+fn sigterm_exits_0_while_stdin_stays_open() {
+    for load in [0, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = probe(&config(&dir, ""), &[]);
+        h.send_line("1 INTF 3");
+        assert_eq!(h.line(false), "1 INTF 3");
+        for i in 0..load {
+            h.send_line(&format!("{} SLEEP 300", i + 2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        h.signal(libc::SIGTERM);
+        h.info_starting("* SIGTERM received");
+        let mut answered = std::collections::HashSet::new();
+        for _ in 0..load {
+            let (seq, body) = h.read_reply();
+            assert_eq!(body, "OK");
+            assert!(answered.insert(seq));
+        }
+        let (code, err) = h.exit_with_stdin_open();
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{load} in flight");
+    }
+}
+
+/// SIGTERM or SIGHUP while the helper is still starting (here a start that
+/// takes 500 ms, as a directory connection can) must not kill it with the
+/// signal's default action.
+#[test]
+fn signals_during_start_are_handled_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(&dir, "");
+    let mut h = probe(&path, &["--build-delay", "500"]);
+    std::thread::sleep(Duration::from_millis(100));
+    h.signal(libc::SIGHUP);
+    h.send_line("1 INTF 3");
+    assert_eq!(h.line(false), "1 INTF 3");
+    h.send_line("2 ECHO x");
+    assert_eq!(h.line(false), "2 OK (x)");
+    let (code, err) = h.close();
+    assert_eq!((code, err.as_str()), (Some(0), ""), "after an early SIGHUP");
+
+    let mut h = probe(&path, &["--build-delay", "500"]);
+    std::thread::sleep(Duration::from_millis(100));
+    h.signal(libc::SIGTERM);
+    let (code, err) = h.exit_with_stdin_open();
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(0), ""),
+        "after an early SIGTERM"
+    );
+}
+
+/// A token in flight is never answered twice, whatever the second line's
+/// command: CGP would take the first reply for the request it sent first.
+#[test]
+fn runtime_commands_on_a_token_in_flight_are_dropped() {
+    conversation(3, |h| {
+        h.send_line("2 SLEEP 400");
+        for dup in ["2 KEY", "2 INTF 4", "2 QUIT", "2", "2 ECHO again"] {
+            h.send_line(dup);
+            let warned = h.info_starting("* request 2 dropped");
+            assert!(warned.contains("already in flight"), "{warned}");
+        }
+        // 3 follows the duplicates: its reply proves they were read.
+        h.send_line("3 KEY");
+        assert_eq!(h.line(false), "3 OK");
+        assert_eq!(h.line(false), "2 OK");
+        // Answered, 2 may be used again.
+        h.send_line("2 KEY");
+        assert_eq!(h.line(false), "2 OK");
+    });
+}
+
+/// A line without a readable token is logged by its length and command
+/// word, never by its text: it may carry a password.
+#[test]
+fn an_unnumbered_line_is_logged_without_its_text() {
+    conversation(3, |h| {
+        h.send_line("x VRFY a@b.test S3cretPw1");
+        let logged = h.info_starting("* line without a sequence number");
+        assert!(
+            logged.contains("25 bytes") && logged.contains("VRFY"),
+            "{logged}"
+        );
+        assert!(
+            !logged.contains("S3cret") && !logged.contains("a@b"),
+            "{logged}"
+        );
+        h.send_line("S3cretPw1");
+        let logged = h.info_starting("* line without a sequence number");
+        assert!(!logged.contains("S3cret"), "{logged}");
+    });
+}
+
+/// `max_in_flight` bounds the handlers running at once on every path,
+/// requests that wait (SLEEP) and ones that compute alike.
+#[test]
+fn the_in_flight_bound_is_never_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = probe(&config(&dir, "[runtime]\nmax_in_flight = 3\n"), &[]);
+    h.send_line("1 INTF 3");
+    assert_eq!(h.line(false), "1 INTF 3");
+    for i in 0..30 {
+        let command = if i % 2 == 0 { "SLEEP 30" } else { "COMPUTE 20" };
+        h.send_line(&format!("{} {command}", i + 2));
+    }
+    for _ in 0..30 {
+        assert_eq!(h.read_reply().1, "OK");
+    }
+    h.send_line("99 PEAK");
+    assert_eq!(h.line(false), "99 OK 3");
+    let (code, err) = h.close();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! that break the contract on purpose: a checker must be seen to fail.
 
 use cgp_tests::bin;
+use std::io::Write;
 use std::process::Command;
 
 fn sim(args: &[&str], helper: &[&str]) -> (i32, String, String) {
@@ -115,4 +116,59 @@ fn transcripts_and_printed_replies() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\n2 OK (\"a b\",c)\n"), "{text}");
     assert!(text.contains("requests=4 replies=4 violations=0"), "{text}");
+}
+
+#[test]
+fn transcripts_are_sent_as_they_are_read() {
+    // A transcript from a pipe that stays open: replies must come before
+    // its end, as they would for an endless input.
+    let dir = cgp_tests::testdata("runtime");
+    let mut child = Command::new(bin("cgp-helper-sim"))
+        .args(["--transcript", "/dev/stdin", "--print", "--"])
+        .arg(bin("probe_helper"))
+        .args(["--config", "config.toml"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1 INTF 3\n2 ECHO streamed\n").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let want = "2 OK (streamed)";
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("no reply while the transcript was still open");
+        if line == want {
+            break;
+        }
+    }
+    stdin.write_all(b"3 QUIT\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(status.success(), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("requests=3 replies=3 violations=0")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn absurd_generate_counts_are_refused() {
+    let (code, out, err) = sim(&["--generate", "1000000000000"], &["true"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("1000000000000 is not in 1..=100000000"),
+        "{err}"
+    );
 }

@@ -302,11 +302,6 @@ impl Helper for Auth {
             _ => Reply::failure("timeout"),
         }
     }
-
-    // Before its first wait a request parses its line, hashes the password
-    // once and reads the cache: a cache hit is answered on the dispatcher.
-    // Slow hashes (bcrypt, argon2) already run in `spawn_blocking`.
-    const INLINE_FIRST_POLL: bool = true;
 }
 
 /// Expired entries are dropped in the background, so a flood of random

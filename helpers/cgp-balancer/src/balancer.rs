@@ -62,12 +62,12 @@ impl Group {
     async fn reconcile(
         &self,
         live: &mut Live,
-        db: &StateDb,
+        db: &Arc<StateDb>,
         deadline: Instant,
         note: Note<'_>,
     ) -> Result<usize, String> {
         if live.desired.expire(now_ms()) {
-            db.save(&self.name, &live.desired)?;
+            db.store(&self.name, &live.desired).await?;
         }
         let wanted_vips = if live.desired.held {
             live.desired.vips.clone()
@@ -158,7 +158,7 @@ impl Balancer {
         // of the change (no reply sent, so CGP sends it again) finishes it
         // at start.
         if changed {
-            if let Err(e) = self.db.save(&group.name, &live.desired) {
+            if let Err(e) = self.db.store(&group.name, &live.desired).await {
                 live.desired = before;
                 return wire::refused(&e);
             }
@@ -182,7 +182,7 @@ impl Balancer {
                 tracing::warn!(group = %group.name, command = ?command, error = %e, "not applied");
                 if changed {
                     live.desired = before;
-                    if let Err(e) = self.db.save(&group.name, &live.desired) {
+                    if let Err(e) = self.db.store(&group.name, &live.desired).await {
                         tracing::error!(group = %group.name, error = %e, "cannot save the state");
                     }
                 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the cluster wants of one group.
@@ -203,6 +204,14 @@ impl StateDb {
 
     /// Stores a group's state durably (flushed before returning, so that a
     /// crash right after a reply cannot lose what was replied to).
+    /// [`StateDb::save`] on the runtime's compute pool: it ends in a flush
+    /// to disk, which must not hold up the reader that polls a request
+    /// first.
+    pub async fn store(self: &Arc<Self>, group: &str, state: &GroupState) -> Result<(), String> {
+        let (db, group, state) = (self.clone(), group.to_string(), state.clone());
+        cgp_runtime::compute(move || db.save(&group, &state)).await
+    }
+
     pub fn save(&self, group: &str, state: &GroupState) -> Result<(), String> {
         let Some((store, tree)) = &self.tree else {
             return Ok(());

@@ -38,10 +38,6 @@ pub struct Banner {
 impl Helper for Banner {
     type Config = BannerConfig;
 
-    // A request is a rule match, cache lookups and a short template; every
-    // directory or PBX question is an await.
-    const INLINE_FIRST_POLL: bool = true;
-
     async fn build(config: BannerConfig, previous: Option<Arc<Self>>) -> Result<Self, String> {
         // Keep what is expensive or exclusive when its settings did not
         // change: PBX connections with their cache, and the store's lock.

@@ -2,52 +2,115 @@
 //! policy, the directory and the ordered rules.
 //!
 //! Single values (regexes, addresses, CIDRs, header fields, templates) are
-//! checked while they are deserialized, so their errors carry a line number;
-//! what spans several keys (list files, rules that need the directory) is
-//! checked by compiling the rules in `validate()`.
+//! checked while they are deserialized, so their errors carry a line number.
+//! The rules are compiled as soon as the file is read, once: what spans
+//! several keys (list files, rules that need the directory) is found then,
+//! kept, and reported by `validate()` with the key and the rule's place in
+//! the file.
 
 use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
-use crate::reply::{Dialect, HeaderTemplate, Template};
 use crate::rules::RuleSet;
+use crate::template::{HeaderTemplate, Template};
+use crate::wire::Dialect;
+use cgp_lookup::directory::DirectoryConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The configuration file as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct FilterConfig {
+pub struct ConfigFile {
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub filter: Settings,
     pub failure: FailureConfig,
+    /// Who the sender is: the suite's one directory configuration.
     pub directory: Option<DirectoryConfig>,
-    /// `[[rule]]` tables, evaluated in order.
+    /// `[[rule]]` tables, evaluated in order, with where each is written.
     #[serde(rename = "rule")]
-    pub rules: Vec<RuleConfig>,
-    /// The rules as `validate()` compiled them, so that starting compiles
-    /// them once (regex sets, list files) instead of twice.
-    #[serde(skip)]
-    pub compiled: OnceLock<Arc<RuleSet>>,
+    pub rules: Vec<toml::Spanned<RuleConfig>>,
+}
+
+/// The configuration with its rules compiled.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "ConfigFile")]
+pub struct FilterConfig {
+    pub file: ConfigFile,
+    /// The compiled rules, or why they do not compile.
+    pub rules: Result<Arc<RuleSet>, CompileError>,
+}
+
+impl From<ConfigFile> for FilterConfig {
+    fn from(file: ConfigFile) -> FilterConfig {
+        let rules = RuleSet::compile(&file).map(Arc::new);
+        FilterConfig { file, rules }
+    }
+}
+
+impl Default for FilterConfig {
+    fn default() -> FilterConfig {
+        FilterConfig::from(ConfigFile::default())
+    }
+}
+
+/// A configuration that does not compile: the key, and where the rule
+/// it belongs to is written when it is in a rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("key `{key}`: {message}")]
+pub struct CompileError {
+    pub key: String,
+    pub message: String,
+    /// Byte range in the file (the toml crate's span).
+    pub span: Option<Range<usize>>,
+}
+
+impl CompileError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> CompileError {
+        CompileError {
+            key: key.into(),
+            message: message.into(),
+            span: None,
+        }
+    }
+
+    /// Places the error at `span` unless it has a place already.
+    pub fn within(mut self, span: Range<usize>) -> CompileError {
+        self.span.get_or_insert(span);
+        self
+    }
+}
+
+impl From<CompileError> for KeyError {
+    fn from(e: CompileError) -> KeyError {
+        let at = e.span;
+        let e = KeyError::new(e.key, e.message);
+        match at {
+            Some(span) => e.at(span),
+            None => e,
+        }
+    }
 }
 
 impl HelperConfig for FilterConfig {
     fn runtime(&self) -> &RuntimeConfig {
-        &self.runtime
+        &self.file.runtime
     }
     fn log(&self) -> &LogConfig {
-        &self.log
+        &self.file.log
     }
     fn validate(&self) -> Result<(), KeyError> {
-        if let Some(d) = &self.directory {
-            d.ldap.validate("directory.ldap")?;
+        if let Some(d) = &self.file.directory {
+            d.validate("directory")?;
         }
-        let rules = RuleSet::compile(self)?;
-        // Set once: a configuration is validated once, right after loading.
-        let _ = self.compiled.set(Arc::new(rules));
-        Ok(())
+        match &self.rules {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone().into()),
+        }
     }
 }
 
@@ -71,6 +134,12 @@ pub struct Settings {
     pub scan_limit: usize,
     /// The reply used when the computed one would pass 4096 bytes.
     pub oversize: Fallback,
+    /// Directory attributes holding the addresses of a person (for
+    /// `from_is_own`).
+    pub address_attributes: Vec<String>,
+    /// Recipients found in the directory count as local even when their
+    /// domain is not in `local_domains`.
+    pub recipients_in_directory_are_local: bool,
 }
 
 impl Default for Settings {
@@ -86,6 +155,8 @@ impl Default for Settings {
                 action: Policy::Pass,
                 text: "message filter reply too long".into(),
             },
+            address_attributes: vec!["mail".into()],
+            recipients_in_directory_are_local: false,
         }
     }
 }
@@ -141,55 +212,6 @@ impl Default for FailureConfig {
             after_max_age: Policy::Pass,
         }
     }
-}
-
-/// The `[directory]` table: who the sender is in LDAP.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryConfig {
-    /// Connection settings (URIs, service account, timeouts, failover).
-    #[serde(default)]
-    pub ldap: cgp_lookup::ldap::LdapConfig,
-    /// Where people are searched.
-    pub base: String,
-    /// `{address}`, `{local}` and `{domain}` are replaced by the sender's
-    /// address and its parts, escaped for an LDAP filter.
-    #[serde(default = "default_user_filter")]
-    pub user_filter: String,
-    /// Attributes holding the addresses of a person (for `from_is_own`).
-    #[serde(default = "default_address_attributes")]
-    pub address_attributes: Vec<String>,
-    /// Where groups are searched.
-    pub group_base: Option<String>,
-    /// `{dn}` is replaced by the person's DN, `{address}` by the address.
-    #[serde(default = "default_group_filter")]
-    pub group_filter: String,
-    /// The attribute that names a group in `member_of`.
-    #[serde(default = "default_group_name")]
-    pub group_name_attribute: String,
-    /// How long an answer (a person, or "no such person") is reused.
-    #[serde(with = "humantime_serde", default = "default_cache_ttl")]
-    pub cache_ttl: Duration,
-    /// Recipients found in the directory count as local even when their
-    /// domain is not in `filter.local_domains`.
-    #[serde(default)]
-    pub local_recipients: bool,
-}
-
-fn default_user_filter() -> String {
-    "(mail={address})".into()
-}
-fn default_address_attributes() -> Vec<String> {
-    vec!["mail".into()]
-}
-fn default_group_filter() -> String {
-    "(&(objectClass=groupOfNames)(member={dn}))".into()
-}
-fn default_group_name() -> String {
-    "cn".into()
-}
-fn default_cache_ttl() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// What a matching rule does to the message.

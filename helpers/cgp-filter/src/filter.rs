@@ -1,24 +1,27 @@
 //! One `FILE` request from start to reply: the path check, the read, the
 //! rules, the failure policy and the reply dialect.
 
-use crate::config::{FailureConfig, FilterConfig, Policy, Settings};
-use crate::directory::{Cached, Directory};
+use crate::config::{ConfigFile, FailureConfig, Policy, Settings};
+use crate::directory::{Directory, DirectoryError, Recall};
 use crate::queue::{BaseDir, Limits, OpenError, QueueFile};
-use crate::reply::Verdict;
-use crate::rules::RuleSet;
-use cgp_wire::data::Value;
+use crate::rules::{Known, Missing, RuleSet};
+use crate::wire::{self, Verdict};
+use cgp_runtime::compute;
 use cgp_wire::{Reply, Request};
 use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Filter<D> {
     rules: Arc<RuleSet>,
     settings: Settings,
     failure: FailureConfig,
     base: BaseDir,
-    directory: Option<Cached<D>>,
+    directory: Option<D>,
 }
 
 /// What the handler reports besides the reply, for `*` lines.
@@ -29,11 +32,30 @@ pub struct Notes {
     pub refused: Option<String>,
 }
 
-impl<D: Directory> Filter<D> {
+/// Where a request stands after its file was read and its rules evaluated.
+enum Step {
+    Decided(Verdict),
+    Refused(String),
+    /// The rules need a directory answer: the request waits for it with
+    /// these, then reads its file again. No buffer of the message is held
+    /// while it waits.
+    Asks(Missing, Waiting),
+}
+
+/// What a request keeps while it waits for the directory: small facts.
+struct Waiting {
+    file: File,
+    path: PathBuf,
+    queue_id: String,
+    age: Duration,
+    known: Known,
+}
+
+impl<D: Directory + Recall> Filter<D> {
     /// Builds the filter from a configuration and its compiled rules;
     /// `directory` is the back end for `[directory]`, when there is one.
     pub fn new(
-        cfg: &FilterConfig,
+        cfg: &ConfigFile,
         rules: Arc<RuleSet>,
         directory: Option<D>,
     ) -> Result<Filter<D>, String> {
@@ -43,56 +65,45 @@ impl<D: Directory> Filter<D> {
         };
         let base =
             BaseDir::open(&base).map_err(|e| format!("filter.base_dir {}: {e}", base.display()))?;
-        let ttl = cfg
-            .directory
-            .as_ref()
-            .map(|d| d.cache_ttl)
-            .unwrap_or_default();
         Ok(Filter {
             rules,
             settings: cfg.filter.clone(),
             failure: cfg.failure.clone(),
             base,
-            directory: directory.map(|d| Cached::new(d, ttl)),
+            directory,
         })
     }
 
-    /// Answers one request other than INTF, KEY and QUIT.
-    pub async fn answer(&self, intf: u32, req: &Request) -> (Reply, Notes) {
-        if req.command != "FILE" {
-            // protocol.md §7 row 9: filters answer FAILURE to what they do not know.
-            return (Reply::failure("unsupported command"), Notes::default());
-        }
-        let name = match req.args().as_deref() {
-            Ok([Value::Str(name), rest @ ..]) => {
-                if !rest.is_empty()
-                    && !matches!(rest, [h] if h.as_str().is_some_and(|s| s.eq_ignore_ascii_case("HEADERS")))
-                {
-                    tracing::debug!(args = rest.len(), "extra FILE arguments ignored");
+    /// Answers one request other than INTF, KEY and QUIT. Opening, reading
+    /// and evaluating run on the blocking pool (`compute`), so at most one
+    /// message per core is in memory; waits for the directory do not.
+    pub async fn answer(self: &Arc<Self>, intf: u32, req: &Request) -> (Reply, Notes) {
+        let name = match wire::file_name(req) {
+            Ok(name) => name,
+            Err(reply) => return (reply, Notes::default()),
+        };
+        let this = self.clone();
+        let mut step = compute(move || this.first_step(&name)).await;
+        let verdict = loop {
+            match step {
+                Step::Decided(v) => break v,
+                Step::Refused(shown) => {
+                    let notes = Notes {
+                        refused: Some(shown),
+                        ..Notes::default()
+                    };
+                    return (Reply::failure("file outside the base directory"), notes);
                 }
-                name.clone()
-            }
-            _ => return (Reply::failure("FILE needs a file name"), Notes::default()),
-        };
-        let name = OsStr::from_bytes(&name);
-        let shown = name.to_string_lossy().into_owned();
-        let (file, path) = match self.base.open_file(name) {
-            Ok(opened) => opened,
-            Err(OpenError::Escapes) => {
-                tracing::warn!(file = %shown, base = %self.base.path().display(), "FILE outside the base directory refused");
-                let notes = Notes {
-                    refused: Some(shown),
-                    ..Notes::default()
-                };
-                return (Reply::failure("file outside the base directory"), notes);
-            }
-            Err(OpenError::Unreadable(e)) => {
-                tracing::warn!(file = %shown, error = %e, "queue file cannot be opened");
-                let v = self.policy(self.failure.unreadable, None);
-                return (v.reply(true).0, Notes::default());
+                Step::Asks(missing, mut waiting) => {
+                    if let Err(e) = self.ask(missing, &mut waiting.known).await {
+                        tracing::warn!(queue_id = %waiting.queue_id, error = %e, "directory unavailable");
+                        break self.policy(self.failure.directory_down, Some(waiting.age));
+                    }
+                    let this = self.clone();
+                    step = compute(move || this.next_step(waiting)).await;
+                }
             }
         };
-        let verdict = self.verdict(file, path, &shown).await;
         let (reply, dropped) = verdict.reply(self.settings.dialect.modifiers(intf));
         if dropped {
             tracing::warn!("MIRRORTO/ADDROUTE left out: the negotiated dialect has no modifiers");
@@ -104,8 +115,45 @@ impl<D: Directory> Filter<D> {
         (reply, notes)
     }
 
-    /// The verdict on a queue file inside the base directory.
-    async fn verdict(&self, file: std::fs::File, path: PathBuf, shown: &str) -> Verdict {
+    /// Asks the directory what the rules miss.
+    async fn ask(&self, missing: Missing, known: &mut Known) -> Result<(), DirectoryError> {
+        match &self.directory {
+            Some(dir) => known.ask(missing, dir).await,
+            // Without a directory nothing is missing: `evaluate` gets no
+            // `Recall` and takes every answer as "none".
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the file a request names and decides what it can.
+    fn first_step(&self, name: &[u8]) -> Step {
+        let name = OsStr::from_bytes(name);
+        match self.base.open_file(name) {
+            Ok((file, path)) => self.decide(file, path, Known::default()),
+            Err(OpenError::Escapes) => {
+                let shown = name.to_string_lossy().into_owned();
+                tracing::warn!(file = %shown, base = %self.base.path().display(), "FILE outside the base directory refused");
+                Step::Refused(shown)
+            }
+            Err(OpenError::Unreadable(e)) => {
+                tracing::warn!(file = %name.to_string_lossy(), error = %e, "queue file cannot be opened");
+                Step::Decided(self.policy(self.failure.unreadable, None))
+            }
+        }
+    }
+
+    /// Reads the file again, from its start, with the answers got.
+    fn next_step(&self, mut w: Waiting) -> Step {
+        if let Err(e) = w.file.seek(SeekFrom::Start(0)) {
+            tracing::warn!(queue_id = %w.queue_id, error = %e, "queue file cannot be read");
+            return Step::Decided(self.policy(self.failure.unreadable, Some(w.age)));
+        }
+        self.decide(w.file, w.path, w.known)
+    }
+
+    /// Reads a queue file inside the base directory and runs the rules on
+    /// it, with the directory answers `known` and those the cache has.
+    fn decide(&self, file: File, path: PathBuf, known: Known) -> Step {
         let limits = Limits {
             envelope: self.settings.max_envelope_bytes,
             header: self.settings.max_header_bytes,
@@ -115,31 +163,32 @@ impl<D: Directory> Filter<D> {
                 0
             },
         };
-        // Read on the dispatcher thread, before the first wait: a queue file
-        // CGP has just written is in the page cache, and a hand-off to the
-        // blocking pool costs more (two thread wake-ups) than reading a few
-        // KiB. Attachment rules also read up to `scan_limit` of body; that
-        // stays here too, so that no more bodies than dispatcher threads
-        // are ever in memory at once.
-        let qf = match QueueFile::read(file, &path, limits) {
+        let qf = match QueueFile::read(&file, &path, limits) {
             Ok(qf) => qf,
             Err(e) => {
-                tracing::warn!(file = %shown, error = %e, "queue file cannot be read");
+                tracing::warn!(file = %path.display(), error = %e, "queue file cannot be read");
                 let age = std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok());
-                return self.policy(self.failure.unreadable, age);
+                return Step::Decided(self.policy(self.failure.unreadable, age));
             }
         };
         if qf.header_truncated {
             tracing::info!(queue_id = %qf.queue_id, limit = self.settings.max_header_bytes, "header longer than the limit; the rest is not looked at");
         }
-        let verdict = match self.rules.evaluate(&qf, self.directory.as_ref()).await {
+        let recall = self.directory.as_ref().map(|d| d as &dyn Recall);
+        let verdict = match self.rules.evaluate(&qf, &known, recall) {
             Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(queue_id = %qf.queue_id, error = %e.0, "directory unavailable");
-                return self.policy(self.failure.directory_down, Some(qf.age));
+            Err(missing) => {
+                let waiting = Waiting {
+                    file,
+                    path,
+                    age: qf.age,
+                    queue_id: qf.queue_id,
+                    known,
+                };
+                return Step::Asks(missing, waiting);
             }
         };
         // The whole envelope, unknown lines included, for whoever turns on
@@ -150,7 +199,7 @@ impl<D: Directory> Filter<D> {
             ?verdict,
             "filtered"
         );
-        self.not_for_ever(verdict, Some(qf.age))
+        Step::Decided(self.not_for_ever(verdict, Some(qf.age)))
     }
 
     /// The verdict of a failure policy.

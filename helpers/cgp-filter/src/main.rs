@@ -7,7 +7,6 @@ use clap::Parser;
 use cli::Cli;
 use config::FilterConfig;
 use filter::Filter;
-use ldap::LdapPeople;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,44 +15,34 @@ mod cli;
 mod config;
 mod directory;
 mod filter;
-mod ldap;
 mod message;
 mod patterns;
 mod queue;
-mod reply;
 mod rules;
+mod template;
+mod wire;
 
 struct FilterHelper {
-    filter: Filter<LdapPeople>,
+    filter: Arc<Filter<cgp_lookup::directory::Directory>>,
     /// The `*` line about left-out modifiers is written once per process.
     warned_modifiers: AtomicBool,
 }
 
 impl Helper for FilterHelper {
     type Config = FilterConfig;
-    // A request is computed where it is read (file, header, rules); only a
-    // directory lookup that misses the cache waits. Several dispatchers
-    // keep every core busy without a hand-over to a worker and back.
-    const INLINE_FIRST_POLL: bool = true;
-    const PARALLEL_DISPATCH: bool = true;
 
     async fn build(cfg: FilterConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
-        let rules = match cfg.compiled.get() {
-            Some(rules) => rules.clone(),
-            None => Arc::new(
-                rules::RuleSet::compile(&cfg).map_err(|e| format!("{}: {}", e.key, e.message))?,
-            ),
-        };
+        // Compiled when the file was read; `validate` reported an error.
+        let rules = cfg.rules.map_err(|e| e.to_string())?;
+        let cfg = cfg.file;
+        // The directory is asked for the attributes the rules read.
+        let attributes: Vec<&str> = rules.attributes.iter().map(String::as_str).collect();
         let directory = match &cfg.directory {
-            Some(d) => Some(LdapPeople::new(
-                d,
-                rules.attributes.iter().cloned(),
-                rules.needs_groups,
-            )?),
+            Some(d) => Some(d.open(&attributes).map_err(|e| e.to_string())?),
             None => None,
         };
         Ok(FilterHelper {
-            filter: Filter::new(&cfg, rules, directory)?,
+            filter: Arc::new(Filter::new(&cfg, rules, directory)?),
             warned_modifiers: AtomicBool::new(false),
         })
     }

@@ -5,7 +5,7 @@
 //! (`file:PATH`, one entry per line, `#` comments) are read when the rules
 //! are compiled, at start, on `--check-config` and on SIGHUP.
 
-use cgp_runtime::config::KeyError;
+use crate::config::CompileError;
 use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -26,6 +26,21 @@ impl<'de> Deserialize<'de> for Regex {
     }
 }
 
+/// Why an address-list or network-list entry does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("a list file cannot name another list file")]
+    NestedFile,
+    #[error("list files hold addresses and domains, not regexes")]
+    RegexInFile,
+    #[error("invalid regex: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("{0:?} is not an address or a domain")]
+    NotAnAddress(String),
+    #[error("{0:?} is not an IP address or a CIDR block")]
+    NotANetwork(String),
+}
+
 /// One entry of an address list: `user@domain` (exact), `domain` or
 /// `@domain` (every address of the domain), `/regex/` (on the whole address,
 /// case-insensitive) or `file:PATH` (a list of such entries, regexes aside).
@@ -38,26 +53,26 @@ pub enum AddressPattern {
 }
 
 impl AddressPattern {
-    fn parse(text: &str, allow_file: bool) -> Result<AddressPattern, String> {
+    fn parse(text: &str, allow_file: bool) -> Result<AddressPattern, PatternError> {
         let t = text.trim();
         if let Some(path) = t.strip_prefix("file:") {
             if !allow_file {
-                return Err("a list file cannot name another list file".into());
+                return Err(PatternError::NestedFile);
             }
             return Ok(AddressPattern::File(PathBuf::from(path)));
         }
         if t.len() >= 2 && t.starts_with('/') && t.ends_with('/') {
             if !allow_file {
-                return Err("list files hold addresses and domains, not regexes".into());
+                return Err(PatternError::RegexInFile);
             }
             return regex::RegexBuilder::new(&t[1..t.len() - 1])
                 .case_insensitive(true)
                 .build()
                 .map(AddressPattern::Regex)
-                .map_err(|e| format!("invalid regex: {e}"));
+                .map_err(PatternError::from);
         }
         if t.is_empty() || t.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{t:?} is not an address or a domain"));
+            return Err(PatternError::NotAnAddress(t.to_string()));
         }
         let t = t.to_lowercase();
         match t.find('@') {
@@ -136,7 +151,7 @@ pub struct AddressListsBuilder {
 impl AddressListsBuilder {
     /// Adds one list, reading list files; `key` names the setting in
     /// errors. Returns the list's number.
-    pub fn add(&mut self, patterns: &[AddressPattern], key: &str) -> Result<usize, KeyError> {
+    pub fn add(&mut self, patterns: &[AddressPattern], key: &str) -> Result<usize, CompileError> {
         let list = self.count;
         self.count += 1;
         for p in patterns {
@@ -145,7 +160,12 @@ impl AddressListsBuilder {
         Ok(list)
     }
 
-    fn add_pattern(&mut self, p: &AddressPattern, list: usize, key: &str) -> Result<(), KeyError> {
+    fn add_pattern(
+        &mut self,
+        p: &AddressPattern,
+        list: usize,
+        key: &str,
+    ) -> Result<(), CompileError> {
         match p {
             AddressPattern::Exact(a) => self.lists.exact.push((a.clone(), list)),
             AddressPattern::Domain(d) => self.lists.domains.push((d.clone(), list)),
@@ -156,7 +176,7 @@ impl AddressListsBuilder {
             AddressPattern::File(path) => {
                 for entry in list_file(path, key)? {
                     let p = AddressPattern::parse(&entry, false)
-                        .map_err(|e| KeyError::new(key, format!("{}: {e}", path.display())))?;
+                        .map_err(|e| CompileError::new(key, format!("{}: {e}", path.display())))?;
                     self.add_pattern(&p, list, key)?;
                 }
             }
@@ -165,7 +185,7 @@ impl AddressListsBuilder {
     }
 
     /// The lists, ready to match; `key` names the settings in errors.
-    pub fn build(mut self, key: &str) -> Result<AddressLists, KeyError> {
+    pub fn build(mut self, key: &str) -> Result<AddressLists, CompileError> {
         let mut lists = self.lists;
         for entries in [&mut lists.exact, &mut lists.domains] {
             entries.sort_unstable();
@@ -176,7 +196,7 @@ impl AddressListsBuilder {
                 regex::RegexSetBuilder::new(std::mem::take(&mut self.regex_sources))
                     .case_insensitive(true)
                     .build()
-                    .map_err(|e| KeyError::new(key, format!("invalid regex: {e}")))?,
+                    .map_err(|e| CompileError::new(key, format!("invalid regex: {e}")))?,
             );
         }
         Ok(lists)
@@ -225,11 +245,11 @@ pub enum IpPattern {
     File(PathBuf),
 }
 
-fn parse_net(t: &str) -> Result<IpNet, String> {
+fn parse_net(t: &str) -> Result<IpNet, PatternError> {
     let t = t.trim();
     t.parse::<IpNet>()
         .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{t:?} is not an IP address or a CIDR block"))
+        .map_err(|_| PatternError::NotANetwork(t.to_string()))
 }
 
 impl<'de> Deserialize<'de> for IpPattern {
@@ -249,18 +269,16 @@ impl<'de> Deserialize<'de> for IpPattern {
 pub struct IpSet(Vec<IpNet>);
 
 impl IpSet {
-    pub fn compile(patterns: &[IpPattern], key: &str) -> Result<IpSet, KeyError> {
+    pub fn compile(patterns: &[IpPattern], key: &str) -> Result<IpSet, CompileError> {
         let mut nets = Vec::new();
         for p in patterns {
             match p {
                 IpPattern::Net(n) => nets.push(*n),
                 IpPattern::File(path) => {
                     for entry in list_file(path, key)? {
-                        nets.push(
-                            parse_net(&entry).map_err(|e| {
-                                KeyError::new(key, format!("{}: {e}", path.display()))
-                            })?,
-                        );
+                        nets.push(parse_net(&entry).map_err(|e| {
+                            CompileError::new(key, format!("{}: {e}", path.display()))
+                        })?);
                     }
                 }
             }
@@ -281,9 +299,9 @@ impl IpSet {
 
 /// The entries of a list file: trimmed lines, blank lines and `#` comments
 /// left out.
-fn list_file(path: &PathBuf, key: &str) -> Result<Vec<String>, KeyError> {
+fn list_file(path: &PathBuf, key: &str) -> Result<Vec<String>, CompileError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        KeyError::new(
+        CompileError::new(
             key,
             format!("cannot read list file {}: {e}", path.display()),
         )

@@ -1,4 +1,4 @@
-//! CGP queue files (protocol.md §3.5): where `FILE` may point, and reading
+//! CGP queue files (docs/wire.md): where `FILE` may point, and reading
 //! the envelope, the header and a bounded prefix of the body.
 //!
 //! The file is opened read-only and read front to back through a bounded
@@ -173,16 +173,21 @@ impl BaseDir {
     /// normalised).
     pub fn open_file(&self, name: impl AsRef<Path>) -> Result<(File, PathBuf), OpenError> {
         let normal = self.inside(name.as_ref())?;
-        // `inside` returns the base path followed by more components.
-        let below = &normal.as_os_str().as_bytes()[self.path.as_os_str().len()..];
-        let relative = Path::new(OsStr::from_bytes(below.strip_prefix(b"/").unwrap_or(below)));
-        match self.open_beneath(relative) {
+        match self.open_beneath(self.relative(&normal)) {
             Some(Ok(file)) => Ok((file, normal)),
             // ELOOP: a symlink on the way, which may lead out or stay
-            // inside; the real path decides.
+            // inside; the real path decides, before anything is opened.
             Some(Err(e)) if e.raw_os_error() != Some(libc::ELOOP) => Err(OpenError::Unreadable(e)),
-            _ => self.open_then_check(normal),
+            _ => self.open_resolved(normal),
         }
+    }
+
+    /// `path` below the base directory, relative to it; `path` is the base
+    /// path followed by more components (what [`Self::inside`] returns, or
+    /// a real path checked to start with the base).
+    fn relative<'p>(&self, path: &'p Path) -> &'p Path {
+        let below = &path.as_os_str().as_bytes()[self.path.as_os_str().len()..];
+        Path::new(OsStr::from_bytes(below.strip_prefix(b"/").unwrap_or(below)))
     }
 
     /// The lexical check: `..` and absolute paths may not lead out. Done
@@ -256,22 +261,37 @@ impl BaseDir {
         Some(Ok(unsafe { File::from_raw_fd(fd as RawFd) }))
     }
 
-    /// The portable way: open, then check the real path of what was opened
-    /// (symlinks anywhere on the way must stay inside too).
-    fn open_then_check(&self, normal: PathBuf) -> Result<(File, PathBuf), OpenError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&normal)
-            .map_err(OpenError::Unreadable)?;
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .or_else(|_| normal.canonicalize())
-            .map_err(OpenError::Unreadable)?;
-        if !real.starts_with(&self.path) {
+    /// The way through symlinks: the real path is worked out first
+    /// (`canonicalize` reads links and metadata, it opens nothing) and must
+    /// be inside the base directory and a regular file; only then is it
+    /// opened, by a path that has no symlink left. Opening first and
+    /// checking after would open whatever a link points at: a device, or a
+    /// FIFO whose blocked writer that open releases.
+    fn open_resolved(&self, normal: PathBuf) -> Result<(File, PathBuf), OpenError> {
+        let real = normal.canonicalize().map_err(OpenError::Unreadable)?;
+        if !real.starts_with(&self.path) || real == self.path {
             return Err(OpenError::Escapes);
         }
-        Ok((file, normal))
+        let meta = std::fs::symlink_metadata(&real).map_err(OpenError::Unreadable)?;
+        if !meta.is_file() {
+            return Err(OpenError::Unreadable(not_regular()));
+        }
+        // A link swapped in between the check and the open makes the open
+        // fail (ELOOP), it is not followed.
+        let file = match self.open_beneath(self.relative(&real)) {
+            Some(opened) => opened,
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(&real),
+        };
+        Ok((file.map_err(OpenError::Unreadable)?, normal))
     }
+}
+
+/// The error of a `FILE` that is something other than a regular file.
+fn not_regular() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")
 }
 
 /// Limits of one read.
@@ -304,13 +324,10 @@ pub struct QueueFile {
 
 impl QueueFile {
     /// Reads an opened queue file within `limits`; `path` names it.
-    pub fn read(file: File, path: &Path, limits: Limits) -> std::io::Result<QueueFile> {
+    pub fn read(file: &File, path: &Path, limits: Limits) -> std::io::Result<QueueFile> {
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+            return Err(not_regular());
         }
         let mut r = Reader {
             file,
@@ -394,8 +411,8 @@ impl QueueFile {
 /// Reads a file front to back into one buffer, which keeps every byte read
 /// (the envelope, the header and the scanned part of the body are parsed
 /// from it); lines are found with `memchr`, with no copy per line.
-struct Reader {
-    file: File,
+struct Reader<'f> {
+    file: &'f File,
     buf: Vec<u8>,
     /// Bytes of `buf` already taken as lines.
     pos: usize,
@@ -408,7 +425,7 @@ struct Reader {
 /// most files take one `read` call and the body is never copied.
 const FIRST_READ: usize = 4096;
 
-impl Reader {
+impl Reader<'_> {
     /// The next line (LF included) of at most `max` bytes, as a range of
     /// `buf`; empty at the end of the file.
     fn line(&mut self, max: usize) -> std::io::Result<Range<usize>> {
@@ -444,9 +461,7 @@ impl Reader {
         // Reserved first: `read_to_end` then reads straight into the spare
         // room, without zeroing it or probing with a small read.
         self.buf.reserve(want);
-        let n = (&mut self.file)
-            .take(want as u64)
-            .read_to_end(&mut self.buf)?;
+        let n = self.file.take(want as u64).read_to_end(&mut self.buf)?;
         self.eof = n == 0;
         Ok(())
     }
@@ -564,7 +579,7 @@ mod tests {
     /// Writes `bytes` to `path` and reads it as a queue file.
     fn written(path: &Path, bytes: impl AsRef<[u8]>, limits: Limits) -> QueueFile {
         std::fs::write(path, bytes).unwrap();
-        QueueFile::read(File::open(path).unwrap(), path, limits).unwrap()
+        QueueFile::read(&File::open(path).unwrap(), path, limits).unwrap()
     }
 
     fn base() -> (tempfile::TempDir, PathBuf) {
@@ -594,7 +609,7 @@ mod tests {
         let both = |name: &str| {
             let fallback = dir
                 .inside(Path::new(name))
-                .and_then(|n| dir.open_then_check(n));
+                .and_then(|n| dir.open_resolved(n));
             [dir.open_file(name), fallback]
         };
         let abs = base.join("Queue/1.msg");
@@ -634,14 +649,79 @@ mod tests {
         }
         // A FIFO neither hangs the open nor gets read.
         let fifo = base.join("Queue/fifo.msg");
-        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        mkfifo(&fifo);
+        let [direct, resolved] = both("Queue/fifo.msg");
+        let (file, _) = direct.unwrap();
+        assert!(QueueFile::read(&file, &fifo, SMALL).is_err());
+        assert!(matches!(resolved, Err(OpenError::Unreadable(_))));
+        drop(root);
+    }
+
+    /// Makes a FIFO at `path`.
+    fn mkfifo(path: &Path) {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
         // SAFETY: mkfifo gets a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let limits = SMALL;
-        for r in both("Queue/fifo.msg") {
-            let (file, _) = r.unwrap();
-            assert!(QueueFile::read(file, &fifo, limits).is_err());
+    }
+
+    /// Counts the opens of the files it watches (inotify `IN_OPEN`, queued
+    /// by the kernel as part of the open call itself).
+    struct OpenWatch(File);
+
+    impl OpenWatch {
+        fn new(paths: &[&Path]) -> OpenWatch {
+            // SAFETY: plain system calls on a descriptor we own and valid
+            // NUL-terminated paths.
+            unsafe {
+                let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+                assert!(fd >= 0);
+                for p in paths {
+                    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+                    assert!(libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) >= 0);
+                }
+                OpenWatch(File::from_raw_fd(fd))
+            }
         }
+
+        /// Whether anything was opened since the watch began.
+        fn opened(&mut self) -> bool {
+            let mut events = [0u8; 4096];
+            self.0.read(&mut events).is_ok_and(|n| n > 0)
+        }
+    }
+
+    #[test]
+    fn symlinks_out_are_refused_before_anything_is_opened() {
+        let (root, base) = base();
+        let dir = BaseDir::open(&base).unwrap();
+        let fifo = root.path().join("outside.fifo");
+        mkfifo(&fifo);
+        let secret = root.path().join("secret.msg");
+        for (link, target) in [
+            ("fifo.msg", fifo.as_path()),
+            ("zero.msg", Path::new("/dev/zero")),
+            ("passwd.msg", secret.as_path()),
+        ] {
+            std::os::unix::fs::symlink(target, base.join("Queue").join(link)).unwrap();
+        }
+        let mut watch = OpenWatch::new(&[&fifo, &secret]);
+        for name in [
+            "Queue/fifo.msg",
+            "Queue/zero.msg",
+            "Queue/passwd.msg",
+            "Up/outside.fifo",
+        ] {
+            let r = dir.open_file(name);
+            assert!(matches!(r, Err(OpenError::Escapes)), "{name}: {r:?}");
+            let r = dir
+                .inside(Path::new(name))
+                .and_then(|n| dir.open_resolved(n));
+            assert!(matches!(r, Err(OpenError::Escapes)), "{name}: {r:?}");
+        }
+        assert!(!watch.opened(), "a target outside the base was opened");
+        // The watch does see an open.
+        drop(File::open(&secret).unwrap());
+        assert!(watch.opened());
         drop(root);
     }
 
@@ -706,7 +786,7 @@ mod tests {
         text.push_str("\r\n--b\r\nContent-Type: image/gif; name=late.gif\r\n\r\nGIF\r\n--b--\r\n");
         std::fs::write(&path, &text).unwrap();
         let limits = Limits { body: 200, ..SMALL };
-        let read = |l: Limits| QueueFile::read(File::open(&path).unwrap(), &path, l);
+        let read = |l: Limits| QueueFile::read(&File::open(&path).unwrap(), &path, l);
         let qf = read(limits).unwrap();
         assert_eq!(qf.queue_id, "big");
         assert_eq!(qf.envelope.recipients, ["b@example.test"]);

@@ -7,22 +7,27 @@
 //! directory), and the header, the attachments and the sender's directory
 //! entry are each worked out at most once per message, and only when a rule
 //! reaches a condition that needs them.
+//!
+//! Evaluation never waits: a directory answer that is neither cached nor
+//! [`Known`] stops it with [`Missing`]. The caller asks the directory,
+//! keeping only the small [`Known`] facts (not the message) while it waits,
+//! and evaluates again with them.
 
-use crate::config::{Action, Conditions, FilterConfig, RuleConfig};
-use crate::directory::{Directory, Person, Unavailable};
+use crate::config::{Action, CompileError, Conditions, ConfigFile, RuleConfig};
+use crate::directory::{Directory, DirectoryError, Person, Recall};
 use crate::message::{HeaderParser, Headers};
 use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
 use crate::queue::QueueFile;
-use crate::reply::{HeaderTemplate, Modifiers, Template, Var, Verdict};
-use cgp_runtime::config::KeyError;
+use crate::template::{HeaderTemplate, Template, Var};
+use crate::wire::{Dialect, Modifiers, Verdict};
+use cgp_lookup::directory::{GroupLookup, GroupRef, Kind};
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A configuration's rules, ready to run.
-#[derive(Clone, Debug)]
+/// A configuration's rules, ready to run; shared by every request (the
+/// regexes keep their scratch space per thread in their own pools).
+#[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     local: AddressLists,
@@ -42,24 +47,64 @@ pub struct RuleSet {
     pub needs_body: bool,
     /// Directory attributes some rule or template reads.
     pub attributes: BTreeSet<String>,
-    /// Some rule asks about groups.
-    pub needs_groups: bool,
     /// Attributes holding a person's addresses (`from_is_own`).
     address_attributes: Vec<String>,
     local_by_directory: bool,
-    /// Tells this rule set's per-thread copies from another's.
-    id: u64,
 }
 
-/// Numbers rule sets, for their per-thread copies.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// This thread's copy of the rule set in use (see `RuleSet::thread_copy`).
-    static COPY: RefCell<Option<Arc<RuleSet>>> = const { RefCell::new(None) };
+/// Directory answers one message's rules were missing and got, kept across
+/// the waits for them: a few small facts, not the message.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// The sender's entry (`Some(None)`: not in the directory).
+    person: Option<Option<Arc<Person>>>,
+    /// The recipients before this one are local or in the directory.
+    local_upto: usize,
+    /// Some recipient is neither local nor in the directory.
+    external: bool,
 }
 
-#[derive(Clone, Debug)]
+/// What the rules need from the directory to go on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// The entry of the sender (the authenticated user, else the envelope
+    /// sender), lower case.
+    Person(String),
+    /// Whether these recipients (lower case, with their place in the
+    /// envelope, in envelope order) are in the directory.
+    Recipients(Vec<(usize, String)>),
+}
+
+/// How many recipients one wait asks the directory about, at most: a wait
+/// holds no more addresses than this, and a long list of recipients takes
+/// few rounds.
+const ASK_AT_ONCE: usize = 64;
+
+impl Known {
+    /// Asks `dir` what `missing` says is missing.
+    pub async fn ask<D: Directory>(
+        &mut self,
+        missing: Missing,
+        dir: &D,
+    ) -> Result<(), DirectoryError> {
+        match missing {
+            Missing::Person(who) => self.person = Some(dir.person(&who).await?),
+            Missing::Recipients(recipients) => {
+                for (at, address) in recipients {
+                    if dir.person(&address).await?.is_none() {
+                        self.external = true;
+                        break;
+                    }
+                    // The ones in between were local or found already.
+                    self.local_upto = at + 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
 struct Rule {
     name: String,
     when: Cond,
@@ -72,7 +117,7 @@ struct Rule {
     add_route: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Cond {
     source: Option<Vec<String>>,
     self_generated: Option<bool>,
@@ -88,7 +133,7 @@ struct Cond {
     header: Vec<(usize, usize)>,
     attachment_name: Option<regex::Regex>,
     attachment_type: Option<regex::Regex>,
-    member_of: Option<Vec<String>>,
+    member_of: Option<Vec<GroupRef>>,
     attribute: Vec<(String, regex::Regex)>,
     from_is_own: Option<bool>,
     /// Whether there are envelope conditions, and header or attachment
@@ -104,7 +149,7 @@ impl Cond {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct HeaderSet {
     /// The field name, lower case.
     name: String,
@@ -141,26 +186,27 @@ impl HeaderSets {
 }
 
 impl RuleSet {
-    pub fn compile(cfg: &FilterConfig) -> Result<RuleSet, KeyError> {
+    pub fn compile(cfg: &ConfigFile) -> Result<RuleSet, CompileError> {
         if cfg.failure.after_max_age == crate::config::Policy::Rejected {
-            return Err(KeyError::new(
+            return Err(CompileError::new(
                 "failure.after_max_age",
                 "must be pass or failure: rejecting again would keep the message queued for ever",
             ));
         }
         if cfg.failure.max_age.is_zero() {
-            return Err(KeyError::new("failure.max_age", "must be more than 0s"));
+            return Err(CompileError::new("failure.max_age", "must be more than 0s"));
         }
         let mut shared = Shared::default();
         let mut rules = Vec::with_capacity(cfg.rules.len());
         for (i, r) in cfg.rules.iter().enumerate() {
-            rules.push(compile_rule(cfg, r, &format!("rule[{i}]"), &mut shared)?);
+            let rule = compile_rule(cfg, r.get_ref(), &format!("rule[{i}]"), &mut shared);
+            rules.push(rule.map_err(|e| e.within(r.span()))?);
         }
         let mut header_hits_len = shared.headers.0.len();
         let mut header_sets = Vec::with_capacity(header_hits_len);
         for (name, sources) in shared.headers.0 {
             let regexes = regex::RegexSet::new(&sources)
-                .map_err(|e| KeyError::new("rule", format!("header regexes: {e}")))?;
+                .map_err(|e| CompileError::new("rule", format!("header regexes: {e}")))?;
             header_sets.push(HeaderSet {
                 name,
                 regexes,
@@ -182,14 +228,12 @@ impl RuleSet {
             }
         }
         let dir = cfg.directory.as_ref();
-        let address_attributes: Vec<String> = dir
-            .map(|d| {
-                d.address_attributes
-                    .iter()
-                    .map(|a| a.to_ascii_lowercase())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let address_attributes: Vec<String> = cfg
+            .filter
+            .address_attributes
+            .iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
         let uses_from = rules.iter().any(|r| {
             r.when.from_is_own.is_some()
                 || r.unless.as_ref().is_some_and(|u| u.from_is_own.is_some())
@@ -197,10 +241,13 @@ impl RuleSet {
         if uses_from {
             attributes.extend(address_attributes.iter().cloned());
         }
-        if needs_groups && dir.is_some_and(|d| d.group_base.is_none()) {
-            return Err(KeyError::new(
-                "directory.group_base",
-                "is needed by the member_of conditions",
+        let no_groups = |d: &cgp_lookup::directory::DirectoryConfig| {
+            d.kind == Kind::Ldap && d.groups.lookup == GroupLookup::None
+        };
+        if needs_groups && dir.is_some_and(no_groups) {
+            return Err(CompileError::new(
+                "directory.groups.lookup",
+                "the member_of conditions need groups: set search or member_of",
             ));
         }
         Ok(RuleSet {
@@ -220,48 +267,20 @@ impl RuleSet {
             header_hits_len,
             needs_body,
             attributes,
-            needs_groups,
             address_attributes,
-            local_by_directory: dir.is_some_and(|d| d.local_recipients),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            local_by_directory: cfg.filter.recipients_in_directory_are_local,
         })
     }
 
-    /// This thread's copy of the rule set. A regex keeps its scratch space
-    /// in a pool that only the thread that used it first reaches without a
-    /// lock: with several dispatcher threads, most searches of shared
-    /// regexes took the locked way. A copy per thread (the regex crate's
-    /// advice for regexes used by many threads) keeps them on the fast one.
-    fn thread_copy(&self) -> Arc<RuleSet> {
-        COPY.with(|copy| {
-            let mut copy = copy.borrow_mut();
-            match &*copy {
-                Some(c) if c.id == self.id => c.clone(),
-                _ => {
-                    let c = Arc::new(self.clone());
-                    *copy = Some(c.clone());
-                    c
-                }
-            }
-        })
-    }
-
-    /// Runs the rules on one message. `Err` when a condition or template
-    /// needed the directory and it did not answer.
-    pub async fn evaluate<D: Directory>(
+    /// Runs the rules on one message, with the directory answers `known`
+    /// and those `dir` recalls. `Err` when a condition or template needs a
+    /// directory answer that neither has.
+    pub fn evaluate(
         &self,
         qf: &QueueFile,
-        dir: Option<&D>,
-    ) -> Result<Verdict, Unavailable> {
-        self.thread_copy().evaluate_here(qf, dir).await
-    }
-
-    /// `evaluate`, with the regexes of this copy.
-    async fn evaluate_here<D: Directory>(
-        &self,
-        qf: &QueueFile,
-        dir: Option<&D>,
-    ) -> Result<Verdict, Unavailable> {
+        known: &Known,
+        dir: Option<&dyn Recall>,
+    ) -> Result<Verdict, Missing> {
         let env = &qf.envelope;
         let mut facts = Facts {
             sender: Address::new(env.sender.as_deref().unwrap_or_default()),
@@ -273,6 +292,7 @@ impl RuleSet {
             set: self,
             qf,
             dir,
+            known,
             headers: None,
             header_hits: Vec::new(),
             sender_in: None,
@@ -282,21 +302,11 @@ impl RuleSet {
         };
         let mut m = Modifiers::default();
         for rule in &self.rules {
-            // Most conditions are decided without a wait, and so without
-            // building the state of one.
-            let when = match facts.holds_now(&rule.when) {
-                Some(holds) => holds,
-                None => facts.holds(&rule.when).await?,
-            };
-            if !when {
+            if !facts.holds(&rule.when)? {
                 continue;
             }
             if let Some(unless) = &rule.unless {
-                let unless = match facts.holds_now(unless) {
-                    Some(holds) => holds,
-                    None => facts.holds(unless).await?,
-                };
-                if unless {
+                if facts.holds(unless)? {
                     continue;
                 }
             }
@@ -304,7 +314,7 @@ impl RuleSet {
             if rule.action == Action::Accept {
                 for h in &rule.headers {
                     if facts.must_look_up(&h.value) {
-                        facts.look_up_person().await?;
+                        facts.look_up_person()?;
                     }
                     m.push_header(h, |v| facts.var(v, rule));
                 }
@@ -315,7 +325,7 @@ impl RuleSet {
                 continue;
             }
             if facts.must_look_up(&rule.text) {
-                facts.look_up_person().await?;
+                facts.look_up_person()?;
             }
             let text = rule
                 .text
@@ -333,11 +343,11 @@ impl RuleSet {
 }
 
 fn compile_rule(
-    cfg: &FilterConfig,
+    cfg: &ConfigFile,
     r: &RuleConfig,
     key: &str,
     shared: &mut Shared,
-) -> Result<Rule, KeyError> {
+) -> Result<Rule, CompileError> {
     let when = compile_cond(&r.when, &format!("{key}.when"), shared)?;
     let unless = match &r.unless {
         Some(u) => Some(compile_cond(u, &format!("{key}.unless"), shared)?),
@@ -346,13 +356,13 @@ fn compile_rule(
     let terminal = r.action != Action::Accept;
     let stop = r.stop.unwrap_or(terminal);
     if terminal && !stop {
-        return Err(KeyError::new(
+        return Err(CompileError::new(
             format!("{key}.stop"),
             "discard, bounce and reject end rule processing; stop cannot be false",
         ));
     }
     if terminal && !(r.add_header.is_empty() && r.mirror_to.is_empty() && r.add_route.is_empty()) {
-        return Err(KeyError::new(
+        return Err(CompileError::new(
             format!("{key}.action"),
             "header fields, mirrors and routes only go with accept",
         ));
@@ -366,15 +376,13 @@ fn compile_rule(
             .as_ref()
             .is_some_and(|t| t.attributes().next().is_some());
     if uses_directory && cfg.directory.is_none() {
-        return Err(KeyError::new(
+        return Err(CompileError::new(
             key.to_string(),
             "uses directory facts but there is no [directory] table",
         ));
     }
-    if cfg.filter.dialect == crate::reply::Dialect::V3
-        && !(r.mirror_to.is_empty() && r.add_route.is_empty())
-    {
-        return Err(KeyError::new(
+    if cfg.filter.dialect == Dialect::V3 && !(r.mirror_to.is_empty() && r.add_route.is_empty()) {
+        return Err(CompileError::new(
             format!("{key}.mirror_to"),
             "MIRRORTO and ADDROUTE need the v4 dialect (filter.dialect = \"v3\")",
         ));
@@ -399,7 +407,7 @@ fn compile_rule(
     })
 }
 
-fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, KeyError> {
+fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, CompileError> {
     let addresses = |lists: &mut AddressListsBuilder, list: &Option<Vec<_>>, name: &str| {
         list.as_ref()
             .map(|l: &Vec<_>| lists.add(l, &format!("{key}.{name}")))
@@ -407,7 +415,7 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
     };
     if let (Some(over), Some(under)) = (c.size_over, c.size_under) {
         if over >= under {
-            return Err(KeyError::new(
+            return Err(CompileError::new(
                 format!("{key}.size_under"),
                 "must be more than size_over",
             ));
@@ -440,7 +448,7 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
         member_of: c
             .member_of
             .as_ref()
-            .map(|l| l.iter().map(|g| g.to_lowercase()).collect()),
+            .map(|l| l.iter().map(|g| GroupRef::new(g)).collect()),
         attribute: c
             .attribute
             .iter()
@@ -463,7 +471,7 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
 }
 
 /// What is known about one message, worked out on first use.
-struct Facts<'a, D> {
+struct Facts<'a> {
     /// The envelope sender and recipients in lower case, as lists compare.
     sender: Address<'a>,
     recipients: Vec<Address<'a>>,
@@ -474,7 +482,8 @@ struct Facts<'a, D> {
     client_ip: Option<std::net::IpAddr>,
     set: &'a RuleSet,
     qf: &'a QueueFile,
-    dir: Option<&'a D>,
+    dir: Option<&'a dyn Recall>,
+    known: &'a Known,
     headers: Option<Headers<'a>>,
     /// Which header sets were scanned and which of their patterns matched
     /// (laid out as `RuleSet::header_hits_len` says), once a condition asks.
@@ -487,7 +496,7 @@ struct Facts<'a, D> {
     external: Option<bool>,
 }
 
-impl<'a, D: Directory> Facts<'a, D> {
+impl<'a> Facts<'a> {
     /// The address directory facts are about: the authenticated user, else
     /// the envelope sender.
     fn identity(&self) -> Option<Cow<'a, str>> {
@@ -498,16 +507,31 @@ impl<'a, D: Directory> Facts<'a, D> {
             .map(lower_case)
     }
 
-    /// Asks the directory for the sender's entry. Callers check first that
-    /// it is not known yet: most rules find it known, and a call that would
-    /// find so costs more than the check.
-    async fn look_up_person(&mut self) -> Result<(), Unavailable> {
-        let p = match (self.dir, self.identity()) {
-            (Some(dir), Some(who)) => dir.person(&who).await?,
-            _ => None,
+    /// Finds the sender's entry. Callers check first that it is not known
+    /// yet: most rules find it known, and a call that would find so costs
+    /// more than the check.
+    fn look_up_person(&mut self) -> Result<(), Missing> {
+        let p = match self.identity() {
+            None => None,
+            Some(who) => match &self.known.person {
+                Some(p) => p.clone(),
+                None => match self.recall(&who) {
+                    Some(p) => p,
+                    None => return Err(Missing::Person(who.into_owned())),
+                },
+            },
         };
         self.person = Some(p);
         Ok(())
+    }
+
+    /// The directory's answer for `address` (lower case) at hand: always
+    /// "none" without a directory.
+    fn recall(&self, address: &str) -> Option<Option<Arc<Person>>> {
+        match self.dir {
+            Some(dir) => dir.recall(address),
+            None => Some(None),
+        }
     }
 
     /// The sender's entry, once looked up.
@@ -557,28 +581,37 @@ impl<'a, D: Directory> Facts<'a, D> {
         self.header_hits[s.hits_at + pattern]
     }
 
-    async fn has_external_recipient(&mut self) -> Result<bool, Unavailable> {
+    fn has_external_recipient(&mut self) -> Result<bool, Missing> {
         if let Some(e) = self.external {
             return Ok(e);
         }
-        let mut external = false;
-        for rcpt in &self.recipients {
-            // `<postmaster>` and other bare names are local by definition.
-            if !rcpt.lower.contains('@') {
-                continue;
+        let mut unknown = Vec::new();
+        let mut external = self.known.external;
+        let start = self.known.local_upto;
+        for (at, rcpt) in self.recipients.iter().enumerate().skip(start) {
+            if external {
+                break;
             }
-            if self.set.local.has_domain(rcpt.domain()) {
+            // `<postmaster>` and other bare names are local by definition.
+            if !rcpt.lower.contains('@') || self.set.local.has_domain(rcpt.domain()) {
                 continue;
             }
             if self.set.local_by_directory {
-                if let Some(dir) = self.dir {
-                    if dir.person(&rcpt.lower).await?.is_some() {
+                match self.recall(&rcpt.lower) {
+                    Some(Some(_)) => continue,
+                    Some(None) => {}
+                    None => {
+                        if unknown.len() < ASK_AT_ONCE {
+                            unknown.push((at, rcpt.lower.to_string()));
+                        }
                         continue;
                     }
                 }
             }
             external = true;
-            break;
+        }
+        if !external && !unknown.is_empty() {
+            return Err(Missing::Recipients(unknown));
         }
         self.external = Some(external);
         Ok(external)
@@ -623,12 +656,12 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     /// Whether every condition given in `c` holds.
-    async fn holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
+    fn holds(&mut self, c: &Cond) -> Result<bool, Missing> {
         if !self.envelope_holds(c) {
             return Ok(false);
         }
         if let Some(want) = c.external_recipient {
-            if self.has_external_recipient().await? != want {
+            if self.has_external_recipient()? != want {
                 return Ok(false);
             }
         }
@@ -636,32 +669,9 @@ impl<'a, D: Directory> Facts<'a, D> {
             return Ok(false);
         }
         if c.uses_directory() {
-            return self.directory_holds(c).await;
+            return self.directory_holds(c);
         }
         Ok(true)
-    }
-
-    /// `holds` when it needs no wait: `None` when `c` needs a directory
-    /// answer not known yet (the sender's entry, or whether a recipient is
-    /// external, which may ask the directory).
-    fn holds_now(&mut self, c: &Cond) -> Option<bool> {
-        if !self.envelope_holds(c) {
-            return Some(false);
-        }
-        if let Some(want) = c.external_recipient {
-            if self.external? != want {
-                return Some(false);
-            }
-        }
-        if !self.content_holds(c) {
-            return Some(false);
-        }
-        if !c.uses_directory() {
-            return Some(true);
-        }
-        // The sender's entry must be known already.
-        self.person.as_ref()?;
-        Some(self.directory_holds_now(c))
     }
 
     /// Whether the header and attachment conditions of `c` hold.
@@ -697,7 +707,7 @@ impl<'a, D: Directory> Facts<'a, D> {
     }
 
     /// Whether the directory conditions of `c` hold.
-    async fn directory_holds(&mut self, c: &Cond) -> Result<bool, Unavailable> {
+    fn directory_holds(&mut self, c: &Cond) -> Result<bool, Missing> {
         if self.person.is_none() {
             // Without a login or a From, `from_is_own` is decided without
             // the sender's entry: a failing one asks the directory nothing.
@@ -706,28 +716,23 @@ impl<'a, D: Directory> Facts<'a, D> {
             if c.from_is_own.is_some_and(|want| decided(self, want)) {
                 return Ok(false);
             }
-            self.look_up_person().await?;
+            self.look_up_person()?;
         }
-        Ok(self.directory_holds_now(c))
-    }
-
-    /// `directory_holds` once the sender's entry is looked up.
-    fn directory_holds_now(&mut self, c: &Cond) -> bool {
         if c.from_is_own
             .is_some_and(|want| self.sends_as_self() != want)
         {
-            return false;
+            return Ok(false);
         }
         let person = self.person();
         if let Some(groups) = &c.member_of {
-            let member = person.is_some_and(|p| p.groups.iter().any(|g| groups.contains(g)));
+            let member = person.is_some_and(|p| groups.iter().any(|g| p.in_group(g)));
             if !member {
-                return false;
+                return Ok(false);
             }
         }
-        c.attribute
-            .iter()
-            .all(|(attr, re)| person.is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v))))
+        Ok(c.attribute.iter().all(|(attr, re)| {
+            person.is_some_and(|p| p.values(attr).iter().any(|v| re.is_match(v)))
+        }))
     }
 
     /// Whether `sends_as_self` reads the sender's entry: there is a login
@@ -793,11 +798,17 @@ mod tests {
     use crate::queue::Envelope;
     use std::sync::atomic::Ordering;
 
-    fn config(toml_text: &str) -> FilterConfig {
+    fn config(toml_text: &str) -> ConfigFile {
         toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const DIRECTORY: &str = "[directory]\nbase = \"ou=people,dc=example,dc=org\"\ngroup_base = \"ou=groups,dc=example,dc=org\"\n";
+    const DIRECTORY: &str = "[directory]\ntype = \"ldap\"\n[directory.search]\nbase = \"ou=people,dc=example,dc=org\"\n[directory.groups]\nlookup = \"search\"\n";
+
+    /// `OUTBOUND` with directory recipients counted as local.
+    fn outbound_local() -> String {
+        let local = "[filter]\nrecipients_in_directory_are_local = true\n";
+        format!("{}{DIRECTORY}", OUTBOUND.replacen("[filter]\n", local, 1))
+    }
 
     fn message(env: &[&str], header: &str) -> QueueFile {
         QueueFile {
@@ -851,15 +862,59 @@ action = "bounce"
 text = "{user} may not send outside the organisation"
 "#;
 
-    async fn run(cfg: &str, qf: &QueueFile, dir: &Fake) -> Result<Verdict, Unavailable> {
+    async fn run(cfg: &str, qf: &QueueFile, dir: &Fake) -> Result<Verdict, DirectoryError> {
         let set =
             RuleSet::compile(&config(cfg)).unwrap_or_else(|e| panic!("{}: {}", e.key, e.message));
-        set.evaluate(qf, Some(dir)).await
+        settle(&set, qf, dir).await
+    }
+
+    /// Evaluates, asks the directory what is missing, and again, as the
+    /// filter does. The fake recalls nothing: every answer is asked for.
+    async fn settle(set: &RuleSet, qf: &QueueFile, dir: &Fake) -> Result<Verdict, DirectoryError> {
+        let mut known = Known::default();
+        loop {
+            match set.evaluate(qf, &known, Some(dir)) {
+                Ok(v) => return Ok(v),
+                Err(missing) => known.ask(missing, dir).await?,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn many_recipients_are_asked_about_in_rounds() {
+        let cfg = outbound_local();
+        let mut dir = fake();
+        let mut env = vec!["S <bob@example.test> SMTP [192.0.2.11]".to_string()];
+        for i in 0..100 {
+            env.push(format!("R W x <r{i}@other.test>"));
+            if i != 80 {
+                dir = dir.with(&format!("r{i}@other.test"), &[], &[]);
+            }
+        }
+        let mut m = alice_out();
+        m.envelope = Envelope::parse(&env);
+        let set = RuleSet::compile(&config(&cfg)).unwrap();
+        let first = set.evaluate(&m, &Known::default(), Some(&dir));
+        let Err(Missing::Recipients(asked)) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(asked.len(), ASK_AT_ONCE);
+        assert_eq!(asked[0], (0, "r0@other.test".to_string()));
+        // r80 is not in the directory: bob may not send there.
+        assert!(matches!(
+            settle(&set, &m, &dir).await,
+            Ok(Verdict::Bounce(_))
+        ));
+        // The recipients up to r80, then bob's groups.
+        assert_eq!(dir.calls.load(Ordering::Relaxed), 81 + 1);
+        env.remove(81);
+        m.envelope = Envelope::parse(&env);
+        assert_eq!(settle(&set, &m, &dir).await, Ok(Verdict::pass()));
     }
 
     #[tokio::test]
     async fn recipients_in_the_directory_can_count_as_local() {
-        let cfg = format!("{OUTBOUND}{DIRECTORY}local_recipients = true\n");
+        let cfg = outbound_local();
         let dir = fake().with("partner@other.test", &[], &[]);
         let mut bob = alice_out();
         bob.envelope = Envelope::parse([
@@ -953,20 +1008,6 @@ action = "discard"
         let mut other = alice_out();
         other.header = b"Subject: hello\r\n\r\n".to_vec();
         assert_eq!(run(&cfg, &other, &fake()).await, Ok(Verdict::Discard));
-    }
-
-    #[tokio::test]
-    async fn each_rule_set_runs_with_its_own_copy() {
-        // The per-thread copies are told apart: after a reload, the thread
-        // that ran the old rules runs the new ones.
-        let discard =
-            RuleSet::compile(&config("[[rule]]\nname = \"all\"\naction = \"discard\"\n")).unwrap();
-        let pass = RuleSet::compile(&config("")).unwrap();
-        let (m, dir) = (alice_out(), Fake::default());
-        for _ in 0..2 {
-            assert_eq!(discard.evaluate(&m, Some(&dir)).await, Ok(Verdict::Discard));
-            assert_eq!(pass.evaluate(&m, Some(&dir)).await, Ok(Verdict::pass()));
-        }
     }
 
     #[tokio::test]
@@ -1099,11 +1140,11 @@ add_header = ["X-PDF: yes"]
         m.attachments = attachments(&[&m.header[..], body].concat());
         let dir = fake();
         assert!(matches!(
-            set.evaluate(&m, Some(&dir)).await,
+            settle(&set, &m, &dir).await,
             Ok(Verdict::Bounce(_))
         ));
         m.envelope = Envelope::parse(["S <bob@example.test> SMTP [192.0.2.1]"]);
-        assert_eq!(set.evaluate(&m, Some(&dir)).await, Ok(Verdict::pass()));
+        assert_eq!(settle(&set, &m, &dir).await, Ok(Verdict::pass()));
         m.attachments = attachments(
             &[
                 &m.header[..],
@@ -1111,7 +1152,7 @@ add_header = ["X-PDF: yes"]
             ]
             .concat(),
         );
-        let Ok(Verdict::Accept(mods)) = set.evaluate(&m, Some(&dir)).await else {
+        let Ok(Verdict::Accept(mods)) = settle(&set, &m, &dir).await else {
             panic!()
         };
         assert_eq!(mods.headers, "X-PDF: yes");
@@ -1151,8 +1192,8 @@ add_header = ["X-PDF: yes"]
                 "more than",
             ),
             (
-                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n[directory]\nbase = \"dc=x\"\n",
-                "directory.group_base",
+                "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n[directory]\ntype = \"ldap\"\n",
+                "directory.groups.lookup",
                 "member_of",
             ),
         ];
@@ -1168,7 +1209,14 @@ add_header = ["X-PDF: yes"]
             "[[rule]]\nname = \"a\"\ntext = \"{nope}\"\n",
             "[[rule]]\nname = \"a\"\nwhen = { colour = \"red\" }\n",
         ] {
-            assert!(toml::from_str::<FilterConfig>(bad).is_err(), "{bad}");
+            assert!(toml::from_str::<ConfigFile>(bad).is_err(), "{bad}");
         }
+        // An error in a rule is placed at that rule.
+        let text =
+            "[[rule]]\nname = \"a\"\n\n[[rule]]\nname = \"b\"\naction = \"bounce\"\nstop = false\n";
+        let e = RuleSet::compile(&config(text)).unwrap_err();
+        assert_eq!(e.key, "rule[1].stop");
+        // The toml crate places a table of an array at its header.
+        assert_eq!(e.span.map(|s| s.start), text.rfind("[[rule]]"));
     }
 }

@@ -1,8 +1,9 @@
 //! One conversation with a helper: the requests to send and the checks on
 //! what comes back.
 
+use crate::capture::{CAPTURE_MARK, Fills, request_of};
 use cgp_wire::request::sequence_token;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,45 +19,191 @@ pub struct Outgoing {
     quit: bool,
 }
 
-/// The lines to send, in order.
+/// The longest transcript line read: longer lines are an error, so that a
+/// file without ends of line cannot fill the memory.
+const MAX_TRANSCRIPT_LINE: usize = 4 << 20;
+
+/// Lines of a transcript looked at, at most, for the INTF it may open with.
+const INTF_LOOKAHEAD: usize = 64;
+
+/// Latency samples kept exactly; past this, every other sample is dropped
+/// and from then on only every other reply sampled (and so on), so the
+/// memory stays fixed on an endless run and the samples spread over all of
+/// it.
+const SAMPLES: usize = 1 << 20;
+
+/// Answered tokens remembered to catch a second reply; older ones are
+/// forgotten (a very late second reply is then a reply for no request).
+const REMEMBERED: usize = 1 << 16;
+
+/// Violations kept to be listed; the rest are counted.
+const KEPT_VIOLATIONS: usize = 1000;
+
+/// The lines to send, in order, made as they are sent: a transcript is
+/// read line by line and a generated load is generated request by request,
+/// so neither grows with its length.
 pub struct Plan {
-    lines: Vec<Outgoing>,
+    ahead: VecDeque<Outgoing>,
+    source: Source,
+    /// Set for a capture made by `tap`: its requests are sent, with their
+    /// masked values filled.
+    capture: Option<Fills>,
+    /// Why reading the transcript stopped early.
+    pub error: Option<String>,
+}
+
+enum Source {
+    Lines(BufReader<Box<dyn Read>>),
+    Generated {
+        next: u64,
+        n: u64,
+        templates: Vec<String>,
+    },
+    Done,
 }
 
 impl Plan {
-    /// A transcript: its lines as they are. An INTF goes first unless the
-    /// transcript opens with one, as CGP always does.
-    pub fn transcript(bytes: &[u8], intf: u32) -> Plan {
-        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let mut lines: Vec<Outgoing> = if body.is_empty() {
-            Vec::new()
-        } else {
-            body.split(|b| *b == b'\n')
-                .map(|l| outgoing(l.to_vec()))
-                .collect()
+    /// A transcript: its lines as they are, or a capture's requests. An
+    /// INTF goes first unless the transcript opens with one, as CGP always
+    /// does.
+    pub fn transcript(reader: Box<dyn Read>, fills: Fills, intf: u32) -> Plan {
+        let mut plan = Plan {
+            ahead: VecDeque::new(),
+            source: Source::Lines(BufReader::with_capacity(64 * 1024, reader)),
+            capture: None,
+            error: None,
         };
-        let opens_with_intf = lines
+        // Read ahead to the first request (or a few lines).
+        let mut fills = Some(fills);
+        while plan.ahead.len() < INTF_LOOKAHEAD {
+            let Some(line) = plan.read_line() else { break };
+            if let Some(f) = fills.take() {
+                if line.starts_with(CAPTURE_MARK.as_bytes()) {
+                    plan.capture = Some(f);
+                }
+            }
+            let Some(line) = plan.decode(line) else {
+                continue;
+            };
+            let owed = line.seq.is_some();
+            plan.ahead.push_back(line);
+            if owed {
+                break;
+            }
+        }
+        let opens_with_intf = plan
+            .ahead
             .iter()
             .find(|l| l.seq.is_some())
             .is_some_and(|l| command_of(&l.line).eq_ignore_ascii_case(b"INTF"));
         if !opens_with_intf {
-            lines.insert(0, outgoing(format!("0 INTF {intf}").into_bytes()));
+            plan.ahead
+                .push_front(outgoing(format!("0 INTF {intf}").into_bytes()));
         }
-        Plan { lines }
+        plan
     }
 
     /// INTF, `n` requests cycling through the templates, then QUIT.
     pub fn generated(n: u64, templates: &[String], intf: u32) -> Plan {
-        let mut lines = Vec::with_capacity(n as usize + 2);
-        lines.push(outgoing(format!("1 INTF {intf}").into_bytes()));
-        for i in 0..n {
-            let template = &templates[(i % templates.len() as u64) as usize];
-            lines.push(outgoing(
-                format!("{} {}", i + 2, expand(template, i)).into_bytes(),
-            ));
+        Plan {
+            ahead: VecDeque::from([outgoing(format!("1 INTF {intf}").into_bytes())]),
+            source: Source::Generated {
+                next: 0,
+                n,
+                templates: templates.to_vec(),
+            },
+            capture: None,
+            error: None,
         }
-        lines.push(outgoing(format!("{} QUIT", n + 2).into_bytes()));
-        Plan { lines }
+    }
+
+    /// How many masked values of a capture had no `--fill` and got a
+    /// stand-in.
+    pub fn unfilled(&self) -> u64 {
+        self.capture.as_ref().map_or(0, |f| f.unfilled)
+    }
+
+    /// Whether the next line may have to wait for its input (a transcript
+    /// read from a pipe): what was written should be flushed first.
+    fn may_wait(&self) -> bool {
+        match &self.source {
+            Source::Lines(reader) => self.ahead.is_empty() && reader.buffer().is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The next line to send; `None` at the end.
+    pub fn next_line(&mut self) -> Option<Outgoing> {
+        if let Some(line) = self.ahead.pop_front() {
+            return Some(line);
+        }
+        loop {
+            match &mut self.source {
+                Source::Done => return None,
+                Source::Generated { next, n, templates } => {
+                    let i = *next;
+                    *next += 1;
+                    let line = if i < *n {
+                        let template = &templates[(i % templates.len() as u64) as usize];
+                        format!("{} {}", i + 2, expand(template, i))
+                    } else {
+                        let quit = format!("{} QUIT", *n + 2);
+                        self.source = Source::Done;
+                        quit
+                    };
+                    return Some(outgoing(line.into_bytes()));
+                }
+                Source::Lines(_) => {
+                    let line = self.read_line()?;
+                    if let Some(out) = self.decode(line) {
+                        return Some(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transcript line, or for a capture the request of a record.
+    fn decode(&mut self, line: Vec<u8>) -> Option<Outgoing> {
+        match &mut self.capture {
+            None => Some(outgoing(line)),
+            Some(fills) => request_of(&String::from_utf8_lossy(&line), fills).map(outgoing),
+        }
+    }
+
+    fn read_line(&mut self) -> Option<Vec<u8>> {
+        let Source::Lines(reader) = &mut self.source else {
+            return None;
+        };
+        let mut line = Vec::new();
+        let read = reader
+            .by_ref()
+            .take(MAX_TRANSCRIPT_LINE as u64 + 1)
+            .read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => {
+                self.source = Source::Done;
+                None
+            }
+            Ok(_) if line.last() == Some(&b'\n') => {
+                line.pop();
+                Some(line)
+            }
+            Ok(_) if line.len() > MAX_TRANSCRIPT_LINE => {
+                self.error = Some(format!(
+                    "a transcript line is over {MAX_TRANSCRIPT_LINE} bytes"
+                ));
+                self.source = Source::Done;
+                None
+            }
+            // The last line, without an end of line.
+            Ok(_) => Some(line),
+            Err(e) => {
+                self.error = Some(format!("cannot read the transcript: {e}"));
+                self.source = Source::Done;
+                None
+            }
+        }
     }
 }
 
@@ -112,12 +259,33 @@ pub struct Report {
     pub requests: usize,
     pub replies: usize,
     pub info_lines: usize,
+    /// The first violations found; `violation_count` counts them all.
     pub violations: Vec<String>,
+    pub violation_count: usize,
     pub elapsed: Duration,
     latencies_us: Vec<u64>,
+    max_us: u64,
+    /// One reply in this many is sampled.
+    stride: u64,
 }
 
 impl Report {
+    fn latency(&mut self, us: u64) {
+        self.max_us = self.max_us.max(us);
+        if self.replies as u64 % self.stride.max(1) != 0 {
+            return;
+        }
+        self.latencies_us.push(us);
+        if self.latencies_us.len() >= SAMPLES {
+            let mut odd = false;
+            self.latencies_us.retain(|_| {
+                odd = !odd;
+                odd
+            });
+            self.stride = self.stride.max(1) * 2;
+        }
+    }
+
     pub fn summary(&self) -> String {
         let mut l = self.latencies_us.clone();
         l.sort_unstable();
@@ -130,7 +298,7 @@ impl Report {
             "requests={} replies={} violations={} elapsed={:.3}s rate={:.0}/s p50={:.3}ms p99={:.3}ms max={:.3}ms",
             self.requests,
             self.replies,
-            self.violations.len(),
+            self.violation_count,
             secs,
             if secs > 0.0 {
                 self.replies as f64 / secs
@@ -139,7 +307,7 @@ impl Report {
             },
             pct(50),
             pct(99),
-            pct(100)
+            self.max_us as f64 / 1000.0
         )
     }
 }
@@ -150,7 +318,7 @@ enum Event {
 }
 
 impl Session {
-    pub fn run(&self, plan: &Plan) -> Result<Report, String> {
+    pub fn run(&self, plan: &mut Plan) -> Result<Report, String> {
         let (program, args) = self
             .command
             .split_first()
@@ -196,41 +364,39 @@ impl Session {
             b
         });
 
-        let mut state = State {
-            report: Report::default(),
-            outstanding: HashMap::new(),
-            answered: HashSet::new(),
-            quit: None,
-            quit_answered: false,
-            eof: false,
-            print: self.print,
-        };
+        let mut state = State::new(self.print);
         let started = Instant::now();
-        let mut next = 0;
+        let mut exhausted = false;
         while !state.eof {
             if let Some(w) = stdin.as_mut() {
                 // Fill the window; CGP sends nothing more after QUIT.
-                while next < plan.lines.len()
-                    && state.outstanding.len() < self.in_flight
-                    && state.quit.is_none()
+                while !exhausted && state.outstanding.len() < self.in_flight && state.quit.is_none()
                 {
-                    let out = &plan.lines[next];
-                    next += 1;
+                    let Some(out) = plan.next_line() else {
+                        exhausted = true;
+                        break;
+                    };
                     if w.write_all(&out.line)
                         .and_then(|()| w.write_all(b"\n"))
                         .is_err()
                     {
                         state.violation("helper stopped reading its input".into());
+                        exhausted = true;
                         break;
                     }
                     if let Some(seq) = &out.seq {
                         state.sent(seq, out.quit);
                     }
+                    // A line read from a slow stream goes out now, not when
+                    // the window is full.
+                    if plan.may_wait() {
+                        let _ = w.flush();
+                    }
                 }
                 let _ = w.flush();
                 // Without QUIT the conversation ends with end of input, as
                 // when CGP closes the pipe; with it, once QUIT is answered.
-                let all_sent = next >= plan.lines.len() || state.quit.is_some();
+                let all_sent = exhausted || state.quit.is_some();
                 if all_sent && (state.quit.is_none() || state.quit_answered) {
                     stdin = None;
                 }
@@ -251,13 +417,17 @@ impl Session {
             }
         }
         drop(stdin);
+        if let Some(e) = &plan.error {
+            state.violation(e.clone());
+        }
         state.report.elapsed = started.elapsed();
-        for seq in state.outstanding.keys() {
-            let seq = String::from_utf8_lossy(seq).into_owned();
-            state
-                .report
-                .violations
-                .push(format!("request {seq} got no reply"));
+        let unanswered: Vec<String> = state
+            .outstanding
+            .keys()
+            .map(|seq| String::from_utf8_lossy(seq).into_owned())
+            .collect();
+        for seq in unanswered {
+            state.violation(format!("request {seq} got no reply"));
         }
         let exit = wait_with_limit(&mut child, Duration::from_secs(10));
         match exit {
@@ -281,6 +451,8 @@ struct State {
     report: Report,
     outstanding: HashMap<Vec<u8>, Instant>,
     answered: HashSet<Vec<u8>>,
+    /// The answered tokens, oldest first, to forget the oldest.
+    answered_order: VecDeque<Vec<u8>>,
     quit: Option<Vec<u8>>,
     quit_answered: bool,
     eof: bool,
@@ -288,8 +460,24 @@ struct State {
 }
 
 impl State {
+    fn new(print: bool) -> State {
+        State {
+            report: Report::default(),
+            outstanding: HashMap::new(),
+            answered: HashSet::new(),
+            answered_order: VecDeque::new(),
+            quit: None,
+            quit_answered: false,
+            eof: false,
+            print,
+        }
+    }
+
     fn violation(&mut self, v: String) {
-        self.report.violations.push(v);
+        self.report.violation_count += 1;
+        if self.report.violations.len() < KEPT_VIOLATIONS {
+            self.report.violations.push(v);
+        }
     }
 
     fn sent(&mut self, seq: &[u8], quit: bool) {
@@ -338,9 +526,15 @@ impl State {
         if let Some(sent) = self.outstanding.remove(seq) {
             self.report.replies += 1;
             self.report
-                .latencies_us
-                .push(u64::try_from(at.duration_since(sent).as_micros()).unwrap_or(u64::MAX));
-            self.answered.insert(seq.to_vec());
+                .latency(u64::try_from(at.duration_since(sent).as_micros()).unwrap_or(u64::MAX));
+            if self.answered.insert(seq.to_vec()) {
+                self.answered_order.push_back(seq.to_vec());
+            }
+            if self.answered_order.len() > REMEMBERED {
+                if let Some(old) = self.answered_order.pop_front() {
+                    self.answered.remove(&old);
+                }
+            }
             if self.quit.as_deref() == Some(seq) {
                 self.quit_answered = true;
                 if !self.outstanding.is_empty() {
@@ -377,6 +571,19 @@ fn wait_with_limit(child: &mut std::process::Child, limit: Duration) -> Option<i
 mod tests {
     use super::*;
 
+    fn lines(mut p: Plan) -> Vec<(String, Option<String>, bool)> {
+        std::iter::from_fn(|| p.next_line())
+            .map(|o| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(&o.line), o.seq.as_deref().map(text), o.quit)
+            })
+            .collect()
+    }
+
+    fn transcript(text: &'static [u8]) -> Plan {
+        Plan::transcript(Box::new(text), Fills::default(), 4)
+    }
+
     #[test]
     fn templates_expand_the_index() {
         assert_eq!(expand("VRFY u{n%3}@x {n}", 7), "VRFY u1@x 7");
@@ -385,23 +592,99 @@ mod tests {
 
     #[test]
     fn transcripts_get_an_intf_first_unless_they_open_with_one() {
-        let p = Plan::transcript(b"2 KEY\n3 QUIT\n", 4);
-        assert_eq!(p.lines[0].line, b"0 INTF 4");
-        assert!(p.lines[2].quit);
-        let p = Plan::transcript(b"1 INTF 3\ngarbage\n\n2 KEY", 4);
-        assert_eq!(p.lines.len(), 4);
-        assert!(p.lines[1].seq.is_none() && p.lines[2].seq.is_none());
-        assert_eq!(p.lines[3].seq.as_deref(), Some(&b"2"[..]));
+        let l = lines(transcript(b"2 KEY\n3 QUIT\n"));
+        assert_eq!(l[0].0, "0 INTF 4");
+        assert!(l[2].2);
+        let l = lines(transcript(b"1 INTF 3\ngarbage\n\n2 KEY"));
+        assert_eq!(l.len(), 4);
+        assert!(l[1].1.is_none() && l[2].1.is_none());
+        assert_eq!(l[3].1.as_deref(), Some("2"));
+        let l = lines(transcript(b"garbage\n1 INTF 3\n"));
+        assert_eq!(l[1].0, "1 INTF 3");
     }
 
     #[test]
     fn generated_plans_end_with_quit() {
-        let p = Plan::generated(3, &["KEY".to_string()], 4);
-        let lines: Vec<_> = p
-            .lines
-            .iter()
-            .map(|l| String::from_utf8_lossy(&l.line).into_owned())
-            .collect();
-        assert_eq!(lines, ["1 INTF 4", "2 KEY", "3 KEY", "4 KEY", "5 QUIT"]);
+        let l = lines(Plan::generated(3, &["KEY".to_string()], 4));
+        let l: Vec<_> = l.into_iter().map(|l| l.0).collect();
+        assert_eq!(l, ["1 INTF 4", "2 KEY", "3 KEY", "4 KEY", "5 QUIT"]);
+    }
+
+    #[test]
+    fn generated_plans_are_made_as_they_are_sent() {
+        // A count no memory could hold as a list of lines.
+        let mut p = Plan::generated(u64::MAX - 2, &["KEY".to_string()], 4);
+        assert_eq!(p.next_line().map(|o| o.line), Some(b"1 INTF 4".to_vec()));
+        assert_eq!(p.next_line().map(|o| o.line), Some(b"2 KEY".to_vec()));
+    }
+
+    #[test]
+    fn captures_send_their_requests_with_fills() {
+        let capture = b"# cgp-helper-sim capture v1: x\n\
+            2026-12-06T18:40:01.000001Z ! helper started\n\
+            2026-12-06T18:40:01.000002Z > 1 INTF 4\n\
+            2026-12-06T18:40:01.000003Z < 1 INTF 3\n\
+            2026-12-06T18:40:01.000004Z > 2 VRFY bob@x.test {secret:1}\n\
+            2026-12-06T18:40:01.000005Z > 3 FROB {secret:2 atom 3}\n\
+            2026-12-06T18:40:01.000006Z >~ 4 QUIT\n";
+        let fills = Fills::parse(&["1=\"pa ss\"".to_string()]).unwrap();
+        let mut p = Plan::transcript(Box::new(&capture[..]), fills, 4);
+        let mut sent = Vec::new();
+        while let Some(o) = p.next_line() {
+            sent.push(String::from_utf8_lossy(&o.line).into_owned());
+        }
+        assert_eq!(
+            sent,
+            [
+                "1 INTF 4",
+                "2 VRFY bob@x.test \"pa ss\"",
+                "3 FROB xxx",
+                "4 QUIT"
+            ]
+        );
+        assert_eq!(p.unfilled(), 1);
+    }
+
+    #[test]
+    fn a_line_without_end_past_the_limit_ends_the_transcript() {
+        let endless = std::io::repeat(b'x');
+        let mut p = Plan::transcript(Box::new(endless), Fills::default(), 4);
+        assert_eq!(p.next_line().map(|o| o.line), Some(b"0 INTF 4".to_vec()));
+        assert!(p.next_line().is_none());
+        assert!(
+            p.error.as_deref().unwrap_or_default().contains("over"),
+            "{:?}",
+            p.error
+        );
+    }
+
+    #[test]
+    fn latency_samples_stay_bounded_and_spread_over_the_run() {
+        let mut r = Report::default();
+        let n = SAMPLES as u64 * 3;
+        for i in 0..n {
+            r.replies += 1;
+            r.latency(i);
+        }
+        assert!(r.latencies_us.len() < SAMPLES);
+        assert!(r.latencies_us.iter().any(|v| *v < 1000));
+        assert!(r.latencies_us.iter().any(|v| *v > n - 1000));
+        assert_eq!(r.max_us, n - 1);
+    }
+
+    #[test]
+    fn answered_tokens_and_latencies_stay_bounded() {
+        let mut s = State::new(false);
+        for i in 0..(REMEMBERED + 10) {
+            let seq = i.to_string();
+            s.sent(seq.as_bytes(), false);
+            s.event(Event::Line(
+                Instant::now(),
+                format!("{seq} OK\n").into_bytes(),
+            ));
+        }
+        assert_eq!(s.answered.len(), REMEMBERED);
+        assert_eq!(s.report.replies, REMEMBERED + 10);
+        assert_eq!(s.report.violation_count, 0);
     }
 }

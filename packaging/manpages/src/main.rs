@@ -183,7 +183,7 @@ fn helper_sections(r: &mut Roff, short: &str, examples: &[(String, String)]) {
         ),
     ]);
     r.control("SS", ["Common keys"]);
-    let keys: [(&str, String, &str); 7] = [
+    let keys: [(&str, String, &str); 8] = [
         (
             "runtime.deadline",
             secs(rt.deadline),
@@ -202,7 +202,12 @@ fn helper_sections(r: &mut Roff, short: &str, examples: &[(String, String)]) {
         (
             "runtime.stats_interval",
             secs(rt.stats_interval),
-            "period of the * stats line in the CGP log; 0s turns it off",
+            "period of the * stats line in the CGP log and of the metrics file; 0s turns both off",
+        ),
+        (
+            "runtime.metrics.file",
+            "unset".to_string(),
+            "Prometheus text file for node_exporter's textfile collector (an absolute path ending in .prom), replaced at each stats interval, mode 0644",
         ),
         (
             "log.journald",
@@ -271,7 +276,9 @@ fn sim_sections(r: &mut Roff) {
         "0 when the helper kept the protocol contract on every request; 1 on any \
          violation (the first 20 are printed on stderr; the summary line is on stdout \
          either way); 2 when the helper cannot be started, the transcript cannot be \
-         read, or neither --transcript nor --generate is given.",
+         read, or neither --transcript nor --generate is given. The tap subcommand \
+         ends as its helper ended (the same exit status, or the same signal), and \
+         exits 1 when the helper cannot be started.",
     )]);
 }
 

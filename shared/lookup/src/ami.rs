@@ -245,6 +245,10 @@ pub struct Ami {
     default: Option<String>,
     action_timeout: Duration,
     events: broadcast::Sender<PbxEvent>,
+    /// Subscribed before the supervisors start, for the first subscriber:
+    /// a link can come up (and send `Connected`) before anyone else could
+    /// subscribe, and a missed `Connected` means states never loaded.
+    first: std::sync::Mutex<Option<broadcast::Receiver<PbxEvent>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -255,7 +259,7 @@ impl Ami {
     /// Starts one supervisor per server; must run inside a tokio runtime.
     /// Returns at once: servers connect in the background.
     pub fn start(config: &AmiConfig) -> Ami {
-        let (events, _) = broadcast::channel(4096);
+        let (events, first) = broadcast::channel(4096);
         let mut links = BTreeMap::new();
         let mut tasks = Vec::new();
         for server in &config.servers {
@@ -276,6 +280,7 @@ impl Ami {
             default: config.servers.first().map(|s| s.name.clone()),
             action_timeout: config.action_timeout,
             events,
+            first: std::sync::Mutex::new(Some(first)),
             tasks,
         }
     }
@@ -285,9 +290,12 @@ impl Ami {
         self.default.as_deref()
     }
 
-    /// Events of all servers from now on.
+    /// Events of all servers: for the first caller from the start, for
+    /// later ones from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<PbxEvent> {
-        self.events.subscribe()
+        cgp_runtime::sync::lock(&self.first)
+            .take()
+            .unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Whether the server is logged in right now.

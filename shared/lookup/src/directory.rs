@@ -166,7 +166,10 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     /// A directory on any back end (a new one, or a fake in tests).
     pub fn with_backend(backend: impl Backend, cache: &CacheConfig) -> Directory {
-        let cache = backend.cacheable().then(|| Arc::new(Cache::new(cache)));
+        // With both TTLs at zero nothing could be answered from the cache:
+        // every lookup would only add an entry to drop later.
+        let keeps = !cache.ttl.is_zero() || !cache.negative_ttl.is_zero();
+        let cache = (backend.cacheable() && keeps).then(|| Arc::new(Cache::new(cache)));
         Directory {
             backend: Arc::new(backend),
             cache,
@@ -185,6 +188,14 @@ impl Directory {
         address: &Account,
     ) -> Result<Option<Arc<Person>>, DirectoryError> {
         self.lookup(By::Mail(address)).await.map(|(p, _)| p)
+    }
+
+    /// The cached answer for a mail address, without asking the back end:
+    /// `None` when it must be asked (not cached, expired, or a back end
+    /// that is not cached). For work that must not wait, such as the
+    /// filter's rules on the blocking pool.
+    pub fn cached_by_mail(&self, address: &Account) -> Option<Option<Arc<Person>>> {
+        self.cache.as_ref()?.peek(&Self::key(By::Mail(address)))
     }
 
     fn key(by: By<'_>) -> String {

@@ -243,25 +243,16 @@ impl Entry {
 }
 
 /// Why an operation gave no answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LdapError {
     /// No server answered in time (down, hung, refusing, busy).
+    #[error("directory unavailable: {0}")]
     Unavailable(String),
     /// A server answered with an error (bad filter, no such base, refused
     /// service bind...).
+    #[error("directory error: {0}")]
     Other(String),
 }
-
-impl fmt::Display for LdapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LdapError::Unavailable(s) => write!(f, "directory unavailable: {s}"),
-            LdapError::Other(s) => write!(f, "directory error: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for LdapError {}
 
 /// The verdict of a user bind. Password-policy answers come from the
 /// OpenLDAP ppolicy response control, or from the Active Directory

@@ -11,8 +11,6 @@ struct Null;
 impl Helper for Null {
     type Config = BasicConfig;
 
-    const INLINE_FIRST_POLL: bool = true;
-
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Null)
     }

@@ -20,9 +20,57 @@ pub struct RuntimeConfig {
     /// Longest request line read; longer lines are discarded and answered
     /// with an error.
     pub max_line_bytes: usize,
-    /// Period of the `* stats` line; `0s` turns it off.
+    /// Period of the `* stats` line, and of the metrics file; `0s` turns
+    /// both off.
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
+    /// `[runtime.metrics]`: the counters for Prometheus.
+    pub metrics: MetricsConfig,
+}
+
+/// Where the helper's counters go for node_exporter's textfile collector.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The file written at each stats interval (none: no metrics file).
+    pub file: Option<PromFile>,
+}
+
+/// The path of a metrics file: absolute, ending in `.prom` (the textfile
+/// collector reads nothing else), in a directory. Checked once, where the
+/// configuration is read, so the error carries its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromFile {
+    path: PathBuf,
+}
+
+impl PromFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name without `.prom`, which tells two instances of one
+    /// helper apart in the metrics.
+    pub fn stem(&self) -> &str {
+        self.path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for PromFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PromFile, D::Error> {
+        let path = PathBuf::deserialize(d)?;
+        let named = path.extension().is_some_and(|e| e == "prom")
+            && path.file_stem().and_then(|s| s.to_str()).is_some();
+        if !path.is_absolute() || !named {
+            return Err(serde::de::Error::custom(
+                "must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom files)",
+            ));
+        }
+        Ok(PromFile { path })
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -32,6 +80,7 @@ impl Default for RuntimeConfig {
             max_in_flight: 256,
             max_line_bytes: 64 * 1024,
             stats_interval: Duration::from_secs(300),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -72,6 +121,9 @@ pub trait HelperConfig: DeserializeOwned + Default + Clone + Send + Sync + 'stat
 pub struct KeyError {
     pub key: String,
     pub message: String,
+    /// Where in the file, when the helper knows (a `toml::Spanned` span);
+    /// otherwise the line is looked for by the key.
+    pub span: Option<std::ops::Range<usize>>,
 }
 
 impl KeyError {
@@ -79,6 +131,15 @@ impl KeyError {
         KeyError {
             key: key.into(),
             message: message.into(),
+            span: None,
+        }
+    }
+
+    /// The error, placed at `span` (byte offsets into the file).
+    pub fn at(self, span: std::ops::Range<usize>) -> KeyError {
+        KeyError {
+            span: Some(span),
+            ..self
         }
     }
 }
@@ -159,6 +220,11 @@ fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), C
             "must be at least 1024",
         ),
         (
+            rt.metrics.file.is_some() && rt.stats_interval.is_zero(),
+            "runtime.stats_interval",
+            "must be more than 0s when runtime.metrics.file is set (the file is written at each interval)",
+        ),
+        (
             !matches!(
                 c.log().level.as_str(),
                 "error" | "warn" | "info" | "debug" | "trace"
@@ -174,7 +240,8 @@ fn check_common<C: HelperConfig>(c: &C, path: &Path, text: &str) -> Result<(), C
     match failed.map_or_else(|| c.validate(), Err) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let line = key_line(text, &e.key)
+            let line = (e.span.as_ref().map(|s| line_col(text, s.start).0))
+                .or_else(|| key_line(text, &e.key))
                 .map(|l| format!("line {l}, "))
                 .unwrap_or_default();
             Err(ConfigError(format!(
@@ -207,30 +274,43 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The line where a dotted key is set: the first `name =` line after the
-/// table header that holds it. Good enough to point an administrator at the
-/// right place; the key path in the message is authoritative.
+/// The line where a dotted key (`directory.static.users[2].password`) is
+/// set, from the spans toml's parser keeps. A key may itself hold dots
+/// (`directory.domains.example.com.base`): the longest names that exist are
+/// tried first. `None` when the key is not in the file (a default).
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
-    let name = name.split('[').next().unwrap_or(name);
-    let table_head = table.split('[').next().unwrap_or(table);
-    let mut in_table = table_head.is_empty();
-    for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            let head = t.trim_matches(|c| c == '[' || c == ']').trim();
-            in_table = head == table_head;
-            continue;
-        }
-        if in_table {
-            if let Some(rest) = t.strip_prefix(name) {
-                if rest.trim_start().starts_with('=') {
-                    return Some(n + 1);
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let segments: Vec<&str> = key.split('.').collect();
+    let start = key_span(root.get_ref(), &segments)?;
+    Some(line_col(text, start).0)
+}
+
+/// Where the key `segments` names starts in a table.
+fn key_span(table: &toml::de::DeTable<'_>, segments: &[&str]) -> Option<usize> {
+    (1..=segments.len()).rev().find_map(|n| {
+        let joined = segments[..n].join(".");
+        // `name[2]`: element 2 of the array `name`.
+        let (name, index) = match joined.strip_suffix(']').and_then(|j| j.rsplit_once('[')) {
+            Some((name, i)) => (name.to_string(), Some(i.parse::<usize>().ok()?)),
+            None => (joined, None),
+        };
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        let (value, span) = match index {
+            Some(i) => match v.get_ref() {
+                toml::de::DeValue::Array(a) => {
+                    let item = a.get(i)?;
+                    (item.get_ref(), item.span().start)
                 }
-            }
+                _ => return None,
+            },
+            None => (v.get_ref(), k.span().start),
+        };
+        match (&segments[n..], value) {
+            ([], _) => Some(span),
+            (rest, toml::de::DeValue::Table(t)) => key_span(t, rest),
+            _ => None,
         }
-    }
-    None
+    })
 }
 
 #[cfg(test)]
@@ -314,6 +394,17 @@ mod tests {
     }
 
     #[test]
+    fn semantic_errors_in_arrays_of_tables_and_dotted_names_point_at_their_line() {
+        let text = "[[a.users]]\nname = \"x\"\n[[a.users]]\nname = \"y\"\n\n[a.domains.\"ex.test\"]\nbase = \"\"\n";
+        // Element 1's key, not the first `name =` of the file.
+        assert_eq!(key_line(text, "a.users[1].name"), Some(4));
+        assert_eq!(key_line(text, "a.users[0].name"), Some(2));
+        assert_eq!(key_line(text, "a.domains.ex.test.base"), Some(7));
+        assert_eq!(key_line(text, "a.users[2].name"), None);
+        assert_eq!(key_line(text, "a.missing"), None);
+    }
+
+    #[test]
     fn type_errors_do_not_echo_the_value() {
         let f = write("[log]\nlevel = 1234567\n");
         let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
@@ -322,6 +413,31 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("1234567"), "{e}");
+    }
+
+    #[test]
+    fn metrics_file_is_an_absolute_prom_path_written_at_an_interval() {
+        let f = write("[runtime.metrics]\nfile = \"/var/lib/node/cgp-auth.prom\"\n");
+        let c: BasicConfig = load(Some(&f.0)).unwrap();
+        let file = c.runtime.metrics.file.unwrap();
+        assert_eq!(file.path(), Path::new("/var/lib/node/cgp-auth.prom"));
+        assert_eq!(file.stem(), "cgp-auth");
+        for bad in [
+            "cgp-auth.prom",
+            "/var/lib/node/cgp-auth.txt",
+            "/var/lib/node/.prom",
+        ] {
+            let f = write(&format!("[runtime.metrics]\nfile = \"{bad}\"\n"));
+            let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+            assert!(
+                e.contains("line 2") && e.contains("ending in .prom"),
+                "{bad}: {e}"
+            );
+        }
+        let f =
+            write("[runtime]\nstats_interval = \"0s\"\n[runtime.metrics]\nfile = \"/m/a.prom\"\n");
+        let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.contains("line 2, key `runtime.stats_interval`"), "{e}");
     }
 
     #[test]

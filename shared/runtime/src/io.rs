@@ -5,12 +5,8 @@
 //! blocking read cannot be cancelled and can hang runtime shutdown: here the
 //! process simply exits while the thread is still blocked.
 
-use crate::sync;
 use cgp_wire::request::{MAX_SEQ_LEN, Reply};
-use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// CGP's limit for any line a helper writes, end-of-line included.
@@ -48,9 +44,7 @@ impl Batch {
     }
 }
 
-/// Splits input into [`Batch`]es of whole lines. Shared behind a lock when
-/// several threads dispatch: the carried-over part of a line stays with the
-/// reader, not with a thread.
+/// Splits input into [`Batch`]es of whole lines.
 pub struct LineReader<R> {
     src: BufReader<R>,
     max_line: usize,
@@ -139,57 +133,6 @@ impl<R: Read> LineReader<R> {
     }
 }
 
-/// Where dispatcher threads take their input: whole batches for one
-/// thread, single lines for several, so that one thread does not compute
-/// its way through a whole batch while another waits for input.
-pub struct Intake<R> {
-    reader: LineReader<R>,
-    batch: Batch,
-    /// The first line of `batch` not yet taken.
-    next: usize,
-}
-
-impl<R: Read> Intake<R> {
-    pub fn new(reader: LineReader<R>) -> Intake<R> {
-        Intake {
-            reader,
-            batch: Batch::default(),
-            next: 0,
-        }
-    }
-
-    /// The rest of the current batch (`whole`) or its next line, reading a
-    /// new batch first when it is used up; `None` at end of input.
-    pub fn take(&mut self, whole: bool) -> Option<Batch> {
-        if self.next >= self.batch.lines.len() {
-            self.batch = self.reader.next_batch()?;
-            self.next = 0;
-        }
-        if whole {
-            let mut rest = std::mem::take(&mut self.batch);
-            if self.next > 0 {
-                // Some lines were taken one by one: the rest from where
-                // the next one starts.
-                let from = rest.lines[self.next].0;
-                rest.text.drain(..from);
-                rest.lines.drain(..self.next);
-                for (start, end, _) in &mut rest.lines {
-                    *start -= from;
-                    *end -= from;
-                }
-            }
-            self.next = 0;
-            return Some(rest);
-        }
-        let (start, end, too_long) = self.batch.lines[self.next];
-        self.next += 1;
-        Some(Batch {
-            text: self.batch.text[start..end].to_vec(),
-            lines: vec![(0, end - start, too_long)],
-        })
-    }
-}
-
 /// Appends a chunk to the line that starts at `start` unless it is already
 /// too long; returns true when the line has just passed the limit. Only the
 /// start of an overlong line is kept, enough to read its sequence token.
@@ -214,52 +157,19 @@ fn append(
     false
 }
 
-/// The only path to stdout. Cheap to clone; lines are written whole, one
-/// write each, and flushed, by one holder of the output lock at a time:
-/// the writer thread, or a dispatcher thread that writes its own lines.
+/// What travels to the writer thread.
+enum Out {
+    Line(Vec<u8>),
+    /// Everything queued before it is written; then the thread ends.
+    Close,
+}
+
+/// The only path to stdout. Cheap to clone; every line goes through one
+/// bounded queue to the one writer thread, which writes it whole, in one
+/// write, and flushes.
 #[derive(Clone)]
 pub struct Writer {
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    out: Arc<Output>,
-}
-
-/// stdout, and whether a write to it failed.
-struct Output {
-    sink: Mutex<Box<dyn Write + Send>>,
-    broken: AtomicBool,
-}
-
-impl Output {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
-        sync::lock(&self.sink)
-    }
-
-    fn write(&self, line: &[u8]) {
-        self.write_locked(&mut self.lock(), line);
-    }
-
-    fn write_locked(&self, sink: &mut Box<dyn Write + Send>, line: &[u8]) {
-        // After a write error (CGP closed the pipe) lines are dropped:
-        // nobody is left to read them.
-        if !self.broken.load(Ordering::Relaxed)
-            && sink.write_all(line).and_then(|()| sink.flush()).is_err()
-        {
-            self.broken.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-thread_local! {
-    static WRITES_ITSELF: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Makes the calling thread write its lines itself instead of handing them
-/// to the writer thread. For dispatcher threads that run side by side: one
-/// of them writing is one fewer thread to wake per reply, and the others
-/// read on meanwhile. Never for async workers, which must not wait for a
-/// pipe CGP is slow to empty.
-pub fn write_on_this_thread() {
-    WRITES_ITSELF.with(|w| w.set(true));
+    tx: std::sync::mpsc::SyncSender<Out>,
 }
 
 impl Writer {
@@ -270,14 +180,11 @@ impl Writer {
     }
 
     /// Sends a whole reply line, end of line included. The caller has
-    /// already made sure it fits.
+    /// already made sure it fits. After [`WriterThread::close`] lines are
+    /// dropped: the process is about to exit and nobody reads them.
     pub fn line(&self, line: Vec<u8>) {
         debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
-        if WRITES_ITSELF.with(Cell::get) {
-            self.out.write(&line);
-        } else {
-            let _ = self.tx.send(line);
-        }
+        let _ = self.tx.send(Out::Line(line));
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
@@ -303,31 +210,43 @@ pub fn info_line(text: &str) -> Vec<u8> {
     line
 }
 
-/// Starts the writer thread; it ends when every [`Writer`] is dropped, after
-/// writing what was queued. The queue holds at most `queue` lines: when CGP
-/// stops reading, senders wait instead of piling up replies in memory.
-pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
-    let out = Arc::new(Output {
-        sink: Mutex::new(Box::new(out)),
-        broken: AtomicBool::new(false),
-    });
-    let thread_out = out.clone();
-    let handle = std::thread::Builder::new()
+/// The writer thread, closed explicitly: clones of [`Writer`] live on in
+/// threads that may never end (the stdin reader blocked on a pipe CGP keeps
+/// open), so waiting for the last one to be dropped could wait for ever.
+pub struct WriterThread {
+    closer: Writer,
+    thread: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Writes what was queued before this call, then ends the thread.
+    pub fn close(self) {
+        let _ = self.closer.tx.send(Out::Close);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the writer thread. The queue holds at most `queue` lines: when
+/// CGP stops reading, senders wait instead of piling up replies in memory.
+pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, WriterThread) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Out>(queue);
+    let thread = std::thread::Builder::new()
         .name("stdout-writer".into())
         .spawn(move || {
-            // The lock is taken once per wake-up, for every line queued by
-            // then: with many replies in flight, once per line cost more.
-            while let Ok(line) = rx.recv() {
-                let mut sink = thread_out.lock();
-                thread_out.write_locked(&mut sink, &line);
-                while let Ok(line) = rx.try_recv() {
-                    thread_out.write_locked(&mut sink, &line);
+            let mut out = out;
+            while let Ok(Out::Line(line)) = rx.recv() {
+                // After a write error (CGP closed the pipe) lines are
+                // dropped: nobody is left to read them.
+                if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+                    while let Ok(Out::Line(_)) = rx.recv() {}
+                    return;
                 }
             }
         })
         .expect("spawning the stdout writer thread");
-    (Writer { tx, out }, handle)
+    let writer = Writer { tx };
+    let closer = writer.clone();
+    (writer, WriterThread { closer, thread })
 }
 
 #[cfg(test)]
@@ -424,18 +343,6 @@ mod tests {
     }
 
     #[test]
-    fn intake_hands_out_lines_one_by_one_or_the_rest_of_a_batch() {
-        let input = format!("1 A\n2 {}\n3 C\n4 D\n", "x".repeat(200));
-        let mut intake = Intake::new(LineReader::new(input.as_bytes(), 100));
-        assert_eq!(shown(&intake.take(false).unwrap()), ["1 A"]);
-        let long = shown(&intake.take(false).unwrap());
-        assert!(long[0].starts_with("TooLong:2 "), "{long:?}");
-        // The rest of the batch in one piece.
-        assert_eq!(shown(&intake.take(true).unwrap()), ["3 C", "4 D"]);
-        assert!(intake.take(false).is_none());
-    }
-
-    #[test]
     fn info_lines_are_sanitised_and_bounded() {
         assert_eq!(info_line("a\nb\tc"), b"* a b c\n");
         let long = "é".repeat(5000);
@@ -458,10 +365,13 @@ mod tests {
         }
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (w, h) = spawn_writer(Shared(buf.clone()), 4);
+        let kept = w.clone();
         w.reply(b"01", &Reply::ok());
         w.info("hi");
-        drop(w);
-        h.join().unwrap();
+        // A clone still alive elsewhere (the stdin reader's) does not keep
+        // the thread from ending.
+        h.close();
+        kept.info("too late");
         assert_eq!(&*buf.lock().unwrap(), b"01 OK\n* hi\n");
     }
 }

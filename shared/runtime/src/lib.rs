@@ -3,22 +3,27 @@
 //! construction.
 //!
 //! - exactly one reply per request: handler errors, panics and deadline
-//!   expiry all turn into the helper's own reply;
+//!   expiry all turn into the helper's own reply, and a token already in
+//!   flight is never answered twice, whatever its command;
 //! - replies in any order through one writer, one whole line per write,
 //!   never over 4096 bytes;
-//! - INTF, KEY and QUIT handled here; QUIT, end of input and SIGTERM drain the
-//!   requests in flight before exit 0; SIGHUP reloads the configuration.
+//! - INTF, KEY and QUIT handled here; QUIT, end of input and SIGTERM drain
+//!   the requests in flight, close the writer and exit 0, also while CGP
+//!   keeps stdin open; SIGHUP reloads the configuration.
 //!
-//! Three kinds of thread carry a request: the stdin reader, which also
-//! dispatches (and answers at once what a helper can answer on the first
-//! poll, see [`Helper::INLINE_FIRST_POLL`]; one per core with
-//! [`Helper::PARALLEL_DISPATCH`]), the async workers for requests that
-//! wait, and the stdout writer. Signals, reloads and the drain run on the
-//! main thread.
+//! Every request takes one path: the stdin reader thread reads it, admits
+//! it under the in-flight bound (one permit, held until its reply is
+//! queued), polls its handler once right there (a request that is ready,
+//! such as a cache hit, is answered without a task or a timer), and hands
+//! what must wait to the async workers as a task under its deadline; the
+//! one writer thread writes every line. CPU-heavy handler work goes through
+//! [`compute`]. Signals, reloads and the drain run on the main thread.
 
+mod compute;
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod stats;
 pub mod sync;
@@ -39,9 +44,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+pub use compute::compute;
 pub use config::{BasicConfig, KeyError, LogConfig};
 
 /// Names a helper binary for logs and the start-up line.
@@ -91,25 +97,6 @@ pub trait Helper: Send + Sync + Sized + 'static {
     fn oversize_reply(&self, _command: &str) -> Reply {
         Reply::failure("reply too long")
     }
-
-    /// Set by helpers whose handlers are mostly answered without a wait
-    /// (cache hits, state lookups, computing over a file). The runtime then
-    /// polls each new request once on the dispatcher and answers it there
-    /// when it is ready: no task spawn and no hand-over to another worker
-    /// thread, which is most of a quick request's cost. A helper whose
-    /// handlers compute for long before they first wait sets
-    /// [`Self::PARALLEL_DISPATCH`] as well, so that its requests do not
-    /// queue behind one dispatcher.
-    const INLINE_FIRST_POLL: bool = false;
-
-    /// Set by helpers that compute before their first wait and answer on
-    /// the first poll ([`Self::INLINE_FIRST_POLL`]), such as the content
-    /// filter: one dispatcher thread per core (plus one) then takes request
-    /// lines one at a time and runs their handlers side by side, with no
-    /// hand-over to a worker thread and back. Arrival order still holds for
-    /// everything but the handlers themselves: INTF, QUIT, duplicate tokens
-    /// and order keys are dealt with one line at a time.
-    const PARALLEL_DISPATCH: bool = false;
 }
 
 /// What a handler may know about its request's context.
@@ -142,36 +129,6 @@ impl Ctx {
     }
 }
 
-/// Runs a handler's CPU-heavy work (reading and parsing a file, matching
-/// rules) on tokio's blocking threads, at most one piece of work per core at
-/// a time, and waits for its result. Async workers stay free for the
-/// requests that only wait, and the bound keeps a flood of requests from
-/// starting more threads (and holding more buffers) than the cores can
-/// serve. A panic in `work` is passed on to the handler, so the runtime
-/// answers it with the helper's panic reply like any other.
-pub async fn compute<T, F>(work: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    static POOL: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(Semaphore::new(cores))
-    });
-    // The semaphore is never closed, so acquiring cannot fail.
-    let _slot = pool.clone().acquire_owned().await.ok();
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime shutting down cancels blocking work, and then
-            // nobody waits for this reply.
-            Err(_) => std::future::pending().await,
-        },
-    }
-}
-
 /// The command-line options every helper binary has.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -190,6 +147,38 @@ pub struct CommonArgs {
 /// Runs a helper binary: configuration check, logging, then the protocol
 /// loop on stdin/stdout until QUIT, end of input or SIGTERM.
 pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
+    // Before anything else: a SIGTERM or SIGHUP that CGP sends while the
+    // helper is still starting (loading its configuration, connecting to
+    // its directory) waits, blocked, until the handlers below take it,
+    // instead of killing the process with the default action. Every thread
+    // started from here on inherits the mask; this one unblocks once the
+    // handlers are in place.
+    let early = EarlySignals::block();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", info.name);
+            return ExitCode::from(1);
+        }
+    };
+    let signals = runtime.block_on(async {
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        )
+    });
+    let signals = match signals {
+        (Ok(term), Ok(hup)) => Signals { term, hup },
+        _ => {
+            eprintln!("{}: cannot install signal handlers", info.name);
+            return ExitCode::from(1);
+        }
+    };
+    early.release();
     let config = match config::load::<H::Config>(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -217,37 +206,66 @@ pub fn run<H: Helper>(info: HelperInfo, args: &CommonArgs) -> ExitCode {
     std::panic::set_hook(Box::new(
         |p| tracing::error!(panic = %p, "handler panicked"),
     ));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{}: cannot start the async runtime: {e}", info.name);
-            return ExitCode::from(1);
-        }
-    };
-    let code = runtime.block_on(serve::<H>(info, args.config.clone(), config, target));
+    let code = runtime.block_on(serve::<H>(
+        info,
+        args.config.clone(),
+        config,
+        target,
+        signals,
+    ));
     // Leave without waiting for the reader thread, which may be blocked on
     // stdin for ever.
     std::process::exit(code)
+}
+
+/// SIGTERM and SIGHUP held back while the handlers are not in place yet.
+struct EarlySignals(libc::sigset_t);
+
+impl EarlySignals {
+    fn block() -> EarlySignals {
+        // SAFETY: the set is initialised by sigemptyset before use, and
+        // pthread_sigmask only changes this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            EarlySignals(set)
+        }
+    }
+
+    /// Unblocks them on this thread, where a pending one is delivered to
+    /// the handlers now in place.
+    fn release(self) {
+        // SAFETY: as in `block`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
+struct Signals {
+    term: Signal,
+    hup: Signal,
 }
 
 struct Shared<H> {
     helper: RwLock<Arc<H>>,
     runtime: RwLock<RuntimeConfig>,
     intf: Arc<AtomicU32>,
+    /// Tokens of requests whose replies are not queued yet. A request
+    /// answered by its first poll never enters it: the reader, the only
+    /// one to look, is busy with it until its reply is queued.
     in_flight: Mutex<HashSet<SeqKey>>,
     /// Per order key, the signal that the last request with that key is done.
     order_tails: Mutex<HashMap<Vec<u8>, oneshot::Receiver<()>>>,
+    permits: Arc<Semaphore>,
     stats: Stats,
-    /// Set on SIGTERM: the reader dispatches nothing more.
+    /// Set on SIGTERM: the reader admits nothing more.
     stopping: AtomicBool,
-    /// Set once QUIT or the end of input is read: no thread reads on.
-    input_ended: AtomicBool,
-    /// Held (shared) by a dispatcher thread while it dispatches a batch, so
-    /// that the drain starts only once no request is half dispatched.
+    /// Held (shared) by the reader while it handles a line, so that the
+    /// drain starts only once no request is half admitted.
     dispatching: RwLock<()>,
     writer: Writer,
     info: HelperInfo,
@@ -268,22 +286,12 @@ impl SeqKey {
     }
 }
 
-/// What dispatching one line leads to.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per request and moved straight on; a box would cost an allocation per request"
-)]
-enum Step<H> {
-    Continue,
-    Quit(Vec<u8>),
-    Admitted(Admitted<H>),
-}
-
 async fn serve<H: Helper>(
     info: HelperInfo,
     path: Option<PathBuf>,
     config: H::Config,
     target: logging::LogTarget,
+    mut signals: Signals,
 ) -> i32 {
     let queue = config.runtime().max_in_flight + 256;
     // Straight to the pipe through a duplicate of fd 1: std's Stdout would
@@ -300,8 +308,7 @@ async fn serve<H: Helper>(
         Err(e) => {
             writer.info(&format!("{} cannot start: {e}", info.name));
             tracing::error!(error = %e, "cannot start");
-            drop(writer);
-            let _ = writer_thread.join();
+            writer_thread.close();
             eprintln!("{}: {e}", info.name);
             return 1;
         }
@@ -314,56 +321,28 @@ async fn serve<H: Helper>(
         intf: Arc::new(AtomicU32::new(0)),
         in_flight: Mutex::new(HashSet::new()),
         order_tails: Mutex::new(HashMap::new()),
+        permits: Arc::new(Semaphore::new(max_in_flight)),
         stats: Stats::default(),
         stopping: AtomicBool::new(false),
-        input_ended: AtomicBool::new(false),
         dispatching: RwLock::new(()),
         writer,
         info,
     });
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    // The reader threads dispatch what they read themselves: a request
-    // ready at its first poll is answered without waking another thread,
-    // and the rest become tasks on the runtime. The thread that reads QUIT
-    // (its token) or the end of input reports it; if every thread died, the
-    // sender is dropped, which ends the loop too.
+    // The reader reports QUIT (its token) or the end of input; if it died,
+    // the sender is dropped, which ends the loop too.
     let (ended_tx, mut ended) = oneshot::channel::<Option<Vec<u8>>>();
-    let ended_tx = Arc::new(Mutex::new(Some(ended_tx)));
-    let intake = Arc::new(Mutex::new(io::Intake::new(io::LineReader::new(
-        std::io::stdin(),
-        max_line,
-    ))));
-    for _ in 0..dispatch_threads::<H>() {
-        let (shared, permits) = (shared.clone(), permits.clone());
-        let (intake, ended_tx) = (intake.clone(), ended_tx.clone());
-        let handle = tokio::runtime::Handle::current();
+    {
+        let shared = shared.clone();
+        let handle = Handle::current();
         std::thread::Builder::new()
             .name("stdin-reader".into())
             .spawn(move || {
                 let _runtime = handle.enter();
-                if H::PARALLEL_DISPATCH {
-                    io::write_on_this_thread();
-                }
-                let Some(quit) = dispatcher(&shared, &permits, &handle, &intake) else {
-                    return;
-                };
-                if let Some(tx) = sync::lock(&ended_tx).take() {
-                    let _ = tx.send(quit);
-                }
+                let input = io::LineReader::new(std::io::stdin(), max_line);
+                let _ = ended_tx.send(read_requests(&shared, &handle, input));
             })
             .expect("spawning the stdin reader thread");
     }
-    drop(ended_tx);
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(h)) => (t, h),
-        _ => {
-            eprintln!("{}: cannot install signal handlers", info.name);
-            return 1;
-        }
-    };
     let stats_every = current(&shared.runtime).stats_interval;
     let mut stats_tick = tokio::time::interval(if stats_every.is_zero() {
         Duration::from_secs(u64::from(u32::MAX))
@@ -378,94 +357,65 @@ async fn serve<H: Helper>(
                 tracing::error!("the stdin reader stopped unexpectedly");
                 None
             }),
-            _ = term.recv() => {
-                // Nothing more is dispatched; the reader may stay blocked on
-                // stdin, which the exit does not wait for.
+            _ = signals.term.recv() => {
+                // Nothing more is admitted; the reader may stay blocked on
+                // stdin, which neither the drain nor the exit waits for.
                 shared.stopping.store(true, Ordering::Relaxed);
                 shared.writer.info("SIGTERM received, finishing requests in flight");
+                tracing::info!("SIGTERM received");
                 break None;
             }
-            _ = hup.recv() => reload(&shared, path.as_ref()).await,
+            _ = signals.hup.recv() => reload(&shared, path.as_ref()).await,
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 shared.writer.info(&shared.stats.line());
+                // metrics hook (tap branch): the metrics file beside each stats line.
+                metrics::publish(&current(&shared.runtime).metrics, shared.info.name, &shared.stats);
             }
         }
     };
 
-    // A request being dispatched now, by the thread that read QUIT or by
-    // another one, gets its task (or its reply) before the drain counts what
-    // is in flight. Only this thread waits, and only for the rest of a
-    // batch.
+    // A line the reader is handling now gets its reply or its permit before
+    // the drain counts what is in flight.
     drop(sync::write(&shared.dispatching));
     // Drain: every request in flight holds a permit until its reply is
     // queued, and each is bounded by its deadline.
     let drain_limit = current(&shared.runtime).deadline + Duration::from_secs(2);
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-    if tokio::time::timeout(drain_limit, permits.acquire_many(all))
+    if tokio::time::timeout(drain_limit, shared.permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::error!("requests still in flight after the drain limit");
     }
     shared.writer.info(&shared.stats.line());
+    // metrics hook (tap branch): the final counts, with the final stats line.
+    metrics::publish(
+        &current(&shared.runtime).metrics,
+        shared.info.name,
+        &shared.stats,
+    );
     if let Some(seq) = quit {
         shared.writer.reply(&seq, &Reply::ok());
     }
     tracing::info!("stopped");
-    drop(shared);
-    let _ = writer_thread.join();
+    // Closed explicitly: the reader thread keeps its clone of the writer
+    // while it waits on a stdin that CGP may keep open.
+    writer_thread.close();
     0
 }
 
-/// How many threads read and dispatch: one, or with
-/// [`Helper::PARALLEL_DISPATCH`] one per core plus one, so that every core
-/// can run a handler while one more thread waits for input.
-fn dispatch_threads<H: Helper>() -> usize {
-    // Capped: on a large machine dozens of threads would mostly wait for
-    // the one input lock.
-    if H::PARALLEL_DISPATCH {
-        std::thread::available_parallelism().map_or(2, |n| n.get().min(16)) + 1
-    } else {
-        1
-    }
-}
-
-/// One dispatcher thread: takes input and dispatches it until QUIT (its
-/// token), the end of input or SIGTERM (`Some(None)`), or until another
-/// thread ended the input (`None`: that one reports).
-///
-/// What must happen in arrival order (parsing, INTF, KEY, QUIT, the
-/// duplicate check, the permit and the place in an order key's queue) is
-/// done while the input lock is held; only the handlers run side by side.
-fn dispatcher<H: Helper>(
+/// The stdin reader: reads request lines and handles each in arrival order
+/// until QUIT (returns its token), the end of input or SIGTERM (`None`).
+fn read_requests<H: Helper>(
     shared: &Arc<Shared<H>>,
-    permits: &Arc<Semaphore>,
     handle: &Handle,
-    intake: &Mutex<io::Intake<std::io::Stdin>>,
-) -> Option<Option<Vec<u8>>> {
-    let parallel = H::PARALLEL_DISPATCH;
-    let mut admitted = Vec::new();
-    loop {
-        let mut input = Some(sync::lock(intake));
-        if shared.input_ended.load(Ordering::Relaxed) {
-            return None;
-        }
-        // Alone, a thread takes whole batches; side by side, one line each,
-        // so that no thread works through a batch while another waits.
-        let Some(batch) = input.as_mut().and_then(|i| i.take(!parallel)) else {
-            shared.input_ended.store(true, Ordering::Relaxed);
-            return Some(None);
-        };
-        // Taken before the next line can be read, so that the drain after
-        // QUIT or SIGTERM waits for what this thread has taken.
-        let _busy = sync::read(&shared.dispatching);
-        if !parallel {
-            input = None;
-        }
+    mut input: io::LineReader<std::io::Stdin>,
+) -> Option<Vec<u8>> {
+    while let Some(batch) = input.next_batch() {
         for item in batch.inputs() {
+            let _busy = sync::read(&shared.dispatching);
             if shared.stopping.load(Ordering::Relaxed) {
-                shared.input_ended.store(true, Ordering::Relaxed);
-                return Some(None);
+                return None;
             }
             let line = match item {
                 Input::Line(line) => line,
@@ -474,21 +424,12 @@ fn dispatcher<H: Helper>(
                     continue;
                 }
             };
-            match dispatch(shared, permits, handle, line) {
-                Step::Continue => {}
-                Step::Quit(seq) => {
-                    shared.input_ended.store(true, Ordering::Relaxed);
-                    return Some(Some(seq));
-                }
-                Step::Admitted(request) if parallel => admitted.push(request),
-                Step::Admitted(request) => start(shared, permits, handle, request),
+            if let Some(quit) = dispatch(shared, handle, line) {
+                return Some(quit);
             }
         }
-        drop(input);
-        for request in admitted.drain(..) {
-            start(shared, permits, handle, request);
-        }
     }
+    None
 }
 
 /// The current value of a setting that SIGHUP may replace.
@@ -499,44 +440,84 @@ fn current<T: Clone>(setting: &RwLock<T>) -> T {
 fn too_long<H>(shared: &Shared<H>, prefix: &[u8]) {
     let max = current(&shared.runtime).max_line_bytes;
     match sequence_token(prefix) {
-        Some(seq) => {
-            shared.stats.request();
-            shared.stats.reply("ERROR", Duration::ZERO);
-            shared
-                .writer
-                .reply(seq, &Reply::error("request line too long"));
+        Some(seq) if !shared.is_in_flight(seq) => {
+            answer_now(shared, seq, Reply::error("request line too long"));
         }
+        Some(_) => {}
         None => shared.writer.info(&format!(
             "request line over {max} bytes without a sequence number discarded"
         )),
     }
 }
 
+impl<H> Shared<H> {
+    /// The duplicate-token rule, for every command: a token whose request
+    /// is still in flight is not answered again, or CGP would take the
+    /// first of two replies for the request it sent first.
+    fn is_in_flight(&self, seq: &[u8]) -> bool {
+        let in_flight = sync::lock(&self.in_flight);
+        if in_flight.is_empty() || !in_flight.contains(&SeqKey::of(seq)) {
+            return false;
+        }
+        drop(in_flight);
+        self.writer.info(&format!(
+            "request {} dropped: its sequence number is already in flight",
+            String::from_utf8_lossy(seq)
+        ));
+        true
+    }
+}
+
+/// What a line without a sequence token shows in the log: its length and,
+/// when the second word looks like a command, that word. Never more of
+/// its text: it may hold a password (`x VRFY user@domain secret`).
+fn unnumbered_line(line: &[u8]) -> String {
+    let command = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+        .nth(1)
+        .filter(|w| {
+            w.len() <= 16
+                && w[0].is_ascii_uppercase()
+                && w.iter()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        });
+    match command {
+        Some(word) => format!(
+            "line without a sequence number discarded ({} bytes, command {})",
+            line.len(),
+            String::from_utf8_lossy(word)
+        ),
+        None => format!(
+            "line without a sequence number discarded ({} bytes)",
+            line.len()
+        ),
+    }
+}
+
 /// Handles one line in arrival order: the runtime's own commands are
-/// answered here, a helper request is admitted.
-fn dispatch<H: Helper>(
-    shared: &Arc<Shared<H>>,
-    permits: &Arc<Semaphore>,
-    handle: &Handle,
-    line: &[u8],
-) -> Step<H> {
+/// answered here, a helper request is admitted and started. Returns QUIT's
+/// token.
+fn dispatch<H: Helper>(shared: &Arc<Shared<H>>, handle: &Handle, line: &[u8]) -> Option<Vec<u8>> {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Step::Continue;
+        return None;
     }
     let req = match Request::parse(line) {
         Ok(r) => r,
         Err(LineError::NoSequence) => {
-            let shown: String = String::from_utf8_lossy(&line[..line.len().min(40)]).into();
-            shared.writer.info(&format!(
-                "line without a sequence number discarded: {shown:?}"
-            ));
-            return Step::Continue;
+            shared.writer.info(&unnumbered_line(line));
+            return None;
         }
         Err(LineError::NoCommand { seq }) => {
-            answer_now(shared, &seq, Reply::error("missing command"));
-            return Step::Continue;
+            if !shared.is_in_flight(&seq) {
+                answer_now(shared, &seq, Reply::error("missing command"));
+            }
+            return None;
         }
     };
+    if shared.is_in_flight(&req.seq) {
+        return None;
+    }
     match req.command.as_str() {
         "INTF" => {
             let reply = match req.args().ok().as_deref() {
@@ -551,18 +532,16 @@ fn dispatch<H: Helper>(
                 _ => Reply::error("INTF needs a version number"),
             };
             answer_now(shared, &req.seq, reply);
-            Step::Continue
         }
-        "KEY" => {
-            answer_now(shared, &req.seq, Reply::ok());
-            Step::Continue
+        "KEY" => answer_now(shared, &req.seq, Reply::ok()),
+        "QUIT" => return Some(req.seq),
+        _ => {
+            if let Some(permit) = admit(shared, handle) {
+                start(shared, handle, req, permit);
+            }
         }
-        "QUIT" => Step::Quit(req.seq),
-        _ => match admit(shared, permits, handle, req) {
-            Some(admitted) => Step::Admitted(admitted),
-            None => Step::Continue,
-        },
     }
+    None
 }
 
 fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
@@ -571,77 +550,25 @@ fn answer_now<H>(shared: &Shared<H>, seq: &[u8], reply: Reply) {
     shared.writer.reply(seq, &reply);
 }
 
-/// A request let in, with what it needs to run.
-struct Admitted<H> {
-    job: Job<H>,
-    key: SeqKey,
-    /// Whether it is polled once where it was read before it becomes a
-    /// task.
-    inline: bool,
-    /// Taken unless `inline`; a request that becomes a task holds one.
-    permit: Option<OwnedSemaphorePermit>,
-    /// Whether `key` is in the in-flight set already.
-    registered: bool,
+/// The in-flight bound: a request's permit, taken in arrival order. With
+/// every permit taken the reader waits here, so further requests wait in
+/// the pipe instead of being dropped. `None` only when the runtime is
+/// shutting down.
+fn admit<H>(shared: &Shared<H>, handle: &Handle) -> Option<OwnedSemaphorePermit> {
+    let permits = &shared.permits;
+    (permits.clone().try_acquire_owned().ok())
+        .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
 }
 
-/// What the request's task takes with it.
-struct Job<H> {
-    req: Request,
-    helper: Arc<H>,
-    started: Instant,
-    until: Instant,
-    /// The request before this one with the same order key, and the signal
-    /// for the one after.
-    previous: Option<oneshot::Receiver<()>>,
-    done: Option<oneshot::Sender<()>>,
-}
-
-/// Lets a helper request in, in arrival order: refuses a token already in
-/// flight, takes a permit (waiting for one holds back further input, so the
-/// in-flight bound queues requests in the pipe instead of dropping them)
-/// and queues it behind the last request with its order key.
-fn admit<H: Helper>(
+/// Runs an admitted request: its handler under the deadline, with panics
+/// caught, and its one reply. Polled once here, on the reader; what is not
+/// ready then continues as a task.
+fn start<H: Helper>(
     shared: &Arc<Shared<H>>,
-    permits: &Arc<Semaphore>,
     handle: &Handle,
     req: Request,
-) -> Option<Admitted<H>> {
-    // A token already in flight would make two replies CGP cannot tell apart.
-    let key = SeqKey::of(&req.seq);
-    // With one dispatcher, a request answered by its first poll is over
-    // before the next token is looked at; with several, another thread may
-    // be polling one with the same token, so every request is registered.
-    let registered = H::PARALLEL_DISPATCH;
-    {
-        let mut in_flight = sync::lock(&shared.in_flight);
-        if !in_flight.is_empty() && in_flight.contains(&key) {
-            drop(in_flight);
-            shared.writer.info(&format!(
-                "request {} dropped: its sequence number is already in flight",
-                req.seq_str()
-            ));
-            return None;
-        }
-        if registered {
-            in_flight.insert(key);
-        }
-    }
-    // A request answered by its first poll needs no permit: it is over
-    // before its dispatcher reads on. Only dispatchers take permits, so with
-    // one of them a free one now is still free after that poll; with
-    // several, at most one more request per dispatcher runs.
-    let inline = H::INLINE_FIRST_POLL && permits.available_permits() > 0;
-    let permit = if inline {
-        None
-    } else {
-        match acquire(permits, handle) {
-            Some(p) => Some(p),
-            None => {
-                sync::lock(&shared.in_flight).remove(&key);
-                return None;
-            }
-        }
-    };
+    permit: OwnedSemaphorePermit,
+) {
     shared.stats.request();
     let helper = current(&shared.helper);
     let started = Instant::now();
@@ -653,73 +580,40 @@ fn admit<H: Helper>(
         }
         None => (None, None),
     };
-    let job = Job {
-        req,
-        helper,
-        started,
-        until,
-        previous,
-        done,
-    };
-    Some(Admitted {
-        job,
-        key,
-        inline,
-        permit,
-        registered,
-    })
-}
-
-fn acquire(permits: &Arc<Semaphore>, handle: &Handle) -> Option<OwnedSemaphorePermit> {
-    (permits.clone().try_acquire_owned().ok())
-        .or_else(|| handle.block_on(permits.clone().acquire_owned()).ok())
-}
-
-/// Runs an admitted request: its handler under the deadline, with panics
-/// caught, and its one reply.
-fn start<H: Helper>(
-    shared: &Arc<Shared<H>>,
-    permits: &Arc<Semaphore>,
-    handle: &Handle,
-    admitted: Admitted<H>,
-) {
-    let Admitted {
-        job,
-        key,
-        inline,
-        permit,
-        registered,
-    } = admitted;
+    let key = SeqKey::of(&req.seq);
     let ctx = Ctx {
         intf: shared.intf.clone(),
-        deadline: job.until,
+        deadline: until,
         writer: shared.writer.clone(),
     };
     let task_shared = shared.clone();
+    // Set once the task is spawned: from then on its token is in the
+    // in-flight set, and the reply must leave it under the set's lock.
+    let spawned = Arc::new(AtomicBool::new(false));
+    let task_spawned = spawned.clone();
     // Boxed so that spawning moves a pointer, not the whole future.
     let mut task = Box::pin(async move {
         let shared = task_shared;
-        let helper = &job.helper;
         // The reply line starts with the token now, so the token needs no
         // copy of its own once the handler owns the request.
-        let seq_len = job.req.seq.len();
+        let seq_len = req.seq.len();
         let mut line = Vec::with_capacity(seq_len + 32);
-        line.extend_from_slice(&job.req.seq);
+        line.extend_from_slice(&req.seq);
         line.push(b' ');
-        let command = job.req.command.clone();
-        let until = tokio::time::Instant::from_std(job.until);
+        let command = req.command.clone();
+        let deadline = tokio::time::Instant::from_std(until);
         // Waiting for the previous request with the same order key counts
         // against the deadline. Err only means that request's task is gone:
         // either way it is finished.
-        let in_turn = match job.previous {
-            Some(previous) => tokio::time::timeout_at(until, previous).await.is_ok(),
+        let in_turn = match previous {
+            Some(previous) => tokio::time::timeout_at(deadline, previous).await.is_ok(),
             None => true,
         };
         let outcome = if in_turn {
             // Pinned in place and polled through references: wrapping the
             // handler's future in catch_unwind and timeout adapters moved
             // it (memcpy) at each layer.
-            let mut handler = std::pin::pin!(helper.clone().handle(ctx, job.req));
+            let mut handler = std::pin::pin!(helper.clone().handle(ctx, req));
             // A panic inside the handler is caught here and never reaches
             // the runtime.
             let mut guarded = std::pin::pin!(std::future::poll_fn(|cx| {
@@ -734,7 +628,7 @@ fn start<H: Helper>(
             // cancels it.
             match poll_once(guarded.as_mut()).await {
                 Poll::Ready(outcome) => Ok(outcome),
-                Poll::Pending => tokio::time::timeout_at(until, guarded)
+                Poll::Pending => tokio::time::timeout_at(deadline, guarded)
                     .await
                     .map_err(|_| ()),
             }
@@ -757,45 +651,40 @@ fn start<H: Helper>(
                 reply = Reply::failure("reply too long");
             }
         }
-        let latency = job.started.elapsed();
+        let latency = started.elapsed();
         shared.stats.reply(reply.kind(), latency);
         tracing::debug!(seq = %seq(), %command, kind = reply.kind(), latency_us = latency.as_micros() as u64, "answered");
         line.extend_from_slice(reply.body());
         line.push(b'\n');
-        shared.writer.line(line);
+        if task_spawned.load(Ordering::Relaxed) {
+            // Queued and taken out of the set in one step: the reader sees
+            // the token either in flight or answered, never neither.
+            let mut in_flight = sync::lock(&shared.in_flight);
+            shared.writer.line(line);
+            in_flight.remove(&key);
+        } else {
+            shared.writer.line(line);
+        }
         // The next request with this order key may start now that this
         // reply is out.
-        drop(job.done);
+        drop(done);
+        drop(permit);
     });
     // One poll with a waker that does nothing: if the request is not ready,
     // its task's first poll follows at once and registers the task's own
     // waker wherever the request waits, so no wake-up is lost. A request
-    // answered by this poll needs no permit and no scheduler, and with one
-    // dispatcher never touches the in-flight set.
-    if inline
-        && task
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
+    // answered by this poll needs no scheduler and never touches the
+    // in-flight set.
+    if task
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
     {
-        if registered {
-            sync::lock(&shared.in_flight).remove(&key);
-        }
         return;
     }
-    let Some(permit) = permit.or_else(|| acquire(permits, handle)) else {
-        sync::lock(&shared.in_flight).remove(&key);
-        return;
-    };
-    if !registered {
-        sync::lock(&shared.in_flight).insert(key);
-    }
-    let shared = shared.clone();
-    handle.spawn(async move {
-        task.await;
-        sync::lock(&shared.in_flight).remove(&key);
-        drop(permit);
-    });
+    sync::lock(&shared.in_flight).insert(key);
+    spawned.store(true, Ordering::Relaxed);
+    handle.spawn(task);
 }
 
 /// Polls a future once with the current task's waker.
@@ -858,8 +747,6 @@ pub struct Unsupported;
 
 impl Helper for Unsupported {
     type Config = BasicConfig;
-
-    const INLINE_FIRST_POLL: bool = true;
 
     async fn build(_: BasicConfig, _: Option<Arc<Self>>) -> Result<Self, String> {
         Ok(Unsupported)

@@ -1,6 +1,8 @@
-//! Counters and latency percentiles for the periodic `* stats` line.
+//! Counters and latency percentiles for the periodic `* stats` line, and
+//! the latency histogram of the metrics file (`crate::metrics`).
 
 use crate::sync;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +12,36 @@ use std::time::Duration;
 /// the memory fixed while the percentiles stay representative.
 const SAMPLES: usize = 8192;
 
-#[derive(Default)]
+/// Upper bounds of the latency histogram, in seconds: from a cache hit to
+/// a back end at its deadline.
+const BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
 pub struct Stats {
     requests: AtomicU64,
     inner: Mutex<Inner>,
+    /// Since the start, never reset (Prometheus computes rates itself).
+    latency: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: AtomicU64::default(),
+            inner: Mutex::default(),
+            latency: Histogram::new(BUCKETS),
+        }
+    }
+}
+
+/// The counters at one moment, for the metrics file.
+pub struct Snapshot {
+    pub requests: u64,
+    /// Replies by kind (the reply's first word), since the start.
+    pub replies: Vec<(String, u64)>,
+    pub latency: Histogram,
 }
 
 #[derive(Default)]
@@ -30,6 +58,7 @@ impl Stats {
     }
 
     pub fn reply(&self, kind: &str, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         let mut g = sync::lock(&self.inner);
         if let Some(n) = g.kinds.get_mut(kind) {
@@ -49,6 +78,19 @@ impl Stats {
             if let Some(s) = g.samples.get_mut(slot as usize) {
                 *s = micros;
             }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let replies = sync::lock(&self.inner)
+            .kinds
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        Snapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            replies,
+            latency: self.latency.clone(),
         }
     }
 

@@ -10,6 +10,7 @@ use nom::IResult;
 use nom::Parser;
 use nom::bytes::complete::{tag, take_while, take_while1};
 use nom::error::{Error as NomError, ErrorKind};
+use std::ops::Range;
 
 /// Deepest nesting of arrays and dictionaries the parser accepts.
 pub const MAX_DEPTH: usize = 32;
@@ -202,12 +203,27 @@ pub fn parse_value(input: &[u8]) -> Result<Value, DataError> {
 /// Parses a run of values separated by white space: the arguments of a
 /// request line.
 pub fn parse_values(input: &[u8]) -> Result<Vec<Value>, DataError> {
-    let mut rest = ws(input);
     let mut out = Vec::new();
+    each_value(input, |_, v| out.push(v))?;
+    Ok(out)
+}
+
+/// Like [`parse_values`], with the byte range each value takes in `input`,
+/// for a reader that must keep or replace values where they stand (the
+/// simulator's capture masks secrets in place).
+pub fn parse_value_spans(input: &[u8]) -> Result<Vec<(Range<usize>, Value)>, DataError> {
+    let mut out = Vec::new();
+    each_value(input, |span, v| out.push((span, v)))?;
+    Ok(out)
+}
+
+fn each_value(input: &[u8], mut f: impl FnMut(Range<usize>, Value)) -> Result<(), DataError> {
+    let mut rest = ws(input);
     while !rest.is_empty() {
         match value(rest, 0) {
             Ok((r, v)) => {
-                out.push(v);
+                let start = input.len() - rest.len();
+                f(start..input.len() - r.len(), v);
                 if !r.is_empty() && !is_ws(r[0]) {
                     return Err(error_at(input, r, "unexpected character"));
                 }
@@ -216,7 +232,7 @@ pub fn parse_values(input: &[u8]) -> Result<Vec<Value>, DataError> {
             Err(e) => return Err(from_nom(input, e)),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn error_at(input: &[u8], rest: &[u8], reason: &'static str) -> DataError {
@@ -475,7 +491,8 @@ mod tests {
 
     #[test]
     fn encoder_follows_the_reference_examples() {
-        // protocol.md §6.3: folded header with a tab, a backslash and quotes.
+        // docs/wire.md, quoted strings: a folded header with a tab, a
+        // backslash and quotes.
         let text = "DKIM-Signature: v=1; a=rsa-sha256; d=example.test;\n\tb=abc\\def; z=\"q\"";
         assert_eq!(
             encode_quoted(text.as_bytes()),

@@ -117,6 +117,13 @@ impl Cache {
         Ok((answer.clone(), source))
     }
 
+    /// The kept answer for `key`, if there is a fresh one; asks nothing.
+    pub fn peek(&self, key: &str) -> Option<Option<Arc<Person>>> {
+        let entries = sync::lock(&self.entries);
+        let answer = entries.get(key)?.get()?;
+        self.fresh(answer).then(|| answer.1.clone())
+    }
+
     /// Forgets one key (its answer proved stale).
     pub fn forget(&self, key: &str) {
         sync::lock(&self.entries).remove(key);
@@ -163,6 +170,14 @@ mod tests {
         let down = || ask(Err(DirectoryError::Unavailable("down".into())));
         assert!(cache.get("f", down).await.is_err());
         assert!(cache.get("f", down).await.is_err());
+        // A peek sees kept answers only, and asks nothing.
+        assert_eq!(
+            cache.peek("a").map(|p| p.map(|p| p.id.clone())),
+            Some(Some("a".into()))
+        );
+        assert_eq!(cache.peek("n"), Some(None));
+        assert_eq!(cache.peek("f"), None);
+        assert_eq!(cache.peek("never"), None);
         assert_eq!(calls.load(Ordering::Relaxed), 4);
         cache.forget("a");
         assert_eq!(

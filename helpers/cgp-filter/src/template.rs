@@ -1,125 +1,25 @@
-//! What the filter answers: the verdict of the rules, its wire form in each
-//! dialect (protocol.md §3.4, §1.6), and the header fields and texts built
-//! from templates.
+//! Templates of reply texts and added header fields: `{sender}`, `{user}`,
+//! `{rule}`, `{queue_id}` and `{attr:NAME}` placeholders, parsed once when
+//! the configuration is loaded.
 
-use cgp_wire::Reply;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-/// Which reply form to send.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
-    /// By the negotiated INTF: 4 and up → v4, else v3.
-    #[default]
-    Auto,
-    /// `ADDHEADER "…"` alone as the final reply; no MIRRORTO/ADDROUTE.
-    V3,
-    /// Modifiers (`ADDHEADER`, `MIRRORTO`, `ADDROUTE`) followed by `OK`.
-    V4,
-}
-
-impl Dialect {
-    /// Whether modifiers followed by `OK` are sent for this conversation.
-    pub fn modifiers(self, intf: u32) -> bool {
-        match self {
-            Dialect::Auto => intf >= 4,
-            Dialect::V3 => false,
-            Dialect::V4 => true,
-        }
-    }
-}
-
-/// The header fields, copies and extra recipients collected from the rules.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Modifiers {
-    /// Complete fields, folded with `\n` + space, one after the other with
-    /// `\n` between them: the argument of `ADDHEADER` as it is sent, built
-    /// in one buffer.
-    pub headers: String,
-    pub mirror_to: Vec<String>,
-    pub add_route: Vec<String>,
-}
-
-/// The outcome for one message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Accept(Modifiers),
-    Discard,
-    Bounce(String),
-    Reject(String),
-    Failure(String),
-}
-
-impl Verdict {
-    pub fn pass() -> Verdict {
-        Verdict::Accept(Modifiers::default())
-    }
-
-    /// The reply, and whether MIRRORTO/ADDROUTE had to be left out because
-    /// the dialect has no place for them.
-    pub fn reply(&self, modifiers_form: bool) -> (Reply, bool) {
-        match self {
-            Verdict::Accept(m) if modifiers_form => {
-                let mut r = m.add_header();
-                let addresses = (m.mirror_to.iter().map(|a| ("MIRRORTO", a)))
-                    .chain(m.add_route.iter().map(|a| ("ADDROUTE", a)));
-                for (word, a) in addresses {
-                    let base = match r {
-                        Some(prev) => prev.then(word),
-                        None => Reply::word(word),
-                    };
-                    r = Some(if is_token(a) {
-                        base.then(a)
-                    } else {
-                        base.quoted(a.as_bytes())
-                    });
-                }
-                (r.map_or_else(Reply::ok, |r| r.then("OK")), false)
-            }
-            Verdict::Accept(m) => {
-                let dropped = !m.mirror_to.is_empty() || !m.add_route.is_empty();
-                (m.add_header().unwrap_or_else(Reply::ok), dropped)
-            }
-            Verdict::Discard => (Reply::word("DISCARD"), false),
-            Verdict::Bounce(t) => (Reply::error(t), false),
-            Verdict::Reject(t) => (Reply::rejected(t), false),
-            Verdict::Failure(t) => (Reply::failure(t), false),
-        }
-    }
-}
-
-impl Modifiers {
-    /// Renders `h` as one more field, unless a placeholder has no value.
-    pub fn push_header<'v>(&mut self, h: &HeaderTemplate, value: impl Fn(&Var) -> Option<&'v str>) {
-        let start = self.headers.len();
-        if start > 0 {
-            self.headers.push('\n');
-        } else {
-            // Room for a few short fields at once: growing the buffer field
-            // by field costs a reallocation each.
-            self.headers.reserve(HEADERS_CAPACITY);
-        }
-        if !h.render_into(&mut self.headers, value) {
-            self.headers.truncate(start);
-        }
-    }
-
-    /// `ADDHEADER "<fields>"`, when there are fields.
-    fn add_header(&self) -> Option<Reply> {
-        (!self.headers.is_empty()).then(|| Reply::word("ADDHEADER").quoted(self.headers.as_bytes()))
-    }
-}
-
-/// What the header buffer starts with: a reply's worth of short fields.
-const HEADERS_CAPACITY: usize = 256;
-
-/// Whether an address goes as a bare token: the CGP reader takes it as one
-/// (the official CLI reader's word characters). Others are quoted.
-fn is_token(a: &str) -> bool {
-    !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b >= 0x80 || b"-_.@!#%:".contains(&b))
+/// Why a template or a header field does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unmatched `}}` in {0:?} (write `}}}}` for a brace)")]
+    Unmatched(String),
+    #[error("unclosed `{{` in {0:?}")]
+    Unclosed(String),
+    #[error("unknown placeholder {{{placeholder}}} in {text:?}")]
+    Unknown { placeholder: String, text: String },
+    #[error("{0:?} is not a header field (`Name: value`)")]
+    NotAField(String),
+    #[error("{0:?} is not a header field name")]
+    BadName(String),
+    #[error("the value of {0} holds control characters")]
+    ControlCharacters(String),
 }
 
 /// A placeholder of a template.
@@ -148,7 +48,7 @@ enum Piece {
 pub struct Template(Vec<Piece>);
 
 impl Template {
-    pub fn parse(s: &str) -> Result<Template, String> {
+    pub fn parse(s: &str) -> Result<Template, TemplateError> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut rest = s;
@@ -162,13 +62,11 @@ impl Template {
                 continue;
             }
             if brace == "}" {
-                return Err(format!(
-                    "unmatched `}}` in {s:?} (write `}}}}` for a brace)"
-                ));
+                return Err(TemplateError::Unmatched(s.to_string()));
             }
             let end = after
                 .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in {s:?}"))?;
+                .ok_or_else(|| TemplateError::Unclosed(s.to_string()))?;
             let var = match &after[..end] {
                 "sender" => Var::Sender,
                 "user" => Var::User,
@@ -176,7 +74,12 @@ impl Template {
                 "queue_id" => Var::QueueId,
                 v => match v.strip_prefix("attr:") {
                     Some(a) if !a.is_empty() => Var::Attr(a.to_string()),
-                    _ => return Err(format!("unknown placeholder {{{v}}} in {s:?}")),
+                    _ => {
+                        return Err(TemplateError::Unknown {
+                            placeholder: v.to_string(),
+                            text: s.to_string(),
+                        });
+                    }
                 },
             };
             if !text.is_empty() {
@@ -252,16 +155,16 @@ pub struct HeaderTemplate {
 }
 
 impl HeaderTemplate {
-    pub fn parse(s: &str) -> Result<HeaderTemplate, String> {
+    pub fn parse(s: &str) -> Result<HeaderTemplate, TemplateError> {
         let (name, value) = s
             .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not a header field (`Name: value`)"))?;
+            .ok_or_else(|| TemplateError::NotAField(s.to_string()))?;
         // RFC 5322 field names: printable ASCII except the colon.
         if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b)) {
-            return Err(format!("{name:?} is not a header field name"));
+            return Err(TemplateError::BadName(name.to_string()));
         }
         if value.contains(|c: char| c.is_control()) {
-            return Err(format!("the value of {name} holds control characters"));
+            return Err(TemplateError::ControlCharacters(name.to_string()));
         }
         Ok(HeaderTemplate {
             name: name.to_string(),
@@ -271,7 +174,11 @@ impl HeaderTemplate {
 
     /// Appends the folded field to `out`; false (and `out` left in part
     /// written) when a placeholder has no value.
-    fn render_into<'v>(&self, out: &mut String, value: impl Fn(&Var) -> Option<&'v str>) -> bool {
+    pub(crate) fn render_into<'v>(
+        &self,
+        out: &mut String,
+        value: impl Fn(&Var) -> Option<&'v str>,
+    ) -> bool {
         let start = out.len();
         out.push_str(&self.name);
         out.push_str(": ");
@@ -322,55 +229,7 @@ pub fn fold(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body(v: &Verdict, v4: bool) -> String {
-        String::from_utf8(v.reply(v4).0.body().to_vec()).unwrap()
-    }
-
-    #[test]
-    fn dialects() {
-        assert!(Dialect::Auto.modifiers(4) && !Dialect::Auto.modifiers(3));
-        assert!(Dialect::V4.modifiers(1) && !Dialect::V3.modifiers(9));
-        let m = Modifiers {
-            headers: "X-A: 1\nX-B: two\n words".into(),
-            mirror_to: vec!["archive@example.test".into()],
-            add_route: vec!["a+b@example.test".into()],
-        };
-        let v = Verdict::Accept(m.clone());
-        assert_eq!(
-            body(&v, true),
-            r#"ADDHEADER "X-A: 1\eX-B: two\e words" MIRRORTO archive@example.test ADDROUTE "a+b@example.test" OK"#
-        );
-        assert_eq!(
-            v.reply(false),
-            (
-                Reply::word("ADDHEADER").quoted(b"X-A: 1\nX-B: two\n words"),
-                true
-            )
-        );
-        let only_headers = Verdict::Accept(Modifiers {
-            headers: m.headers.clone(),
-            ..Modifiers::default()
-        });
-        assert!(!only_headers.reply(false).1);
-        assert_eq!(body(&Verdict::pass(), true), "OK");
-        assert_eq!(body(&Verdict::pass(), false), "OK");
-        let mirror = Verdict::Accept(Modifiers {
-            mirror_to: m.mirror_to,
-            ..Modifiers::default()
-        });
-        assert_eq!(body(&mirror, true), "MIRRORTO archive@example.test OK");
-        assert_eq!(body(&Verdict::Discard, false), "DISCARD");
-        assert_eq!(
-            body(&Verdict::Bounce("no \"way\"".into()), true),
-            r#"ERROR "no \"way\"""#
-        );
-        assert_eq!(
-            body(&Verdict::Reject("later".into()), false),
-            r#"REJECTED "later""#
-        );
-        assert_eq!(body(&Verdict::Failure("x".into()), false), r#"FAILURE "x""#);
-    }
+    use crate::wire::Modifiers;
 
     #[test]
     fn templates() {
