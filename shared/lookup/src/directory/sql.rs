@@ -12,14 +12,15 @@ use super::password::{self, Stored};
 use super::template::{self, Field, Part, TemplateError};
 use super::{Account, Backend, BoxFuture, By, DirectoryError, Group, GroupRef, Person, Verdict};
 use cgp_runtime::{KeyError, sync};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use serde::{Deserialize, Deserializer};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
 
 /// `[directory.sql]`: where the database is and what to ask it.
 #[derive(Clone, Deserialize)]
@@ -37,13 +38,14 @@ pub struct SqlConfig {
     pub tls: TlsMode,
     /// PEM file with the CA certificates to trust instead of the system ones.
     pub ca_file: Option<PathBuf>,
-    /// Connections per server.
+    /// Connections per server; each carries many queries at once
+    /// (pipelined).
     pub pool_size: usize,
     /// Connecting to one server, TLS and log-in included.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// One query, waiting for a free connection included; the server is
-    /// told the same limit (`statement_timeout`).
+    /// One query; the server is told the same limit
+    /// (`statement_timeout`).
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
     /// A server that failed is tried after the others for this long.
@@ -80,7 +82,7 @@ impl Default for SqlConfig {
             password_file: None,
             tls: TlsMode::Disable,
             ca_file: None,
-            pool_size: 8,
+            pool_size: 4,
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(3),
             failback_after: Duration::from_secs(30),
@@ -307,12 +309,91 @@ impl SqlConfig {
     }
 }
 
-/// One server and its connections.
+/// How connections are made secure.
+#[derive(Clone)]
+enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// One connection: a client that pipelines the queries of many requests,
+/// the task that drives its socket, and its prepared statements.
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl Drop for Conn {
+    /// A connection to a hung server would wait for its answers forever.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Conn {
+    async fn prepare(&self, text: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = sync::lock(&self.statements).get(text) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client.prepare(text).await?;
+        sync::lock(&self.statements).insert(text.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// One server and its connections, shared round-robin by the requests.
 struct Server {
     name: String,
-    pool: Pool,
+    pg: tokio_postgres::Config,
+    tls: Tls,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
     /// Until when it is tried after the others, having failed.
     failed_until: Mutex<Option<Instant>>,
+}
+
+impl Server {
+    async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
+        let (client, task) = match &self.tls {
+            Tls::None => {
+                let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
+                (client, tokio::spawn(async move { drop(conn.await) }))
+            }
+            Tls::Rustls(tls) => {
+                let (client, conn) = self.pg.connect(tls.clone()).await?;
+                (client, tokio::spawn(async move { drop(conn.await) }))
+            }
+        };
+        Ok(Conn {
+            client,
+            task,
+            statements: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A live connection from the next slot, made there if it has none
+    /// (or a closed one). Requests on one slot wait for its connect.
+    async fn get(&self) -> Result<(usize, Arc<Conn>), tokio_postgres::Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok((i, conn.clone()));
+        }
+        *slot = None;
+        let conn = Arc::new(self.connect().await?);
+        *slot = Some(conn.clone());
+        Ok((i, conn))
+    }
+
+    /// Takes a connection that failed out of its slot (unless it was
+    /// replaced already).
+    async fn discard(&self, i: usize, conn: &Arc<Conn>) {
+        let mut slot = self.slots[i].lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+        }
+    }
 }
 
 pub struct SqlDirectory {
@@ -368,8 +449,8 @@ impl SqlDirectory {
             (None, None) => None,
         };
         let tls = match config.tls {
-            TlsMode::Disable => None,
-            TlsMode::Require => Some(tls_connector(config).map_err(DirectoryError::Failed)?),
+            TlsMode::Disable => Tls::None,
+            TlsMode::Require => Tls::Rustls(tls_connector(config).map_err(DirectoryError::Failed)?),
         };
         let mut servers = Vec::with_capacity(config.hosts.len());
         for host in &config.hosts {
@@ -380,6 +461,10 @@ impl SqlDirectory {
                 .user(&config.user)
                 .application_name("cgp-helpers")
                 .connect_timeout(config.connect_timeout)
+                .ssl_mode(match tls {
+                    Tls::None => tokio_postgres::config::SslMode::Disable,
+                    Tls::Rustls(_) => tokio_postgres::config::SslMode::Require,
+                })
                 // The server stops a query the client has given up on.
                 .options(format!(
                     "-c statement_timeout={}",
@@ -388,34 +473,14 @@ impl SqlDirectory {
             if let Some(p) = &password {
                 pg.password(p);
             }
-            let manager_config = ManagerConfig {
-                // A connection the server closed is dropped before reuse; one
-                // that hangs is dropped by the query that timed out on it.
-                recycling_method: RecyclingMethod::Fast,
-            };
-            let manager = match &tls {
-                Some(tls) => {
-                    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                    Manager::from_config(pg, tls.clone(), manager_config)
-                }
-                None => {
-                    pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                    Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
-                }
-            };
-            let pool = Pool::builder(manager)
-                .max_size(config.pool_size)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(config.statement_timeout))
-                // connect_timeout covers the TCP connect only: a server
-                // that accepts and then says nothing is cut off here.
-                .create_timeout(Some(config.connect_timeout))
-                .recycle_timeout(Some(config.connect_timeout))
-                .build()
-                .map_err(|e| DirectoryError::Failed(format!("sql pool: {e}")))?;
             servers.push(Server {
                 name: host.to_string(),
-                pool,
+                pg,
+                tls: tls.clone(),
+                slots: (0..config.pool_size)
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next: AtomicUsize::new(0),
                 failed_until: Mutex::new(None),
             });
         }
@@ -473,25 +538,37 @@ impl SqlDirectory {
         q: &Query,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Attempt> {
-        let client = server.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => classify(&e),
-            other => Attempt::Unavailable(other.to_string()),
-        })?;
+        // tokio-postgres' connect_timeout covers the TCP connect only: a
+        // server that accepts and then says nothing is cut off here.
+        let (slot, conn) = tokio::time::timeout(self.config.connect_timeout, server.get())
+            .await
+            .map_err(|_| {
+                Attempt::Unavailable(format!(
+                    "no connection within {:?}",
+                    self.config.connect_timeout
+                ))
+            })?
+            .map_err(|e| classify(&e))?;
         let run = async {
-            let statement = client.prepare_cached(q.text()).await?;
-            client.query(&statement, params).await
+            let statement = conn.prepare(q.text()).await?;
+            conn.client.query(&statement, params).await
         };
         match tokio::time::timeout(self.config.statement_timeout, run).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => {
-                // A renamed table or changed column leaves cached statements
-                // that would fail again after it is fixed.
-                client.statement_cache.clear();
-                Err(classify(&e))
+                let attempt = classify(&e);
+                if conn.client.is_closed() {
+                    server.discard(slot, &conn).await;
+                } else {
+                    // A renamed table or changed column leaves prepared
+                    // statements that would fail again after it is fixed.
+                    sync::lock(&conn.statements).clear();
+                }
+                Err(attempt)
             }
             Err(_) => {
                 // The connection still owes the answer: never reuse it.
-                drop(deadpool_postgres::Object::take(client));
+                server.discard(slot, &conn).await;
                 Err(Attempt::Unavailable(format!(
                     "no answer within {:?}",
                     self.config.statement_timeout
@@ -790,16 +867,20 @@ impl Backend for SqlDirectory {
             ];
             let mut last = String::new();
             for server in &self.servers {
-                let client = match server.pool.get().await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        last = format!("{}: {e}", server.name);
+                let conn = match tokio::time::timeout(c.connect_timeout, server.get()).await {
+                    Ok(Ok((_, conn))) => conn,
+                    Ok(Err(e)) => {
+                        last = format!("{}: {}", server.name, describe(&e));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = format!("{}: no connection", server.name);
                         continue;
                     }
                 };
                 for q in queries.into_iter().flatten() {
                     let prepared =
-                        tokio::time::timeout(c.statement_timeout, client.prepare_cached(q.text()))
+                        tokio::time::timeout(c.statement_timeout, conn.prepare(q.text()))
                             .await
                             .map_err(|_| {
                                 DirectoryError::Unavailable(format!("{}: no answer", server.name))
