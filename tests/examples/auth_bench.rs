@@ -275,6 +275,18 @@ enum Shape {
     Base,
 }
 
+/// The keys every benchmarked cgp-auth configuration shares.
+fn common_config() -> &'static str {
+    r#"[runtime]
+stats_interval = "0s"
+[log]
+journald = false
+level = "warn"
+[throttle]
+trusted_networks = ["10.0.0.0/8"]
+"#
+}
+
 /// A cgp-auth configuration: `cache_ttl` for verdicts, `dn_ttl` for who a
 /// user is (the DN), `template` for the DN-template fast path.
 #[allow(clippy::too_many_arguments)]
@@ -311,16 +323,7 @@ pool_size = 4
 bind_pool_size = 32"#,
         uri = slapd.uri()
     );
-    let common = format!(
-        r#"[runtime]
-stats_interval = "0s"
-[log]
-journald = false
-level = "warn"
-[throttle]
-trusted_networks = ["10.0.0.0/8"]
-{store}"#
-    );
+    let common = format!("{}{store}", common_config());
     let text = match shape {
         Shape::Directory => format!(
             r#"{common}
@@ -633,14 +636,7 @@ fn sql_bench(requests: usize, users: usize, in_flight: usize) {
     std::fs::write(
         &config,
         format!(
-            r#"[runtime]
-stats_interval = "0s"
-[log]
-journald = false
-level = "warn"
-[throttle]
-trusted_networks = ["10.0.0.0/8"]
-[cache]
+            r#"{common}[cache]
 positive_ttl = "0s"
 negative_ttl = "0s"
 [directory]
@@ -652,6 +648,7 @@ user = "{ROLE}"
 password = "{PASSWORD}"
 password_query = "SELECT password_hash AS password, disabled, locked FROM users WHERE email = {{address}}"
 "#,
+            common = common_config(),
             host = pg.host()
         ),
     )

@@ -327,23 +327,23 @@ fn cgp_auth_verdicts_faults_and_recovery() {
         .tempdir()
         .unwrap();
     let mut h = start_auth(dir.path(), &pg.host());
-    assert_eq!(vrfy(&mut h, "alice@example.test", "alicepw"), "OK");
-    assert_eq!(
-        vrfy(&mut h, "alice@example.test", "wrong-pass"),
-        r#"ERROR "invalid credentials""#
-    );
-    assert_eq!(
-        vrfy(&mut h, "ghost@example.test", "alicepw"),
-        r#"ERROR "invalid credentials""#
-    );
-    assert_eq!(
-        vrfy(&mut h, "dis@example.test", "dispw"),
-        r#"ERROR "account disabled""#
-    );
-    assert_eq!(
-        vrfy(&mut h, "lucy@example.test", "lucypw"),
-        r#"ERROR "account locked""#
-    );
+    for (user, password, want) in [
+        ("alice@example.test", "alicepw", "OK"),
+        (
+            "alice@example.test",
+            "wrong-pass",
+            r#"ERROR "invalid credentials""#,
+        ),
+        (
+            "ghost@example.test",
+            "alicepw",
+            r#"ERROR "invalid credentials""#,
+        ),
+        ("dis@example.test", "dispw", r#"ERROR "account disabled""#),
+        ("lucy@example.test", "lucypw", r#"ERROR "account locked""#),
+    ] {
+        assert_eq!(vrfy(&mut h, user, password), want, "{user}");
+    }
 
     // Stopped: refused at once.
     pg.stop();
