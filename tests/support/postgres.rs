@@ -24,6 +24,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// Started with TLS (a certificate signed by `ca_file()`).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -100,10 +102,29 @@ impl Postgres {
     /// A fresh cluster with database `mail`, role `cgp` (password `cgppw`,
     /// scram over TCP), loaded with `sql` as the superuser, running.
     pub fn start(sql: &str) -> Postgres {
+        Postgres::start_with(sql, false)
+    }
+
+    /// The same, with TLS offered: a certificate for 127.0.0.1 and
+    /// localhost signed by `ca_file()`.
+    pub fn start_tls(sql: &str) -> Postgres {
+        Postgres::start_with(sql, true)
+    }
+
+    fn start_with(sql: &str, tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("cgp-postgres-")
             .tempdir()
             .expect("temp dir");
+        if tls {
+            crate::slapd::make_certificates(dir.path());
+            // The server refuses a key others may read.
+            std::fs::set_permissions(
+                dir.path().join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+        }
         if let Some((uid, gid)) = unprivileged() {
             chown_tree(dir.path(), uid, gid);
         }
@@ -127,6 +148,7 @@ impl Postgres {
             dir,
             bin,
             port: free_port(),
+            tls,
             child: None,
         };
         pg.start_again();
@@ -147,6 +169,11 @@ impl Postgres {
     /// `127.0.0.1:port`, as `[directory.sql] hosts` takes it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed the server certificate (TLS only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// The server's own log.
@@ -234,10 +261,14 @@ impl Postgres {
             .arg(self.dir.path())
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "max_connections=200"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["-c", "fsync=off", "-c", "max_connections=200"]);
+        if self.tls {
+            let d = self.dir.path().display();
+            cmd.args(["-c", "ssl=on"])
+                .args(["-c", &format!("ssl_cert_file={d}/server.pem")])
+                .args(["-c", &format!("ssl_key_file={d}/server.key")]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let mut child = cmd.spawn().expect("spawn postgres");
         let port = self.port;
         let socket = self.dir.path().join(format!(".s.PGSQL.{port}"));

@@ -247,6 +247,30 @@ fn fails_over_to_the_second_server_and_back() {
     });
 }
 
+#[test]
+fn tls_verifies_the_server_certificate() {
+    let pg = Postgres::start_tls(&people());
+    let rt = runtime();
+    let with_ca = |ca: &Path| {
+        open(
+            &[pg.host()],
+            &format!("tls = \"require\"\nca_file = \"{}\"", ca.display()),
+        )
+    };
+    let alice = account("alice@example.test");
+    let dir = with_ca(&pg.ca_file());
+    assert_eq!(rt.block_on(dir.verify(&alice, b"alicepw")), Ok(Verdict::Ok));
+    // A certificate from a CA the helper was not told to trust.
+    let other = tempfile::tempdir().unwrap();
+    cgp_tests::slapd::make_certificates(other.path());
+    let dir = with_ca(&other.path().join("ca.pem"));
+    let e = rt.block_on(dir.verify(&alice, b"alicepw")).unwrap_err();
+    assert!(
+        matches!(e, DirectoryError::Unavailable(ref t) if t.contains("certificate")),
+        "{e}"
+    );
+}
+
 fn start_auth(dir: &Path, pg_host: &str) -> Session {
     let config = format!(
         r#"detailed_errors = true

@@ -630,10 +630,21 @@ fn classify(e: &tokio_postgres::Error) -> Attempt {
     }
 }
 
-/// The server's message for its errors ("db error" alone says nothing).
+/// The server's message for its errors, or the chain of causes for the
+/// others ("db error" or "error performing TLS handshake" alone say
+/// nothing).
 fn describe(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.to_string())
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A column's values as text: text types, booleans and integers, and arrays
