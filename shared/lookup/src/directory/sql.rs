@@ -147,17 +147,34 @@ impl fmt::Display for Host {
 impl<'de> Deserialize<'de> for Host {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| {
-                    serde::de::Error::custom(format!("{s:?}: the port is not a number"))
-                })?;
-                (h.trim_start_matches('[').trim_end_matches(']'), port)
+        let err = |why: &str| serde::de::Error::custom(format!("{s:?}: {why}"));
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| err("the port is not a number"))
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(|| err("no closing ]"))?;
+            match after {
+                "" => (h, 5432),
+                _ => (
+                    h,
+                    port(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| err("expected :port after ]"))?,
+                    )?,
+                ),
             }
-            _ => (s.as_str(), 5432),
+        } else if s.matches(':').count() > 1 {
+            return Err(err("write an IPv6 address as [address]:port"));
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, port(p)?),
+                None => (s.as_str(), 5432),
+            }
         };
         if host.is_empty() {
-            return Err(serde::de::Error::custom(format!("{s:?}: no host")));
+            return Err(err("no host"));
         }
         Ok(Host {
             host: host.to_string(),
@@ -954,8 +971,7 @@ mod tests {
 
     #[test]
     fn hosts_parse_with_and_without_port() {
-        let h: Vec<Host> =
-            serde_json_like(r#"["db1:6432", "db2", "/run/postgresql", "[::1]:5433"]"#);
+        let h: Vec<Host> = hosts(r#"["db1:6432", "db2", "/run/postgresql", "[::1]:5433"]"#);
         assert_eq!(
             h[0],
             Host {
@@ -986,12 +1002,29 @@ mod tests {
         );
     }
 
-    fn serde_json_like(list: &str) -> Vec<Host> {
+    fn hosts(list: &str) -> Vec<Host> {
+        parse_hosts(list).unwrap()
+    }
+
+    fn parse_hosts(list: &str) -> Result<Vec<Host>, toml::de::Error> {
         #[derive(Deserialize)]
         struct T {
             h: Vec<Host>,
         }
-        toml::from_str::<T>(&format!("h = {list}")).unwrap().h
+        toml::from_str::<T>(&format!("h = {list}")).map(|t| t.h)
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        for (bad, why) in [
+            (r#"["::1"]"#, "write an IPv6 address as [address]:port"),
+            (r#"["db:x"]"#, "the port is not a number"),
+            (r#"["[::1"]"#, "no closing ]"),
+            (r#"[":5432"]"#, "no host"),
+        ] {
+            let e = parse_hosts(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
