@@ -5,7 +5,7 @@
 //! 2. with the AMI server answering in 5 ms, the AMI actions sent for a
 //!    burst of 1,000 requests for 100 distinct users.
 
-use cgp_tests::banner::{ALICE_IDLE, config, pbx, session};
+use cgp_tests::banner::{ALICE_IDLE, config, pbx, session, static_user};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::path::Path;
@@ -97,8 +97,10 @@ fn hundred_users(pbx: &FakeAmi, prefix: &str, first: u32) -> String {
             pbx.set_mailbox(&format!("{ext}@default"), i, 0);
             pbx.set_extension(&ext.to_string(), "default", "PJSIP/x", 0);
             let upper = prefix.to_uppercase();
-            format!(
-                "[directory.users.\"{prefix}{i}@example.com\"]\nreal_name = \"{upper}{i}\"\nmailbox = \"{ext}@default\"\nextension = \"{ext}\"\n"
+            static_user(
+                &format!("{prefix}{i}@example.com"),
+                &format!("{upper}{i}"),
+                Some(ext),
             )
         })
         .collect()

@@ -13,18 +13,28 @@ pub fn session(config: &Path) -> Session {
 }
 
 pub const USERS: &str = r#"
-[directory.users."alice@example.com"]
-real_name = "Alice Example"
-groups = ["staff"]
-mailbox = "1001@default"
-extension = "1001"
-pbx = "pbx1"
+[attributes]
+pbx = "AstPbx"
 
-[directory.users."bob@example.com"]
-real_name = "Bob"
-mailbox = "1002@default"
-extension = "1002"
+[[directory.static.users]]
+name = "alice@example.com"
+groups = ["staff"]
+attributes = { cn = ["Alice Example"], AstAccountMailbox = ["1001@default"], AstAccountName = ["1001"], AstPbx = ["pbx1"] }
+
+[[directory.static.users]]
+name = "bob@example.com"
+attributes = { cn = ["Bob"], AstAccountMailbox = ["1002@default"], AstAccountName = ["1002"] }
 "#;
+
+/// A static person as configuration: name, mailbox and extension.
+pub fn static_user(address: &str, real_name: &str, exten: Option<u32>) -> String {
+    let pbx = exten.map_or(String::new(), |e| {
+        format!(r#", AstAccountMailbox = ["{e}@default"], AstAccountName = ["{e}"]"#)
+    });
+    format!(
+        "[[directory.static.users]]\nname = \"{address}\"\nattributes = {{ cn = [{real_name:?}]{pbx} }}\n"
+    )
+}
 
 pub const RULES: &str = r#"
 [[banner]]

@@ -49,3 +49,24 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn testdata(dir: &str) -> PathBuf {
     workspace().join("testdata").join(dir)
 }
+
+/// A `[log]` section writing warnings to `<dir>/helper.log`, and that path.
+pub fn warn_log(dir: &Path) -> (String, PathBuf) {
+    let path = dir.join("helper.log");
+    let section = format!(
+        "[log]\njournald = false\nfile = \"{}\"\nlevel = \"warn\"\n",
+        path.display()
+    );
+    (section, path)
+}
+
+/// The whole log at `path`, and its `unknown shape` lines.
+pub fn unknown_shape_lines(path: &Path) -> (String, Vec<String>) {
+    let logged = std::fs::read_to_string(path).unwrap_or_default();
+    let lines = logged
+        .lines()
+        .filter(|l| l.contains("unknown shape"))
+        .map(str::to_string)
+        .collect();
+    (logged, lines)
+}

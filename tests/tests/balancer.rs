@@ -57,3 +57,49 @@ fn vip_hook_brings_vips_up_and_down_once() {
     }
     h.finish();
 }
+
+/// Issue 18: a request outside the reconstructed grammar is refused with
+/// the state left as it is, and its shape (never its values) is logged at
+/// warn level once.
+#[test]
+fn unknown_request_shapes_are_refused_and_logged_once_without_values() {
+    let work = tempfile::tempdir().unwrap();
+    let (log_section, log) = cgp_tests::warn_log(work.path());
+    let cfg = work.path().join("shapes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "reconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\
+             [groups.edge.ipvs]\nports = [25]\ndry_run = true\n"
+        ),
+    )
+    .unwrap();
+    let mut h = Session::start(&bin("cgp-balancer"), &cfg);
+    assert_eq!(h.ask("SERVERS edge (10.0.0.5)"), "OK");
+    for _ in 0..3 {
+        assert_eq!(
+            h.ask("ADD edge 10.0.0.6 weight-77"),
+            r#"ERROR "ADD takes <group> <address>""#
+        );
+        assert_eq!(
+            h.ask("DRAIN edge 10.0.0.5"),
+            r#"ERROR "unsupported command""#
+        );
+    }
+    // The helper goes on with the state it had.
+    assert_eq!(h.ask("REMOVE edge 10.0.0.6"), "OK");
+    assert_eq!(h.ask("REMOVE edge 10.0.0.5"), "OK");
+    h.finish();
+    let (logged, lines) = cgp_tests::unknown_shape_lines(&log);
+    assert_eq!(lines.len(), 2, "{logged}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains("shape=ADD string string string")
+            && lines[0].contains("lengths=4 8 9"),
+        "{logged}"
+    );
+    assert!(lines[1].contains("shape=DRAIN string string"), "{logged}");
+    for value in ["10.0.0.6", "weight-77", "edge"] {
+        assert!(!logged.contains(value), "{value} in {logged}");
+    }
+}

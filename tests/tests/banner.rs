@@ -3,7 +3,7 @@
 //! announcements added while the helper runs, request coalescing, and the
 //! 4096-byte line.
 
-use cgp_tests::banner::{ALICE_IDLE, config, pbx, session};
+use cgp_tests::banner::{ALICE_IDLE, config, pbx, session, static_user};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
 use std::process::Command;
@@ -107,9 +107,10 @@ fn a_burst_for_many_users_sends_one_action_per_mailbox() {
     let users: String = (0..100)
         .map(|i| {
             fake.set_mailbox(&format!("{}@default", 2000 + i), i, 0);
-            format!(
-                "[directory.users.\"u{i}@example.com\"]\nreal_name = \"U{i}\"\nmailbox = \"{}@default\"\n",
-                2000 + i
+            static_user(
+                &format!("u{i}@example.com"),
+                &format!("U{i}"),
+                Some(2000 + i),
             )
         })
         .collect();
@@ -199,8 +200,8 @@ fn overlong_banners_are_cut_or_replaced_to_fit_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let fake = pbx();
     // Ä is 2 bytes, `"` becomes `\"` on the wire: the cut must count both.
-    let long_name = "Ä\\\"".repeat(200);
-    let users = format!("[directory.users.\"long@example.com\"]\nreal_name = \"{long_name}\"\n");
+    let long_name = "Ä\"".repeat(200);
+    let users = static_user("long@example.com", &long_name, None);
     let mut s = session(&config(dir.path(), fake.port(), &users));
     let text = s.ask("BANNER Long long@example.com");
     assert!(text.starts_with(r#"OK "Ä\"Ä\"Ä"#), "{text}");
@@ -247,6 +248,48 @@ fn announce_refuses_bad_input_with_a_message() {
     }
 }
 
+/// Issue 14, defect 4: `--for 1000000years` was accepted and `list` then
+/// panicked formatting a time after year 9999.
+#[test]
+fn a_window_past_year_9999_is_refused_where_it_enters_and_never_breaks_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "");
+    let announce = |args: &[&str]| {
+        Command::new(bin("cgp-banner"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("announce")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = announce(&["add", "--text", "x", "--for", "1000000years"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {out:?}");
+    assert!(
+        err.contains("--for \"1000000years\"") && err.contains("9999-12-31T23:59:59Z"),
+        "{err}"
+    );
+    // A spool file written by hand (or by an older version) with such a
+    // window is set aside, and `list` still works.
+    let ok = announce(&["add", "--text", "kept", "--for", "1h"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let spool = dir.path().join("state.spool");
+    std::fs::write(
+        spool.join("op-0000000000000000-huge.json"),
+        r#"{"op":"add","id":"huge","text":"t","target":"all","from":0,"until":18446744073709551615}"#,
+    )
+    .unwrap();
+    let out = announce(&["list", "--all"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        listed.contains("kept") && !listed.contains("huge"),
+        "{listed}"
+    );
+    assert!(spool.join("bad-op-0000000000000000-huge.json").exists());
+}
+
 #[test]
 fn users_from_ldap_with_groups_hostile_values_and_a_directory_outage() {
     use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};
@@ -265,16 +308,23 @@ fn users_from_ldap_with_groups_hostile_values_and_a_directory_outage() {
     fake.set_extension("1003", "default", "PJSIP/1003", 4);
     let ldap = format!(
         r#"
+[directory]
+type = "ldap"
+[directory.cache]
+ttl = "300ms"
+negative_ttl = "300ms"
 [directory.ldap]
-base = "{BASE}"
-group_base = "ou=groups,{BASE}"
-cache_ttl = "300ms"
-[directory.ldap.server]
 uris = ["{uri}"]
 bind_dn = "{SERVICE_DN}"
 bind_password = "{SERVICE_PASSWORD}"
 connect_timeout = "500ms"
 op_timeout = "500ms"
+[directory.search]
+base = "{BASE}"
+mail_filter = "(mail={{address}})"
+[directory.groups]
+lookup = "search"
+base = "ou=groups,{BASE}"
 
 [[announcement]]
 text = "Staff only"
@@ -399,4 +449,51 @@ fn a_store_locked_by_the_previous_process_is_taken_over_when_it_exits() {
     old.finish();
     new.ask_until("BANNER Notices bob@example.com", r#"OK "stored""#);
     new.finish();
+}
+
+/// Issue 18: a request outside the reconstructed grammar gets no banner,
+/// and its shape (never its values) is logged at warn level once.
+#[test]
+fn unknown_request_shapes_get_no_banner_and_are_logged_once_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_section, log) = cgp_tests::warn_log(dir.path());
+    let cfg = dir.path().join("banner.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "default_banner = \"Welcome\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\
+             [[banner]]\ntemplate = \"Hello {{account}}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut s = session(&cfg);
+    for _ in 0..3 {
+        assert_eq!(
+            s.ask("BANNER XIMSSLogin secret.user@example.com {} s3cretvalue"),
+            r#"ERROR "no banner""#
+        );
+        assert_eq!(s.ask("BANNERX hidden"), r#"ERROR "no banner""#);
+    }
+    // Another account of the same shape: not logged again.
+    assert_eq!(
+        s.ask("BANNER XIMSSLogin bob@example.com {} other"),
+        r#"ERROR "no banner""#
+    );
+    assert_eq!(
+        s.ask("BANNER XIMSSLogin bob@example.com"),
+        r#"OK "Hello bob@example.com""#
+    );
+    s.finish();
+    let (logged, lines) = cgp_tests::unknown_shape_lines(&log);
+    assert_eq!(lines.len(), 2, "{logged}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logged}");
+    assert!(
+        lines[0].contains("shape=BANNER string string dict string")
+            && lines[0].contains("lengths=10 23 0 11"),
+        "{logged}"
+    );
+    assert!(lines[1].contains("shape=BANNERX string"), "{logged}");
+    for secret in ["secret.user", "s3cretvalue", "hidden", "XIMSSLogin"] {
+        assert!(!logged.contains(secret), "{secret} in {logged}");
+    }
 }

@@ -1,9 +1,10 @@
-//! The AMI back end (`cgp_lookup::ami`) against the scripted AMI server.
+//! The AMI back end (`cgp_lookup::ami`) against the scripted AMI server,
+//! alone and behind the PBX interface (`cgp_lookup::pbx`).
 
-use cgp_lookup::ami::{
-    Ami, AmiConfig, AmiError, AmiServer, ExtensionState, MailboxCount, PbxEvent,
-};
+use cgp_lookup::ami::{Ami, AmiConfig, AmiServer, ExtensionState};
+use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx, PbxError, PbxEvent, Voicemail};
 use cgp_tests::fake_ami::{FakeAmi, Fault};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -70,7 +71,7 @@ async fn md5_login_actions_lists_and_typed_errors() {
 
     assert_eq!(
         ami.mailbox_count("pbx1", "1001@default").await,
-        Ok(MailboxCount { new: 3, old: 7 })
+        Ok(Voicemail { new: 3, old: 7 })
     );
     assert_eq!(
         ami.extension_state("pbx1", "1001", "default")
@@ -101,7 +102,7 @@ async fn md5_login_actions_lists_and_typed_errors() {
     );
     assert!(matches!(
         ami.mailbox_count("nosuch", "1").await,
-        Err(AmiError::UnknownServer(_))
+        Err(PbxError::UnknownPbx(_))
     ));
 }
 
@@ -117,7 +118,7 @@ async fn plain_login_when_no_challenge_is_offered_and_md5_can_be_required() {
     // Give the strict client time for several attempts; it must never log in.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!ami.is_up("strict"));
-    assert!(matches!(ami.ping("strict").await, Err(AmiError::Down(_))));
+    assert!(matches!(ami.ping("strict").await, Err(PbxError::Down(_))));
     assert_eq!(fake.logins(), 1);
 }
 
@@ -129,7 +130,7 @@ async fn refused_login_keeps_the_server_down_without_blocking_callers() {
     let t = Instant::now();
     assert!(matches!(
         ami.mailbox_count("pbx", "1@x").await,
-        Err(AmiError::Down(_))
+        Err(PbxError::Down(_))
     ));
     assert!(
         t.elapsed() < Duration::from_millis(250),
@@ -161,14 +162,14 @@ async fn slow_and_silent_servers_time_out_within_the_action_timeout() {
     fake.set_fault(Fault::Slow(Duration::from_millis(100)));
     assert_eq!(
         ami.mailbox_count("pbx", "1@x").await,
-        Ok(MailboxCount { new: 1, old: 0 })
+        Ok(Voicemail { new: 1, old: 0 })
     );
 
     fake.set_fault(Fault::NoReply);
     let t = Instant::now();
     assert!(matches!(
         ami.mailbox_count("pbx", "1@x").await,
-        Err(AmiError::Timeout(_))
+        Err(PbxError::Timeout(_))
     ));
     let took = t.elapsed();
     assert!(
@@ -184,12 +185,12 @@ async fn response_error_is_typed_and_a_lost_link_is_down() {
     until("login", || ami.is_up("pbx")).await;
     assert_eq!(
         ami.mailbox_count("pbx", "").await,
-        Err(AmiError::Refused("Mailbox or Exten not specified".into()))
+        Err(PbxError::Refused("Mailbox or Exten not specified".into()))
     );
     assert!(ami.is_up("pbx"), "a refused action leaves the link up");
     drop(fake);
     until("link lost", || !ami.is_up("pbx")).await;
-    assert!(matches!(ami.ping("pbx").await, Err(AmiError::Down(_))));
+    assert!(matches!(ami.ping("pbx").await, Err(PbxError::Down(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,14 +202,13 @@ async fn events_are_forwarded_and_a_dropped_link_resyncs_then_reconnects() {
     until("session registered", || fake.sessions() == 1).await;
 
     fake.message_waiting("1001@default", 2, 5);
-    let e = next_event(&mut rx, |e| matches!(e, PbxEvent::Mailbox { .. })).await;
+    let e = next_event(&mut rx, |e| matches!(e, PbxEvent::Voicemail { .. })).await;
     assert_eq!(
         e,
-        PbxEvent::Mailbox {
-            server: "pbx".into(),
+        PbxEvent::Voicemail {
+            pbx: "pbx".into(),
             mailbox: "1001@default".into(),
-            new: 2,
-            old: 5
+            counts: Voicemail { new: 2, old: 5 }
         }
     );
     fake.extension_status("1001", "default", "PJSIP/1001", 8);
@@ -216,10 +216,12 @@ async fn events_are_forwarded_and_a_dropped_link_resyncs_then_reconnects() {
     assert_eq!(
         e,
         PbxEvent::Extension {
-            server: "pbx".into(),
-            exten: "1001".into(),
-            context: "default".into(),
-            status: 8
+            pbx: "pbx".into(),
+            extension: ExtensionId {
+                exten: "1001".into(),
+                context: "default".into()
+            },
+            state: ExtState::Ringing
         }
     );
 
@@ -247,13 +249,13 @@ async fn a_server_down_at_start_is_connected_when_it_comes_up() {
         server("early", other.port(), "s", false),
     ]));
     until("the running server", || ami.is_up("early")).await;
-    assert!(matches!(ami.ping("late").await, Err(AmiError::Down(_))));
+    assert!(matches!(ami.ping("late").await, Err(PbxError::Down(_))));
     let late = FakeAmi::start_on(port, "cgp", "s", true);
     late.set_mailbox("9@x", 4, 0);
     until("the late server", || ami.is_up("late")).await;
     assert_eq!(
         ami.mailbox_count("late", "9@x").await,
-        Ok(MailboxCount { new: 4, old: 0 })
+        Ok(Voicemail { new: 4, old: 0 })
     );
     assert_eq!(
         other.count("MailboxCount"),
@@ -278,4 +280,58 @@ async fn keepalive_pings_detect_a_server_that_stopped_answering() {
     fake.set_fault(Fault::NoReply);
     next_event(&mut rx, |e| matches!(e, PbxEvent::Resync { .. })).await;
     until("a new login", || fake.logins() >= 2).await;
+}
+
+/// The PBX interface over AMI: a link lost while the PBX's state changes
+/// leaves nothing stale behind; after the reconnect the extension table is
+/// rebuilt from one ExtensionStateList, without a question per extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pbx_interface_rebuilds_state_after_a_reconnect_instead_of_keeping_it() {
+    let fake = FakeAmi::start("cgp", "s", true);
+    fake.set_extension("1001", "default", "PJSIP/1001", 0);
+    fake.set_mailbox("1001@default", 1, 0);
+    let ami = Arc::new(Ami::start(&config(vec![server(
+        "pbx",
+        fake.port(),
+        "s",
+        false,
+    )])));
+    let pbx = Pbx::start(vec![ami.clone()], Duration::from_secs(300)).unwrap();
+    let phone = ExtensionId {
+        exten: "1001".into(),
+        context: "default".into(),
+    };
+    until("the first snapshot", || {
+        fake.count("ExtensionStateList") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pbx.extension(None, &phone).await, Ok(ExtState::Idle));
+    assert_eq!(
+        pbx.voicemail(Some("pbx"), "1001@default").await,
+        Ok(Voicemail { new: 1, old: 0 })
+    );
+
+    fake.set_extension("1001", "default", "PJSIP/1001", 2);
+    fake.set_mailbox("1001@default", 3, 0);
+    fake.set_fault(Fault::DropMidMessage);
+    assert!(ami.ping("pbx").await.is_err());
+    until("link lost", || !ami.is_up("pbx")).await;
+    fake.set_fault(Fault::None);
+    until("the second snapshot", || {
+        fake.count("ExtensionStateList") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pbx.extension(None, &phone).await, Ok(ExtState::Busy));
+    assert_eq!(
+        fake.count("ExtensionState"),
+        0,
+        "states came from the lists"
+    );
+    assert_eq!(
+        pbx.voicemail(None, "1001@default").await,
+        Ok(Voicemail { new: 3, old: 0 }),
+        "the count from before the link loss is not reused"
+    );
 }

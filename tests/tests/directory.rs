@@ -27,6 +27,13 @@ attributes = ["cn", "mail", "departmentNumber"]
     config.open(&["telephoneNumber"]).unwrap()
 }
 
+/// A slapd, a runtime, and a directory on the slapd with `extra`.
+fn start(extra: &str) -> (Slapd, tokio::runtime::Runtime, Directory) {
+    let slapd = Slapd::start_default();
+    let dir = open(&slapd, extra);
+    (slapd, runtime(), dir)
+}
+
 fn account(s: &str) -> Account {
     Account::parse(s.as_bytes()).unwrap()
 }
@@ -75,10 +82,7 @@ fn people_attributes_and_groups() {
 
 #[test]
 fn passwords_by_bind_and_by_compare() {
-    let slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(
-        &slapd,
+    let (_slapd, rt, dir) = start(
         r#"
 [search]
 base = "ou=people,dc=example,dc=org"
@@ -173,10 +177,7 @@ filter = "(|(member={dn})(cn={user}))"
 
 #[test]
 fn several_matching_entries_are_refused() {
-    let slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(
-        &slapd,
+    let (_slapd, rt, dir) = start(
         r#"
 [search]
 base = "ou=people,dc=example,dc=org"
@@ -194,9 +195,7 @@ user_filter = "(|(uid={user})(uid=bob))"
 
 #[test]
 fn a_server_that_is_down_is_unavailable() {
-    let mut slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(&slapd, PEOPLE);
+    let (mut slapd, rt, dir) = start(PEOPLE);
     slapd.stop();
     rt.block_on(async {
         assert!(matches!(

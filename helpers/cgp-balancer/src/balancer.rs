@@ -6,13 +6,13 @@
 use crate::config::{BalancerConfig, GroupConfig};
 use crate::driver::{Driver, Note, op_limit, run_program};
 use crate::state::{GroupState, StateDb};
-use crate::wire::{self, Parsed};
+use crate::wire::{self, Parsed, Refused};
 use cgp_runtime::{Ctx, Helper};
+use cgp_wire::shape::UnknownShapes;
 use cgp_wire::{Reply, Request};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
@@ -39,7 +39,9 @@ pub struct Balancer {
     db: Arc<StateDb>,
     grace: Duration,
     deadline: Duration,
-    extra_args_logged: AtomicBool,
+    /// Requests outside the reconstructed grammar, reported once per shape
+    /// (kept over a reload, so a shape is reported once per process).
+    unknown_shapes: Arc<UnknownShapes>,
     sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -136,9 +138,6 @@ impl Balancer {
         let Some(group) = self.groups.get(&parsed.group) else {
             return wire::refused(&format!("unknown group {}", parsed.group));
         };
-        if parsed.ignored > 0 && !self.extra_args_logged.swap(true, Ordering::Relaxed) {
-            ctx.info("extra arguments after a balancer command ignored (reported once)");
-        }
         // Leave time to write the reply before the runtime's own deadline.
         let deadline = ctx
             .deadline()
@@ -281,7 +280,10 @@ impl Helper for Balancer {
             db,
             grace: cfg.drain_grace,
             deadline: cfg.runtime.deadline,
-            extra_args_logged: AtomicBool::new(false),
+            unknown_shapes: previous
+                .as_ref()
+                .map(|p| p.unknown_shapes.clone())
+                .unwrap_or_default(),
             sweeper,
         })
     }
@@ -290,15 +292,19 @@ impl Helper for Balancer {
     /// them (an ADD followed at once by a REMOVE of the same server must not
     /// be applied the other way round); groups do not wait for each other.
     fn order_key(&self, req: &Request) -> Option<Vec<u8>> {
-        let parsed = wire::parse(&req.command, &req.rest).ok()??;
+        let parsed = wire::parse(&req.command, &req.rest).ok()?;
         Some(parsed.group.into_bytes())
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
         match wire::parse(&req.command, &req.rest) {
-            Ok(Some(parsed)) => self.command(&ctx, parsed).await,
-            Ok(None) => wire::refused("unsupported command"),
-            Err(e) => wire::refused(&e),
+            Ok(parsed) => self.command(&ctx, parsed).await,
+            Err(refused) => {
+                if let Refused::UnknownShape(_) = refused {
+                    self.unknown_shapes.report(&req, "error, state unchanged");
+                }
+                wire::refused(refused.reason())
+            }
         }
     }
 

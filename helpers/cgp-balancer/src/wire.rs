@@ -14,9 +14,12 @@
 //! <seq> STOP <group>                    give up the balancer duty
 //! ```
 //!
-//! Lists are CGP arrays `(a, b, c)`; an address is `10.0.0.5`, `[10.0.0.5]`,
-//! `[10.0.0.5]:25`, `10.0.0.5:25`, `[2001:db8::5]:25` or `2001:db8::5`.
-//! Extra trailing arguments are ignored (forward compatibility).
+//! Lists are CGP arrays `(a, b, c)` of strings; an address is `10.0.0.5`,
+//! `[10.0.0.5]`, `[10.0.0.5]:25`, `10.0.0.5:25`, `[2001:db8::5]:25` or
+//! `2001:db8::5`. A request in any other shape (another command, fewer or
+//! more arguments, other types) is not guessed at: it is refused with an
+//! error, the state is left as it is, and its shape is logged (see
+//! [`Refused::UnknownShape`]).
 
 use cgp_wire::Reply;
 use cgp_wire::data::{Value, parse_values};
@@ -114,55 +117,71 @@ impl Command {
     }
 }
 
-/// A request understood, with the number of trailing arguments ignored.
+/// A request understood.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub group: String,
     pub command: Command,
-    pub ignored: usize,
 }
 
-/// Parses the arguments of a balancer command. `Ok(None)`: not a balancer
-/// command at all.
-pub fn parse(command: &str, rest: &[u8]) -> Result<Option<Parsed>, String> {
-    let min_args = match command {
-        "START" | "STOP" => 1,
-        "SERVERS" | "ADD" | "REMOVE" => 2,
-        _ => return Ok(None),
-    };
-    let args = parse_values(rest).map_err(|e| format!("bad arguments: {e}"))?;
-    if args.len() < min_args {
-        return Err(format!("{command} needs {}", usage(command)));
+/// Why a request is refused. Either way the reply is an error and no state
+/// changes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not in the reconstructed grammar; the reason for the reply. The
+    /// helper logs the request's shape once.
+    UnknownShape(String),
+    /// In the grammar, with a value it cannot take.
+    Bad(String),
+}
+
+impl Refused {
+    pub fn reason(&self) -> &str {
+        match self {
+            Refused::UnknownShape(r) | Refused::Bad(r) => r,
+        }
     }
-    let group = match args[0].as_str() {
-        Some(g) if !g.is_empty() => g.to_string(),
-        _ => return Err("the group must be a non-empty string".into()),
-    };
-    let (command, used) = match command {
-        "START" => match args.get(1) {
-            Some(list) => (
-                Command::Start {
-                    vips: Some(list_of(list, "VIP", |s| s.parse::<IpAddr>().ok())?),
-                },
-                2,
-            ),
-            None => (Command::Start { vips: None }, 1),
-        },
-        "STOP" => (Command::Stop, 1),
-        "SERVERS" => (
-            Command::Servers(list_of(&args[1], "address", |s| s.parse().ok())?),
-            2,
-        ),
-        "ADD" => (Command::Add(address(&args[1])?), 2),
-        _ => (Command::Remove(address(&args[1])?), 2),
-    };
-    Ok(Some(Parsed {
-        group,
-        command,
-        ignored: args.len() - used,
-    }))
 }
 
+/// Parses a balancer command.
+pub fn parse(command: &str, rest: &[u8]) -> Result<Parsed, Refused> {
+    use Refused::{Bad, UnknownShape};
+    let (min_args, max_args) = match command {
+        "START" => (1, 2),
+        "STOP" => (1, 1),
+        "SERVERS" | "ADD" | "REMOVE" => (2, 2),
+        _ => return Err(UnknownShape("unsupported command".into())),
+    };
+    let args = parse_values(rest).map_err(|e| UnknownShape(format!("bad arguments: {e}")))?;
+    if args.len() < min_args || args.len() > max_args {
+        return Err(UnknownShape(format!("{command} takes {}", usage(command))));
+    }
+    let group = match &args[0] {
+        Value::Str(g) if g.is_empty() => {
+            return Err(Bad("the group must be a non-empty string".into()));
+        }
+        Value::Str(_) => args[0]
+            .as_str()
+            .ok_or_else(|| Bad("the group is not UTF-8".into()))?
+            .to_string(),
+        _ => return Err(UnknownShape("the group must be a string".into())),
+    };
+    let command = match command {
+        "START" => Command::Start {
+            vips: match args.get(1) {
+                Some(list) => Some(list_of(list, "VIP", |s| s.parse::<IpAddr>().ok())?),
+                None => None,
+            },
+        },
+        "STOP" => Command::Stop,
+        "SERVERS" => Command::Servers(list_of(&args[1], "address", |s| s.parse().ok())?),
+        "ADD" => Command::Add(address(&args[1])?),
+        _ => Command::Remove(address(&args[1])?),
+    };
+    Ok(Parsed { group, command })
+}
+
+/// The arguments a command takes.
 fn usage(command: &str) -> &'static str {
     match command {
         "START" => "<group> [<vip-list>]",
@@ -172,13 +191,16 @@ fn usage(command: &str) -> &'static str {
     }
 }
 
-fn address(v: &Value) -> Result<Endpoint, String> {
+fn address(v: &Value) -> Result<Endpoint, Refused> {
     match v {
         Value::Str(_) => v
             .as_str()
-            .ok_or_else(|| "the address is not UTF-8".to_string())?
-            .parse(),
-        _ => Err("the address must be a string, not a list".into()),
+            .ok_or_else(|| Refused::Bad("the address is not UTF-8".into()))?
+            .parse()
+            .map_err(Refused::Bad),
+        _ => Err(Refused::UnknownShape(
+            "the address must be a string, not a list".into(),
+        )),
     }
 }
 
@@ -188,18 +210,29 @@ fn list_of<T: PartialEq>(
     v: &Value,
     what: &str,
     item: impl Fn(&str) -> Option<T>,
-) -> Result<Vec<T>, String> {
+) -> Result<Vec<T>, Refused> {
     let Value::Array(items) = v else {
-        return Err(format!("the {what} list must be a list: (a, b, c)"));
+        return Err(Refused::UnknownShape(format!(
+            "the {what} list must be a list: (a, b, c)"
+        )));
     };
     let mut out = Vec::with_capacity(items.len());
     for i in items {
-        let parsed = i.as_str().and_then(&item).ok_or_else(|| {
+        let bad = || {
             format!(
                 "bad {what} in list: {}",
                 String::from_utf8_lossy(&i.encode())
             )
-        })?;
+        };
+        // A list inside the list is another shape; a string that is no
+        // address is a bad value.
+        let parsed = match i {
+            Value::Str(_) => i
+                .as_str()
+                .and_then(&item)
+                .ok_or_else(|| Refused::Bad(bad()))?,
+            _ => return Err(Refused::UnknownShape(bad())),
+        };
         if !out.contains(&parsed) {
             out.push(parsed);
         }
@@ -253,7 +286,6 @@ mod tests {
         assert_eq!(
             p("START", "mail (192.0.2.10, \"192.0.2.11\")")
                 .unwrap()
-                .unwrap()
                 .command,
             Command::Start {
                 vips: Some(vec![
@@ -263,44 +295,43 @@ mod tests {
             }
         );
         assert_eq!(
-            p("START", "mail").unwrap().unwrap().command,
+            p("START", "mail").unwrap().command,
             Command::Start { vips: None }
         );
-        let s = p("SERVERS", "mail ([10.0.0.5]:25, 10.0.0.6, 10.0.0.6) extra")
-            .unwrap()
-            .unwrap();
+        let s = p("SERVERS", "mail ([10.0.0.5]:25, 10.0.0.6, 10.0.0.6)").unwrap();
         assert_eq!(
             s.command,
             Command::Servers(vec![ep("10.0.0.5:25"), ep("10.0.0.6")])
         );
-        assert_eq!(s.ignored, 1);
         assert_eq!(
-            p("SERVERS", "mail ()").unwrap().unwrap().command,
+            p("SERVERS", "mail ()").unwrap().command,
             Command::Servers(vec![])
         );
         assert_eq!(
-            p("ADD", "mail [10.0.0.7]").unwrap().unwrap().command,
+            p("ADD", "mail [10.0.0.7]").unwrap().command,
             Command::Add(ep("10.0.0.7"))
         );
-        assert_eq!(
-            p("REMOVE", "\"mail\" 10.0.0.7").unwrap().unwrap().group,
-            "mail"
-        );
-        assert_eq!(p("STOP", "mail").unwrap().unwrap().command, Command::Stop);
-        assert_eq!(p("VRFY", "x"), Ok(None));
+        assert_eq!(p("REMOVE", "\"mail\" 10.0.0.7").unwrap().group, "mail");
+        assert_eq!(p("STOP", "mail").unwrap().command, Command::Stop);
     }
 
     #[test]
-    fn malformed() {
-        let e = |c: &str, r: &str| parse(c, r.as_bytes()).unwrap_err();
-        assert_eq!(e("SERVERS", "mail"), "SERVERS needs <group> <address-list>");
+    fn other_shapes_are_not_guessed_at() {
+        let e = |c: &str, r: &str| match parse(c, r.as_bytes()) {
+            Err(Refused::UnknownShape(reason)) => reason,
+            other => panic!("{c} {r}: {other:?}"),
+        };
+        assert_eq!(e("VRFY", "x"), "unsupported command");
+        assert_eq!(e("SERVERS", "mail"), "SERVERS takes <group> <address-list>");
+        assert_eq!(
+            e("SERVERS", "mail () trailing"),
+            "SERVERS takes <group> <address-list>"
+        );
+        assert_eq!(e("STOP", "mail extra"), "STOP takes <group>");
+        assert_eq!(e("STOP", ""), "STOP takes <group>");
         assert_eq!(
             e("SERVERS", "mail 10.0.0.5"),
             "the address list must be a list: (a, b, c)"
-        );
-        assert_eq!(
-            e("SERVERS", "mail (10.0.0.5, nope)"),
-            "bad address in list: nope"
         );
         assert_eq!(
             e("SERVERS", "mail ((10.0.0.5))"),
@@ -311,8 +342,21 @@ mod tests {
             e("ADD", "mail (10.0.0.5)"),
             "the address must be a string, not a list"
         );
+        assert_eq!(e("STOP", "(mail)"), "the group must be a string");
+    }
+
+    #[test]
+    fn bad_values() {
+        let e = |c: &str, r: &str| match parse(c, r.as_bytes()) {
+            Err(Refused::Bad(reason)) => reason,
+            other => panic!("{c} {r}: {other:?}"),
+        };
+        assert_eq!(
+            e("SERVERS", "mail (10.0.0.5, nope)"),
+            "bad address in list: nope"
+        );
         assert_eq!(e("START", "\"\""), "the group must be a non-empty string");
-        assert_eq!(e("STOP", ""), "STOP needs <group>");
         assert_eq!(e("START", "mail (1.2.3)"), "bad VIP in list: \"1.2.3\"");
+        assert_eq!(e("ADD", "mail 10.0.0.5:0"), "bad address \"10.0.0.5:0\"");
     }
 }

@@ -95,15 +95,15 @@ fn announcement(
     let from = from.map_or(Ok(now()), |s| time(&s))?;
     let until = match (until, duration) {
         (Some(u), _) => time(&u)?,
-        (None, Some(d)) => {
-            let d = humantime::parse_duration(&d).map_err(|e| format!("--for {d:?}: {e}"))?;
-            from.saturating_add(d.as_secs())
+        (None, Some(text)) => {
+            let d = humantime::parse_duration(&text).map_err(|e| format!("--for {text:?}: {e}"))?;
+            let until = from.saturating_add(d.as_secs());
+            Announcement::check(from, until).map_err(|e| format!("--for {text:?}: {e}"))?;
+            until
         }
         (None, None) => return Err("give --until or --for".into()),
     };
-    if until <= from {
-        return Err("the window ends before it starts".into());
-    }
+    Announcement::check(from, until).map_err(|e| e.to_string())?;
     Ok(Announcement {
         id: new_id(),
         text,

@@ -56,8 +56,16 @@ impl From<Target> for String {
     }
 }
 
-/// One announcement. Times are Unix seconds; the window is `[from, until)`.
+/// The last second an announcement's window can reach: the end of year 9999,
+/// the latest time RFC 3339 (and so `announce list`) can write.
+pub const LATEST: u64 = 253_402_300_799;
+
+/// One announcement. Times are Unix seconds; the window is `[from, until)`,
+/// with `from < until <= LATEST`: every way in (the command line, the spool,
+/// the store, the snapshot) goes through [`Announcement::check`] or its
+/// deserializer, so a window nobody can display never gets in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Record")]
 pub struct Announcement {
     pub id: String,
     pub text: String,
@@ -69,16 +77,69 @@ pub struct Announcement {
     pub types: Vec<String>,
 }
 
+/// An announcement as written in a file, before its window is checked.
+#[derive(Deserialize)]
+struct Record {
+    id: String,
+    text: String,
+    target: Target,
+    from: u64,
+    until: u64,
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+impl TryFrom<Record> for Announcement {
+    type Error = WindowError;
+    fn try_from(r: Record) -> Result<Announcement, WindowError> {
+        Announcement::check(r.from, r.until)?;
+        Ok(Announcement {
+            id: r.id,
+            text: r.text,
+            target: r.target,
+            from: r.from,
+            until: r.until,
+            types: r.types,
+        })
+    }
+}
+
+/// Why a window is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("the window ends before it starts")]
+    Empty,
+    #[error("the window ends after 9999-12-31T23:59:59Z, the latest time an announcement can have")]
+    TooLate,
+}
+
 impl Announcement {
-    /// Whether it shows now in a banner of `kind` for a user of `domain` in
-    /// `groups`.
-    pub fn applies(&self, now: u64, kind: &str, domain: Option<&str>, groups: &[String]) -> bool {
+    /// Checks a window `[from, until)`.
+    pub fn check(from: u64, until: u64) -> Result<(), WindowError> {
+        if until > LATEST {
+            Err(WindowError::TooLate)
+        } else if until <= from {
+            Err(WindowError::Empty)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether it shows now in a banner of `kind` for a user of `domain`
+    /// who is in the groups `in_group` says.
+    pub fn applies(
+        &self,
+        now: u64,
+        kind: &str,
+        domain: Option<&str>,
+        in_group: impl Fn(&str) -> bool,
+    ) -> bool {
         let in_window = self.from <= now && now < self.until;
         let type_ok = self.types.is_empty() || self.types.iter().any(|t| t == kind);
         let target_ok = match &self.target {
             Target::All => true,
             Target::Domain(d) => domain == Some(d.as_str()),
-            Target::Group(g) => groups.iter().any(|x| x == g),
+            Target::Group(g) => in_group(g),
         };
         in_window && type_ok && target_ok
     }
@@ -180,13 +241,14 @@ impl Spool {
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 if op.is_none() {
-                    // Renamed out of the way, so it is reported once and
+                    // Not JSON, or an announcement whose window is refused
+                    // (see `Announcement::check`). Renamed out of the way, so it is reported once and
                     // kept for the administrator to look at.
                     let aside = p.with_file_name(format!(
                         "bad-{}",
                         p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
                     ));
-                    tracing::warn!(file = %aside.display(), "unreadable spool file set aside");
+                    tracing::warn!(file = %aside.display(), "unreadable or invalid spool file set aside");
                     let _ = std::fs::rename(&p, &aside);
                 }
                 op.map(|op| (p, op))
@@ -339,17 +401,18 @@ mod tests {
 
     #[test]
     fn window_type_and_target_decide() {
+        let none = |_: &str| false;
         let mut a = ann("1", Target::Domain("example.com".into()));
-        assert!(a.applies(150, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(99, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(200, "WebUserTop", Some("example.com"), &[]));
-        assert!(!a.applies(150, "WebUserTop", Some("other.test"), &[]));
-        assert!(!a.applies(150, "WebUserTop", None, &[]));
+        assert!(a.applies(150, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(99, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(200, "WebUserTop", Some("example.com"), none));
+        assert!(!a.applies(150, "WebUserTop", Some("other.test"), none));
+        assert!(!a.applies(150, "WebUserTop", None, none));
         a.types = vec!["XIMSSLogin".into()];
-        assert!(!a.applies(150, "WebUserTop", Some("example.com"), &[]));
+        assert!(!a.applies(150, "WebUserTop", Some("example.com"), none));
         let g = ann("2", Target::Group("staff".into()));
-        assert!(g.applies(150, "x", None, &["staff".into()]));
-        assert!(!g.applies(150, "x", None, &["sales".into()]));
+        assert!(g.applies(150, "x", None, |g| g == "staff"));
+        assert!(!g.applies(150, "x", None, |g| g == "sales"));
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! The configuration file of `cgp-banner` (reference in `docs/banner.md`).
 
-use crate::announce::{Announcement, Target};
-use crate::directory::{LdapSource, Person};
+use crate::announce::{Announcement, LATEST, Target};
+use crate::people::Attributes;
 use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
+use cgp_lookup::directory::DirectoryConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use regex::Regex;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,7 +23,10 @@ pub struct BannerConfig {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub ami: AmiConfig,
+    /// The suite's one directory shape (README, "Directory").
     pub directory: DirectoryConfig,
+    /// Which directory attribute gives each value a banner shows.
+    pub attributes: Attributes,
     /// Banner rules; the first that matches a request answers it.
     #[serde(rename = "banner")]
     pub banners: Vec<Rule>,
@@ -59,7 +62,7 @@ impl FixedAnnouncement {
             text: self.text.clone(),
             target: self.target.clone(),
             from: self.from.map_or(0, |t| t.0),
-            until: self.until.map_or(u64::MAX, |t| t.0),
+            until: self.until.map_or(LATEST, |t| t.0),
             types: self.types.clone(),
         }
     }
@@ -131,15 +134,6 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DirectoryConfig {
-    /// Static entries keyed by `user@domain`; they take precedence.
-    pub users: HashMap<String, Person>,
-    /// Users searched in LDAP.
-    pub ldap: Option<LdapSource>,
-}
-
 /// One banner rule.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,9 +199,7 @@ impl HelperConfig for BannerConfig {
     }
     fn validate(&self) -> Result<(), KeyError> {
         self.ami.check().map_err(|(k, m)| KeyError::new(k, m))?;
-        if let Some(l) = &self.directory.ldap {
-            l.validate()?;
-        }
+        self.directory.validate("directory")?;
         if self.cache.pbx_ttl.is_zero() {
             return Err(KeyError::new("cache.pbx_ttl", "must be more than 0s"));
         }
@@ -217,12 +209,27 @@ impl HelperConfig for BannerConfig {
         if self.store.spool.is_some() && self.store.path.is_none() {
             return Err(KeyError::new("store.spool", "needs store.path"));
         }
+        for (i, a) in self.announcements.iter().enumerate() {
+            let a = a.to_announcement(i);
+            Announcement::check(a.from, a.until)
+                .map_err(|e| KeyError::new(format!("announcement[{i}].until"), e.to_string()))?;
+        }
+        // A static person's PBX is known now; an LDAP person's only when
+        // asked (an unknown name then shows the default banner).
         let names: Vec<&str> = self.ami.servers.iter().map(|s| s.name.as_str()).collect();
-        for (account, p) in &self.directory.users {
-            if let Some(pbx) = &p.pbx {
+        let Some(attr) = &self.attributes.pbx else {
+            return Ok(());
+        };
+        for (i, u) in self.directory.static_file.users.iter().enumerate() {
+            let pbx = u
+                .attributes
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case(attr))
+                .flat_map(|(_, values)| values.first());
+            for pbx in pbx {
                 if !names.contains(&pbx.as_str()) {
                     return Err(KeyError::new(
-                        format!("directory.users.\"{account}\".pbx"),
+                        format!("directory.static.users[{i}].attributes.{attr}"),
                         format!("no [[ami.servers]] is named {pbx:?}"),
                     ));
                 }
@@ -283,9 +290,22 @@ mod tests {
         );
         let e = parse("[[banner]]\ntemplate = \"x\"\nfromat = \"html\"\n").unwrap_err();
         assert!(e.contains("fromat"), "{e}");
-        let e = parse("[directory.users.\"a@b\"]\npbx = \"nope\"\n").unwrap_err();
-        assert!(e.starts_with("directory.users.\"a@b\".pbx"), "{e}");
+        let e = parse(
+            "[attributes]\npbx = \"AstPbx\"\n[[directory.static.users]]\nname = \"a@b.c\"\nattributes = { astpbx = [\"nope\"] }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("directory.static.users[0].attributes.AstPbx"),
+            "{e}"
+        );
+        let e = parse("[directory.search]\nmail_filter = \"(mail={local})\"\n").unwrap_err();
+        assert!(e.contains("{user}"), "{e}");
         let e = parse("[store]\nspool = \"/tmp/x\"\n").unwrap_err();
         assert!(e.starts_with("store.spool"), "{e}");
+        let e = parse(
+            "[[announcement]]\ntext = \"x\"\nfrom = \"2030-01-02T00:00:00Z\"\nuntil = \"2030-01-01T00:00:00Z\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("announcement[0].until"), "{e}");
     }
 }

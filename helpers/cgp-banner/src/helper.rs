@@ -5,16 +5,17 @@
 
 use crate::announce::{Announcement, Announcements};
 use crate::config::{BannerConfig, Rule};
-use crate::directory::{Directory, Found, LdapDirectory, Person, StaticDirectory};
-use crate::pbx::Pbx;
+use crate::people::in_group;
 use crate::template::{Filled, Format, Var, push_escaped};
-use crate::wire::{self, BannerRequest};
-use cgp_lookup::ami::{Ami, extension_state_words};
+use crate::wire::{self, BannerRequest, Refused};
+use cgp_lookup::ami::Ami;
+use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
+use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
+use cgp_wire::shape::UnknownShapes;
 use cgp_wire::{Reply, Request};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Kept back from the request deadline so that the default banner is sent
@@ -28,11 +29,13 @@ pub struct Banner {
     config: BannerConfig,
     /// `[[announcement]]`s of the configuration.
     fixed: Vec<Announcement>,
-    /// Asked in order; the first that knows the account answers.
-    directories: Vec<Box<dyn Directory>>,
+    /// Where people are found, by the request's address.
+    directory: Directory,
     pbx: Option<Arc<Pbx>>,
     announcements: Option<Arc<Announcements>>,
-    extra_logged: AtomicBool,
+    /// Requests outside the reconstructed grammar, reported once per shape
+    /// (kept over a reload, so a shape is reported once per process).
+    unknown_shapes: Arc<UnknownShapes>,
 }
 
 impl Helper for Banner {
@@ -44,15 +47,15 @@ impl Helper for Banner {
         let pbx = match previous.as_ref().filter(|p| p.config.ami == config.ami) {
             Some(p) => p.pbx.clone(),
             None if config.ami.servers.is_empty() => None,
-            None => {
-                let names: Vec<String> =
-                    config.ami.servers.iter().map(|s| s.name.clone()).collect();
-                Some(Pbx::start(
-                    Ami::start(&config.ami),
+            // Every PBX system is a back end of the one PBX interface; the
+            // banner never talks to a system directly.
+            None => Some(
+                Pbx::start(
+                    vec![Arc::new(Ami::start(&config.ami))],
                     config.cache.pbx_ttl,
-                    &names,
-                ))
-            }
+                )
+                .map_err(|e| e.to_string())?,
+            ),
         };
         // The running helper holds the store's lock: opening the same path
         // again would wait for itself.
@@ -80,22 +83,28 @@ impl Helper for Banner {
                 .enumerate()
                 .map(|(i, a)| a.to_announcement(i))
                 .collect(),
-            directories: directories(&config)?,
+            directory: config
+                .directory
+                .open(&config.attributes.names())
+                .map_err(|e| e.to_string())?,
             config,
             pbx,
             announcements,
-            extra_logged: AtomicBool::new(false),
+            unknown_shapes: previous
+                .map(|p| p.unknown_shapes.clone())
+                .unwrap_or_default(),
         })
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
         let br = match wire::parse(&req) {
             Ok(b) => b,
-            Err(reply) => return reply,
+            Err(Refused::UnknownShape) => {
+                self.unknown_shapes.report(&req, "no banner");
+                return wire::no_banner();
+            }
+            Err(Refused::Bad(reply)) => return reply,
         };
-        if br.extra > 0 && !self.extra_logged.swap(true, Ordering::Relaxed) {
-            ctx.info("BANNER requests carry arguments after <parameters>; they are ignored");
-        }
         let Some(rule) = self
             .config
             .banners
@@ -165,45 +174,48 @@ impl Banner {
             },
             _ => None,
         };
+        let person = person.as_deref();
         let (vm, ext) = tokio::join!(
-            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person.as_deref()),
-            self.extension(t.uses(Var::ExtState), person.as_deref()),
+            self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person),
+            self.extension(t.uses(Var::ExtState), person),
         );
         let announcements = t
             .uses(Var::Announcements)
-            .then(|| self.announcements_text(br, person.as_deref(), rule.format));
+            .then(|| self.announcements_text(br, person, rule.format));
+        let attrs = &self.config.attributes;
         t.render(rule.format, |v| {
             let raw = match v {
                 Var::Account => br.account.clone(),
                 Var::User => br.user().map(str::to_string),
                 Var::Domain => br.domain().map(str::to_string),
                 Var::Type => Some(br.kind.clone()),
-                Var::RealName => person.as_ref()?.real_name.clone(),
-                Var::Department => person.as_ref()?.department.clone(),
+                Var::RealName => attrs.real_name(person?).map(str::to_string),
+                Var::Department => attrs.department(person?).map(str::to_string),
                 Var::VmNew => vm.map(|(n, _)| n.to_string()),
                 Var::VmOld => vm.map(|(_, o)| o.to_string()),
-                Var::ExtState => ext.map(|s| extension_state_words(s).to_string()),
+                Var::ExtState => ext.map(|s| s.words().to_string()),
                 Var::Announcements => return announcements.clone().map(Filled::Escaped),
             };
             raw.map(Filled::Raw)
         })
     }
 
-    async fn person(&self, account: &str) -> Result<Found, String> {
-        for d in &self.directories {
-            if let Some(p) = d.lookup(account).await? {
-                return Ok(Some(p));
-            }
-        }
-        Ok(None)
+    /// The person whose mail address the request's account is.
+    async fn person(&self, account: &str) -> Result<Option<Arc<Person>>, DirectoryError> {
+        // The wire already checked `user@domain`; what the directory's
+        // account type refuses is nobody's address.
+        let Ok(address) = Account::parse(account.as_bytes()) else {
+            return Ok(None);
+        };
+        self.directory.find_by_mail(&address).await
     }
 
     async fn voicemail(&self, wanted: bool, person: Option<&Person>) -> Option<(u32, u32)> {
         if !wanted {
             return None;
         }
-        let (pbx, p) = (self.pbx.as_ref()?, person?);
-        match pbx.mailbox(p.pbx.as_deref(), p.mailbox.as_deref()?).await {
+        let (pbx, p, attrs) = (self.pbx.as_ref()?, person?, &self.config.attributes);
+        match pbx.voicemail(attrs.pbx(p), attrs.mailbox(p)?).await {
             Ok(c) => Some((c.new, c.old)),
             Err(e) => {
                 tracing::debug!(error = %e, "voicemail count unavailable");
@@ -212,15 +224,16 @@ impl Banner {
         }
     }
 
-    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<i32> {
+    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<ExtState> {
         if !wanted {
             return None;
         }
-        let (pbx, p) = (self.pbx.as_ref()?, person?);
-        match pbx
-            .extension(p.pbx.as_deref(), p.extension.as_deref()?, &p.context)
-            .await
-        {
+        let (pbx, p, attrs) = (self.pbx.as_ref()?, person?, &self.config.attributes);
+        let extension = ExtensionId {
+            exten: attrs.extension(p)?.to_string(),
+            context: attrs.context(p).to_string(),
+        };
+        match pbx.extension(attrs.pbx(p), &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!(error = %e, "extension state unavailable");
@@ -242,7 +255,6 @@ impl Banner {
             .as_ref()
             .map(|a| a.current())
             .unwrap_or_default();
-        let groups = person.map(|p| p.groups.as_slice()).unwrap_or_default();
         let now = crate::announce::now();
         let separator = match format {
             Format::Text => "\n",
@@ -253,7 +265,7 @@ impl Banner {
             .fixed
             .iter()
             .chain(stored.iter())
-            .filter(|x| x.applies(now, &br.kind, br.domain(), groups))
+            .filter(|x| x.applies(now, &br.kind, br.domain(), |g| in_group(person, g)))
         {
             if !out.is_empty() {
                 out.push_str(separator);
@@ -262,15 +274,6 @@ impl Banner {
         }
         out
     }
-}
-
-fn directories(config: &BannerConfig) -> Result<Vec<Box<dyn Directory>>, String> {
-    let mut out: Vec<Box<dyn Directory>> =
-        vec![Box::new(StaticDirectory::new(&config.directory.users))];
-    if let Some(source) = &config.directory.ldap {
-        out.push(Box::new(LdapDirectory::new(source)?));
-    }
-    Ok(out)
 }
 
 /// The reply for a rendered banner, within the 4096-byte line. Text banners

@@ -9,9 +9,8 @@ mod admin;
 mod announce;
 mod cli;
 mod config;
-mod directory;
 mod helper;
-mod pbx;
+mod people;
 mod template;
 mod wire;
 

@@ -1,22 +1,25 @@
-//! Asterisk Manager Interface (AMI) back end: several PBXs, each kept
-//! connected by a supervisor, with typed results and an event stream.
+//! Asterisk Manager Interface (AMI) back end of the PBX interface
+//! ([`crate::pbx`]): several PBXs, each kept connected by a supervisor, with
+//! typed results and an event stream.
 //!
 //! The wire work (framing, ActionID correlation, MD5-challenge and plain
-//! login, EventList gathering, Ping keep-alive, reconnect with exponential
-//! backoff and jitter, per-action timeouts) is done by the `asterisk-rs-ami`
-//! crate; `docs/banner.md` records why it was chosen. This module adds what
-//! the helpers need on top of it:
+//! login, EventList gathering, Ping keep-alive, per-action timeouts) is done
+//! by the `asterisk-rs-ami` crate; `docs/banner.md` records why it was
+//! chosen. This module adds what the helpers need on top of it:
 //!
-//! - a first connection that keeps being retried (the crate gives up on a
-//!   PBX that is down at start) and a rebuilt client after a terminal error;
-//! - `Response: Error` turned into [`AmiError::Refused`];
+//! - one supervisor per server that connects, and reconnects with
+//!   exponential backoff and jitter, with a new client for every login (the
+//!   crate gives up on a PBX that is down at start, and its own reconnect is
+//!   invisible to the caches, see [`supervise`]);
+//! - `Response: Error` turned into [`PbxError::Refused`];
 //! - a hard bound on every call, so a PBX that stops answering costs a caller
 //!   at most `action_timeout`, and a PBX that is down costs nothing: calls
-//!   fail at once with [`AmiError::Down`];
+//!   fail at once with [`PbxError::Down`];
 //! - one event stream over all servers, with [`PbxEvent::Resync`] whenever
 //!   events may have been missed (disconnect, lagging subscriber), so caches
 //!   fed by events know to forget what they hold.
 
+use crate::pbx::{ExtState, ExtensionId, PbxBackend, PbxError, PbxEvent, PbxFuture, Voicemail};
 use asterisk_rs_ami::action::{
     ExtensionStateAction, ExtensionStateListAction, MailboxCountAction, PingAction,
 };
@@ -134,66 +137,6 @@ impl AmiConfig {
     }
 }
 
-/// Why an AMI call gave no result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AmiError {
-    /// No such server in the configuration.
-    UnknownServer(String),
-    /// The server is not connected (down, or reconnecting).
-    Down(String),
-    /// No answer within `action_timeout`.
-    Timeout(String),
-    /// The server answered `Response: Error` with this message.
-    Refused(String),
-    /// The answer could not be used (missing fields, broken list, lost link).
-    Protocol(String),
-}
-
-impl std::fmt::Display for AmiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AmiError::UnknownServer(s) => write!(f, "unknown AMI server {s:?}"),
-            AmiError::Down(s) => write!(f, "AMI server {s} is not connected"),
-            AmiError::Timeout(s) => write!(f, "AMI server {s} did not answer in time"),
-            AmiError::Refused(m) => write!(f, "AMI action refused: {m}"),
-            AmiError::Protocol(m) => write!(f, "AMI protocol error: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for AmiError {}
-
-/// What the PBXs report, tagged with the server's name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PbxEvent {
-    /// Logged in; state read before may be stale.
-    Connected { server: Arc<str> },
-    /// Events may have been missed (link lost, subscriber lagged): forget
-    /// everything learnt from this server.
-    Resync { server: Arc<str> },
-    /// `MessageWaiting`: a mailbox's counts changed.
-    Mailbox {
-        server: Arc<str>,
-        mailbox: String,
-        new: u32,
-        old: u32,
-    },
-    /// `ExtensionStatus`: an extension's hint state changed.
-    Extension {
-        server: Arc<str>,
-        exten: String,
-        context: String,
-        status: i32,
-    },
-}
-
-/// `MailboxCount` result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MailboxCount {
-    pub new: u32,
-    pub old: u32,
-}
-
 /// One extension's state, as `ExtensionState`/`ExtensionStateList` report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtensionState {
@@ -202,20 +145,21 @@ pub struct ExtensionState {
     pub status: i32,
 }
 
-/// The Asterisk extension-state bit set in words.
-pub fn extension_state_words(status: i32) -> &'static str {
-    match status {
-        -2 => "removed",
-        -1 => "unknown",
-        0 => "idle",
-        1 => "in use",
-        2 => "busy",
-        4 => "unavailable",
-        8 => "ringing",
-        9 => "in use and ringing",
-        16 => "on hold",
-        17 => "in use and on hold",
-        _ => "unknown",
+impl ExtState {
+    /// Asterisk's extension-state bit set (`ExtensionStatus` `Status`).
+    pub fn from_asterisk(status: i32) -> ExtState {
+        match status {
+            -2 => ExtState::Removed,
+            0 => ExtState::Idle,
+            1 => ExtState::InUse,
+            2 => ExtState::Busy,
+            4 => ExtState::Unavailable,
+            8 => ExtState::Ringing,
+            9 => ExtState::InUseRinging,
+            16 => ExtState::OnHold,
+            17 => ExtState::InUseOnHold,
+            _ => ExtState::Unknown,
+        }
     }
 }
 
@@ -242,7 +186,8 @@ impl Link {
 /// Connections to every configured PBX. Dropping it stops the supervisors.
 pub struct Ami {
     links: BTreeMap<String, Arc<Link>>,
-    default: Option<String>,
+    /// Server names in configuration order; the first is the default.
+    names: Vec<Arc<str>>,
     action_timeout: Duration,
     events: broadcast::Sender<PbxEvent>,
     /// Subscribed before the supervisors start, for the first subscriber:
@@ -262,12 +207,14 @@ impl Ami {
         let (events, first) = broadcast::channel(4096);
         let mut links = BTreeMap::new();
         let mut tasks = Vec::new();
+        let mut names = Vec::new();
         for server in &config.servers {
             let link = Arc::new(Link {
                 name: Arc::from(server.name.as_str()),
                 client: RwLock::new(None),
             });
             links.insert(server.name.clone(), link.clone());
+            names.push(link.name.clone());
             tasks.push(tokio::spawn(supervise(
                 link,
                 server.clone(),
@@ -277,7 +224,7 @@ impl Ami {
         }
         Ami {
             links,
-            default: config.servers.first().map(|s| s.name.clone()),
+            names,
             action_timeout: config.action_timeout,
             events,
             first: std::sync::Mutex::new(Some(first)),
@@ -287,7 +234,7 @@ impl Ami {
 
     /// The server for users that name none.
     pub fn default_server(&self) -> Option<&str> {
-        self.default.as_deref()
+        self.names.first().map(|n| &**n)
     }
 
     /// Events of all servers: for the first caller from the start, for
@@ -306,25 +253,21 @@ impl Ami {
     }
 
     /// `Ping` → `Ping: Pong`.
-    pub async fn ping(&self, server: &str) -> Result<(), AmiError> {
+    pub async fn ping(&self, server: &str) -> Result<(), PbxError> {
         self.call(server, |c| async move { c.send_action(&PingAction).await })
             .await
             .map(|_| ())
     }
 
     /// `MailboxCount` for `mailbox@context`.
-    pub async fn mailbox_count(
-        &self,
-        server: &str,
-        mailbox: &str,
-    ) -> Result<MailboxCount, AmiError> {
+    pub async fn mailbox_count(&self, server: &str, mailbox: &str) -> Result<Voicemail, PbxError> {
         let action = MailboxCountAction {
             mailbox: mailbox.to_string(),
         };
         let r = self
             .call(server, |c| async move { c.send_action(&action).await })
             .await?;
-        Ok(MailboxCount {
+        Ok(Voicemail {
             new: field(&r, "NewMessages")?,
             old: field(&r, "OldMessages")?,
         })
@@ -336,7 +279,7 @@ impl Ami {
         server: &str,
         exten: &str,
         context: &str,
-    ) -> Result<ExtensionState, AmiError> {
+    ) -> Result<ExtensionState, PbxError> {
         let action = ExtensionStateAction {
             exten: exten.to_string(),
             context: context.to_string(),
@@ -353,7 +296,7 @@ impl Ami {
 
     /// `ExtensionStateList`: every hinted extension, gathered from the
     /// EventList into one result.
-    pub async fn extension_states(&self, server: &str) -> Result<Vec<ExtensionState>, AmiError> {
+    pub async fn extension_states(&self, server: &str) -> Result<Vec<ExtensionState>, PbxError> {
         let list = self
             .call_list(server, |c| async move {
                 c.send_collecting(&ExtensionStateListAction).await
@@ -378,7 +321,7 @@ impl Ami {
             .collect())
     }
 
-    async fn call<F, Fut>(&self, server: &str, f: F) -> Result<AmiResponse, AmiError>
+    async fn call<F, Fut>(&self, server: &str, f: F) -> Result<AmiResponse, PbxError>
     where
         F: FnOnce(AmiClient) -> Fut,
         Fut: Future<Output = Result<AmiResponse, asterisk_rs_ami::AmiError>>,
@@ -387,7 +330,7 @@ impl Ami {
         if r.success {
             Ok(r)
         } else {
-            Err(AmiError::Refused(r.message.unwrap_or(r.response_type)))
+            Err(PbxError::Refused(r.message.unwrap_or(r.response_type)))
         }
     }
 
@@ -395,7 +338,7 @@ impl Ami {
         &self,
         server: &str,
         f: F,
-    ) -> Result<asterisk_rs_ami::EventListResponse, AmiError>
+    ) -> Result<asterisk_rs_ami::EventListResponse, PbxError>
     where
         F: FnOnce(AmiClient) -> Fut,
         Fut: Future<Output = Result<asterisk_rs_ami::EventListResponse, asterisk_rs_ami::AmiError>>,
@@ -405,14 +348,14 @@ impl Ami {
             Ok(r)
         } else {
             let resp = r.response;
-            Err(AmiError::Refused(
+            Err(PbxError::Refused(
                 resp.message.unwrap_or(resp.response_type),
             ))
         }
     }
 
     /// Runs one call on a connected client within `action_timeout`.
-    async fn bounded<T, F, Fut>(&self, server: &str, f: F) -> Result<T, AmiError>
+    async fn bounded<T, F, Fut>(&self, server: &str, f: F) -> Result<T, PbxError>
     where
         F: FnOnce(AmiClient) -> Fut,
         Fut: Future<Output = Result<T, asterisk_rs_ami::AmiError>>,
@@ -420,18 +363,18 @@ impl Ami {
         let link = self
             .links
             .get(server)
-            .ok_or_else(|| AmiError::UnknownServer(server.to_string()))?;
+            .ok_or_else(|| PbxError::UnknownPbx(server.to_string()))?;
         let client = link
             .connected()
-            .ok_or_else(|| AmiError::Down(server.to_string()))?;
+            .ok_or_else(|| PbxError::Down(server.to_string()))?;
         match tokio::time::timeout(self.action_timeout, f(client)).await {
-            Err(_) => Err(AmiError::Timeout(server.to_string())),
+            Err(_) => Err(PbxError::Timeout(server.to_string())),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(
                 asterisk_rs_ami::AmiError::Timeout(_)
                 | asterisk_rs_ami::AmiError::OutcomeUnknown { .. },
-            )) => Err(AmiError::Timeout(server.to_string())),
-            Ok(Err(e)) => Err(AmiError::Protocol(e.to_string())),
+            )) => Err(PbxError::Timeout(server.to_string())),
+            Ok(Err(e)) => Err(PbxError::Protocol(e.to_string())),
         }
     }
 }
@@ -444,15 +387,21 @@ impl Drop for Ami {
     }
 }
 
-fn field<T: std::str::FromStr>(r: &AmiResponse, key: &str) -> Result<T, AmiError> {
+fn field<T: std::str::FromStr>(r: &AmiResponse, key: &str) -> Result<T, PbxError> {
     r.get(key)
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| AmiError::Protocol(format!("response without a valid {key}")))
+        .ok_or_else(|| PbxError::Protocol(format!("response without a valid {key}")))
 }
 
 /// Keeps one server connected for ever: connects (retrying with backoff and
-/// jitter while it is down), forwards its events, reports connection changes,
-/// and rebuilds the client if the crate gives up on it.
+/// jitter while it is down), forwards its events, and reports each session:
+/// `Connected` when it starts, `Resync` when it ends.
+///
+/// The crate's own reconnect is turned off: it logs in again behind the
+/// client, and a reconnect quicker than one look at the client's state
+/// would go unnoticed, leaving caches with values from before the gap
+/// (events of the gap are lost). Here every login is a new client, so
+/// every session is announced and its state rebuilt.
 async fn supervise(
     link: Arc<Link>,
     server: AmiServer,
@@ -470,16 +419,16 @@ async fn supervise(
             .timeout(config.action_timeout)
             .connect_timeout(config.connect_timeout)
             .ping_interval(config.ping_interval)
-            .reconnect(policy.clone())
+            .reconnect(ReconnectPolicy::none())
             .build()
             .await;
         match built {
             Ok(client) => {
                 attempt = 0;
                 tracing::info!(server = %link.name, "AMI connected");
-                follow(&link, client, &events).await;
+                follow(&link, &client, &events).await;
                 link.set(None);
-                tracing::warn!(server = %link.name, "AMI client stopped; rebuilding");
+                tracing::warn!(server = %link.name, "AMI connection lost; reconnecting");
             }
             Err(e) => {
                 // The crate's errors never contain the secret.
@@ -487,22 +436,19 @@ async fn supervise(
             }
         }
         let _ = events.send(PbxEvent::Resync {
-            server: link.name.clone(),
+            pbx: link.name.clone(),
         });
         tokio::time::sleep(policy.delay_for_attempt(attempt)).await;
         attempt = attempt.saturating_add(1);
     }
 }
 
-/// Serves one built client until the crate stops it for good.
-async fn follow(link: &Link, client: AmiClient, events: &broadcast::Sender<PbxEvent>) {
+/// Serves one logged-in client until its connection ends.
+async fn follow(link: &Link, client: &AmiClient, events: &broadcast::Sender<PbxEvent>) {
     let mut sub = client.subscribe();
     link.set(Some(client.clone()));
     let name = link.name.clone();
-    let _ = events.send(PbxEvent::Connected {
-        server: name.clone(),
-    });
-    let mut up = true;
+    let _ = events.send(PbxEvent::Connected { pbx: name.clone() });
     let mut tick = tokio::time::interval(STATE_POLL);
     loop {
         tokio::select! {
@@ -514,43 +460,33 @@ async fn follow(link: &Link, client: AmiClient, events: &broadcast::Sender<PbxEv
                 }
                 EventReceive::Lagged(n) => {
                     tracing::warn!(server = %name, lost = n, "AMI events lost");
-                    let _ = events.send(PbxEvent::Resync { server: name.clone() });
+                    let _ = events.send(PbxEvent::Resync { pbx: name.clone() });
                 }
                 EventReceive::Closed => return,
             },
             _ = tick.tick() => {
-                if client.terminal_error().is_some() {
+                if client.connection_state() != ConnectionState::Connected {
                     return;
-                }
-                let now_up = client.connection_state() == ConnectionState::Connected;
-                if now_up != up {
-                    up = now_up;
-                    let ev = if up {
-                        tracing::info!(server = %name, "AMI reconnected");
-                        PbxEvent::Connected { server: name.clone() }
-                    } else {
-                        tracing::warn!(server = %name, "AMI connection lost");
-                        PbxEvent::Resync { server: name.clone() }
-                    };
-                    let _ = events.send(ev);
                 }
             }
         }
     }
 }
 
-fn translate(server: &Arc<str>, e: AmiEvent) -> Option<PbxEvent> {
+fn translate(pbx: &Arc<str>, e: AmiEvent) -> Option<PbxEvent> {
     match e {
         AmiEvent::MessageWaiting {
             mailbox,
             new_messages,
             old_messages,
             ..
-        } => Some(PbxEvent::Mailbox {
-            server: server.clone(),
+        } => Some(PbxEvent::Voicemail {
+            pbx: pbx.clone(),
             mailbox,
-            new: new_messages,
-            old: old_messages,
+            counts: Voicemail {
+                new: new_messages,
+                old: old_messages,
+            },
         }),
         // Events that belong to an action's EventList are that action's.
         AmiEvent::ExtensionStatus { .. } if e.action_id().is_some() => None,
@@ -560,11 +496,58 @@ fn translate(server: &Arc<str>, e: AmiEvent) -> Option<PbxEvent> {
             status,
             ..
         } => Some(PbxEvent::Extension {
-            server: server.clone(),
-            exten,
-            context,
-            status: i32::try_from(status).unwrap_or(-1),
+            pbx: pbx.clone(),
+            extension: ExtensionId { exten, context },
+            state: ExtState::from_asterisk(i32::try_from(status).unwrap_or(-1)),
         }),
         _ => None,
+    }
+}
+
+/// The AMI servers as PBXs of the PBX interface.
+impl PbxBackend for Ami {
+    fn pbx_names(&self) -> Vec<Arc<str>> {
+        self.names.clone()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PbxEvent> {
+        Ami::subscribe(self)
+    }
+
+    fn voicemail<'a>(&'a self, pbx: &'a str, mailbox: &'a str) -> PbxFuture<'a, Voicemail> {
+        Box::pin(self.mailbox_count(pbx, mailbox))
+    }
+
+    fn extension<'a>(
+        &'a self,
+        pbx: &'a str,
+        extension: &'a ExtensionId,
+    ) -> PbxFuture<'a, ExtState> {
+        Box::pin(async move {
+            let s = self
+                .extension_state(pbx, &extension.exten, &extension.context)
+                .await?;
+            Ok(ExtState::from_asterisk(s.status))
+        })
+    }
+
+    fn extensions<'a>(&'a self, pbx: &'a str) -> PbxFuture<'a, Vec<(ExtensionId, ExtState)>> {
+        Box::pin(async move {
+            Ok(self
+                .extension_states(pbx)
+                .await?
+                .into_iter()
+                .map(|s| {
+                    let state = ExtState::from_asterisk(s.status);
+                    (
+                        ExtensionId {
+                            exten: s.exten,
+                            context: s.context,
+                        },
+                        state,
+                    )
+                })
+                .collect())
+        })
     }
 }

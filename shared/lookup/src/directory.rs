@@ -102,8 +102,9 @@ impl Verdict {
 /// it only through [`Directory`].
 pub trait Backend: Send + Sync + 'static {
     /// Every entry that matches (the policy for more than one is the
-    /// [`Directory`]'s; two are enough to tell).
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>>;
+    /// [`Directory`]'s; two are enough to tell). Shared, not copied: a back
+    /// end that holds its people in memory answers without copying them.
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>>;
 
     /// Checks a password for a person `find` gave.
     fn check<'a>(
@@ -219,7 +220,7 @@ impl Directory {
         };
         match &self.cache {
             Some(cache) => cache.get(&Self::key(by), ask).await,
-            None => Ok((ask().await?.map(Arc::new), Source::Asked)),
+            None => Ok((ask().await?, Source::Asked)),
         }
     }
 
@@ -332,6 +333,24 @@ mod tests {
         config.open(&[]).unwrap()
     }
 
+    /// People a helper only shows (a banner's name and phone) need no
+    /// password, and no password logs them in.
+    #[tokio::test]
+    async fn a_static_person_without_a_password_is_found_but_never_let_in() {
+        let dir = static_dir(
+            r#"
+            [[static.users]]
+            name = "carol@example.test"
+            attributes = { cn = ["Carol"] }
+            "#,
+        );
+        let carol = account("carol@example.test");
+        let p = dir.find_by_mail(&carol).await.unwrap().unwrap();
+        assert_eq!(p.first("cn"), Some("Carol"));
+        assert_eq!(dir.verify(&carol, b"").await, Ok(Verdict::Invalid));
+        assert_eq!(dir.verify(&carol, b"x").await, Ok(Verdict::Invalid));
+    }
+
     #[tokio::test]
     async fn the_static_file_finds_verifies_and_lists_groups() {
         let dir = static_dir(&format!(
@@ -393,9 +412,19 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     impl Backend for Arc<Scripted> {
-        fn find<'a>(&'a self, _: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+        fn find<'a>(
+            &'a self,
+            _: By<'a>,
+        ) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
             self.finds.fetch_add(1, Ordering::Relaxed);
-            let people = self.people.lock().unwrap().clone();
+            let people = self
+                .people
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(Arc::new)
+                .collect();
             Box::pin(std::future::ready(Ok(people)))
         }
         fn check<'a>(

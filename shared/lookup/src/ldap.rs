@@ -11,13 +11,6 @@
 pub(crate) mod conn;
 mod ppolicy;
 
-/// A value escaped for a search filter, by ldap3 (RFC 4515). Only for the
-/// helpers that still build filters by hand; new code fills a
-/// [`crate::directory::Template`], which escapes in one pass.
-pub fn escape_filter(value: &str) -> String {
-    ldap3::ldap_escape(value).into_owned()
-}
-
 use cgp_runtime::KeyError;
 use conn::{Pools, Purpose};
 use serde::{Deserialize, Deserializer};

@@ -101,7 +101,7 @@ impl Cache {
     ) -> Result<(Option<Arc<Person>>, Source), DirectoryError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<Person>, DirectoryError>>,
+        Fut: Future<Output = Result<Option<Arc<Person>>, DirectoryError>>,
     {
         let slot = match self.slot(key) {
             Ok(hit) => return Ok((hit, Source::Cached)),
@@ -111,7 +111,7 @@ impl Cache {
         let (_, answer) = slot
             .get_or_try_init(|| async {
                 source = Source::Asked;
-                Ok::<_, DirectoryError>((Instant::now(), ask().await?.map(Arc::new)))
+                Ok::<_, DirectoryError>((Instant::now(), ask().await?))
             })
             .await?;
         Ok((answer.clone(), source))
@@ -140,18 +140,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn person(id: &str) -> Option<Person> {
-        Some(Person {
+    fn person(id: &str) -> Option<Arc<Person>> {
+        Some(Arc::new(Person {
             id: id.into(),
             ..Person::default()
-        })
+        }))
     }
 
     #[tokio::test]
     async fn answers_are_kept_failures_are_not() {
         let cache = Cache::new(&CacheConfig::default());
         let calls = AtomicUsize::new(0);
-        let ask = |answer: Result<Option<Person>, DirectoryError>| {
+        let ask = |answer: Result<Option<Arc<Person>>, DirectoryError>| {
             calls.fetch_add(1, Ordering::Relaxed);
             std::future::ready(answer)
         };
@@ -193,7 +193,7 @@ mod tests {
             negative_ttl: Duration::ZERO,
             max_entries: 10,
         });
-        let ask = |p: Option<Person>| std::future::ready(Ok(p));
+        let ask = |p: Option<Arc<Person>>| std::future::ready(Ok(p));
         cache.get("n", || ask(None)).await.unwrap();
         assert_eq!(cache.get("n", || ask(None)).await.unwrap().1, Source::Asked);
         for i in 0..25 {

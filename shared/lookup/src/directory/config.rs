@@ -160,9 +160,11 @@ pub struct StaticUser {
     /// `user@domain`, the login name.
     pub name: Account,
     /// A hashed password: `{SSHA}`, `{SSHA256}`, `{SSHA512}`, `{SHA*}`,
-    /// bcrypt (`$2b$…`, `{BLF-CRYPT}`), argon2 (`$argon2id$…`).
-    #[serde(deserialize_with = "de_stored")]
-    pub password: Stored,
+    /// bcrypt (`$2b$…`, `{BLF-CRYPT}`), argon2 (`$argon2id$…`). Unset: a
+    /// person the helpers know about (a banner's name and phone) who cannot
+    /// log in with a password.
+    #[serde(default, deserialize_with = "de_stored")]
+    pub password: Option<Stored>,
     #[serde(default)]
     pub disabled: bool,
     /// The secret READPLAIN returns (e.g. a SIP password).
@@ -193,9 +195,11 @@ impl<'de> Deserialize<'de> for Account {
 
 /// Clear text is parsed here and refused in `validate` unless
 /// `allow_plaintext` (a sibling key) allows it.
-fn de_stored<'de, D: Deserializer<'de>>(d: D) -> Result<Stored, D::Error> {
+fn de_stored<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stored>, D::Error> {
     let s = String::deserialize(d)?;
-    Stored::parse(&s, true).map_err(serde::de::Error::custom)
+    Stored::parse(&s, true)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_scope<'de, D: Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
@@ -243,7 +247,9 @@ impl DirectoryConfig {
             Kind::Static => {
                 let mut seen = std::collections::HashSet::new();
                 for (i, u) in self.static_file.users.iter().enumerate() {
-                    if matches!(u.password, Stored::Plain(_)) && !self.static_file.allow_plaintext {
+                    if matches!(u.password, Some(Stored::Plain(_)))
+                        && !self.static_file.allow_plaintext
+                    {
                         return Err(KeyError::new(
                             key(&format!("static.users[{i}].password")),
                             super::password::PasswordError::Plaintext.to_string(),

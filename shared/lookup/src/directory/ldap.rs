@@ -9,6 +9,7 @@ use super::template::Values;
 use super::{Account, Backend, BoxFuture, By, DirectoryError, Dn, Group, Person, Verdict};
 use crate::ldap::{self as client, BindOutcome, Entry, Scope};
 use cgp_runtime::sync;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 pub struct LdapDirectory {
@@ -143,7 +144,7 @@ impl LdapDirectory {
 }
 
 impl Backend for LdapDirectory {
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
         Box::pin(async move {
             let account = by.account();
             let search = self.search_for(account);
@@ -160,15 +161,17 @@ impl Backend for LdapDirectory {
                 // Refused by the directory: no group search for them.
                 return Ok(entries
                     .into_iter()
-                    .map(|e| Person {
-                        id: e.dn,
-                        ..Person::default()
+                    .map(|e| {
+                        Arc::new(Person {
+                            id: e.dn,
+                            ..Person::default()
+                        })
                     })
                     .collect());
             }
             let mut people = Vec::with_capacity(1);
             for entry in entries {
-                people.push(self.person(entry, account).await?);
+                people.push(Arc::new(self.person(entry, account).await?));
             }
             Ok(people)
         })

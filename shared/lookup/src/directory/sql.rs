@@ -727,7 +727,7 @@ fn flag(row: &Row, name: &str) -> Result<bool, DirectoryError> {
 }
 
 impl Backend for SqlDirectory {
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
         Box::pin(async move {
             let account = by.account();
             let query = match by {
@@ -745,20 +745,22 @@ impl Backend for SqlDirectory {
                 let rows = self.query(q, account, "").await?;
                 return Ok(rows
                     .iter()
-                    .map(|_| Person {
-                        id: account.address().to_string(),
-                        ..Person::default()
+                    .map(|_| {
+                        Arc::new(Person {
+                            id: account.address().to_string(),
+                            ..Person::default()
+                        })
                     })
                     .collect());
             };
             let rows = self.query(query, account, "").await?;
             if rows.len() > 1 {
                 // Refused by the directory: no group query for them.
-                return Ok(rows.iter().map(|_| Person::default()).collect());
+                return Ok(rows.iter().map(|_| Arc::default()).collect());
             }
             let mut people = Vec::with_capacity(1);
             for row in &rows {
-                people.push(self.person(row, account).await?);
+                people.push(Arc::new(self.person(row, account).await?));
             }
             Ok(people)
         })

@@ -9,8 +9,9 @@ use std::future::ready;
 use std::sync::Arc;
 
 struct User {
-    person: Person,
-    stored: Stored,
+    person: Arc<Person>,
+    /// `None`: no password logs this person in.
+    stored: Option<Stored>,
     disabled: bool,
     secret: Option<String>,
 }
@@ -37,7 +38,7 @@ impl StaticDirectory {
                 person.push_values(name, values.iter().cloned());
             }
             let user = Arc::new(User {
-                person,
+                person: Arc::new(person),
                 stored: u.password.clone(),
                 disabled: u.disabled,
                 secret: u.secret.clone(),
@@ -51,7 +52,7 @@ impl StaticDirectory {
                     .or_insert_with(|| user.clone());
             }
         }
-        let dummies = Dummies::new(users.values().map(|u| &u.stored))
+        let dummies = Dummies::new(users.values().filter_map(|u| u.stored.as_ref()))
             .map_err(|e| DirectoryError::Failed(e.to_string()))?;
         Ok(StaticDirectory {
             users,
@@ -66,7 +67,7 @@ impl StaticDirectory {
 }
 
 impl Backend for StaticDirectory {
-    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Person>, DirectoryError>> {
+    fn find<'a>(&'a self, by: By<'a>) -> BoxFuture<'a, Result<Vec<Arc<Person>>, DirectoryError>> {
         let found = match by {
             By::Account(a) => self.users.get(a.address()),
             By::Mail(a) => self.mail.get(a.address()),
@@ -79,7 +80,7 @@ impl Backend for StaticDirectory {
 
     fn check<'a>(
         &'a self,
-        _account: &'a Account,
+        account: &'a Account,
         person: &'a Person,
         password: &'a [u8],
     ) -> BoxFuture<'a, Result<Verdict, DirectoryError>> {
@@ -87,7 +88,12 @@ impl Backend for StaticDirectory {
             let Some(user) = self.user(person) else {
                 return Ok(Verdict::Invalid);
             };
-            if !password::check(&user.stored, password).await {
+            let Some(stored) = &user.stored else {
+                // Costs what a check costs, as for a name nobody has.
+                self.check_unknown(account, password).await;
+                return Ok(Verdict::Invalid);
+            };
+            if !password::check(stored, password).await {
                 return Ok(Verdict::Invalid);
             }
             Ok(if user.disabled {
