@@ -10,6 +10,7 @@ need=()
 command -v ldapadd >/dev/null || need+=(ldap-utils)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v ipvsadm >/dev/null || [ -x /usr/sbin/ipvsadm ] || need+=(ipvsadm)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -17,6 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   # slapd must not configure or start a system instance: the tests run
   # their own, unprivileged, on loopback high ports.
   echo "slapd slapd/no_configuration boolean true" | $sudo debconf-set-selections
+  # Nor a system PostgreSQL cluster: the tests initdb their own.
+  $sudo mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.d/cgp-tests.conf >/dev/null
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

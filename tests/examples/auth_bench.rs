@@ -25,9 +25,17 @@
 //! `{row}` replaced by the row's name, to profile it where it is measured:
 //! `AUTH_WRAP='perf record -g -o /tmp/auth-{row}.data --'`.
 //!
-//! Usage: auth_bench [REQUESTS] [USERS] [IN_FLIGHT]
+//! With `sql` first, the SQL directory instead (`bench/auth-sql.sh`): one
+//! PostgreSQL with USERS users ({SSHA} hashes); a direct tokio-postgres
+//! loop, IN_FLIGHT tasks each on its own connection running the helper's
+//! password query and checking the hash, against cold VRFY through
+//! cgp-helper-sim at IN_FLIGHT (the default pool: 4 pipelined connections).
+//!
+//! Usage: auth_bench [sql] [REQUESTS] [USERS] [IN_FLIGHT]
 
 use base64::Engine;
+use cgp_lookup::directory::password::{self, Stored};
+use cgp_tests::postgres::{PASSWORD, Postgres, ROLE};
 use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};
 use sha1::Digest;
 use std::path::{Path, PathBuf};
@@ -119,9 +127,17 @@ fn slapd_cpu(slapd: &Slapd) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn sim(slapd: &Slapd, requests: usize, in_flight: usize, template: &str, helper: &[String]) -> Run {
+/// Runs `helper` under cgp-helper-sim; `server_cpu` reads the CPU seconds
+/// of the back end the helper asks (0 where not measured).
+fn sim(
+    server_cpu: &dyn Fn() -> f64,
+    requests: usize,
+    in_flight: usize,
+    template: &str,
+    helper: &[String],
+) -> Run {
     let dir = release_dir();
-    let slapd_before = slapd_cpu(slapd);
+    let slapd_before = server_cpu();
     let mut child = Command::new(dir.join("cgp-helper-sim"))
         .arg("--generate")
         .arg(requests.to_string())
@@ -159,7 +175,7 @@ fn sim(slapd: &Slapd, requests: usize, in_flight: usize, template: &str, helper:
         summary,
         peak_rss_kib: peak,
         helper_cpu,
-        slapd_cpu: slapd_cpu(slapd) - slapd_before,
+        slapd_cpu: server_cpu() - slapd_before,
     }
 }
 
@@ -259,6 +275,18 @@ enum Shape {
     Base,
 }
 
+/// The keys every benchmarked cgp-auth configuration shares.
+fn common_config() -> &'static str {
+    r#"[runtime]
+stats_interval = "0s"
+[log]
+journald = false
+level = "warn"
+[throttle]
+trusted_networks = ["10.0.0.0/8"]
+"#
+}
+
 /// A cgp-auth configuration: `cache_ttl` for verdicts, `dn_ttl` for who a
 /// user is (the DN), `template` for the DN-template fast path.
 #[allow(clippy::too_many_arguments)]
@@ -295,16 +323,7 @@ pool_size = 4
 bind_pool_size = 32"#,
         uri = slapd.uri()
     );
-    let common = format!(
-        r#"[runtime]
-stats_interval = "0s"
-[log]
-journald = false
-level = "warn"
-[throttle]
-trusted_networks = ["10.0.0.0/8"]
-{store}"#
-    );
+    let common = format!("{}{store}", common_config());
     let text = match shape {
         Shape::Directory => format!(
             r#"{common}
@@ -344,17 +363,23 @@ dn_ttl = "{dn_ttl}"
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let sql = args.first().is_some_and(|a| a == "sql");
+    if sql {
+        args.remove(0);
+    }
+    let args: Vec<usize> = args.iter().map(|a| a.parse().expect("numbers")).collect();
     let requests = args.first().copied().unwrap_or(20_000);
     let users = args.get(1).copied().unwrap_or(2_000);
     let in_flight = args.get(2).copied().unwrap_or(32);
+    if sql {
+        return sql_bench(requests, users, in_flight);
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let ldif_path = dir.path().join("bench.ldif");
     ldif(users, &ldif_path);
     let slapd = Slapd::start(&ldif_path);
+    let slapd_cpu_of = || slapd_cpu(&slapd);
     let auth = release_dir().join("cgp-auth").display().to_string();
     let base = std::env::var("AUTH_BASE_BIN").ok();
     let wrap = std::env::var("AUTH_WRAP").ok();
@@ -423,13 +448,13 @@ fn main() {
                 // untimed pass over the users first, then a new helper
                 // process on the same store, whose first look at each user
                 // reads sled.
-                sim(&slapd, users, flight, &vrfy, &helper);
+                sim(&slapd_cpu_of, users, flight, &vrfy, &helper);
             }
-            per_binary.push(sim(&slapd, n, flight, &vrfy, &helper));
+            per_binary.push(sim(&slapd_cpu_of, n, flight, &vrfy, &helper));
         }
         results.push(per_binary);
     }
-    let null_run = sim(&slapd, cached_requests, in_flight, &vrfy, &[null]);
+    let null_run = sim(&slapd_cpu_of, cached_requests, in_flight, &vrfy, &[null]);
     let row = |name: &str| &results[rows.iter().position(|r| r.0 == name).expect("a row")][0];
     let (cold, tmpl, dn_cached, cached, big) = (
         row("cold"),
@@ -525,4 +550,145 @@ fn main() {
             );
         }
     }
+}
+
+/// The helper's password query, as the SQL rows run it.
+const SQL_PASSWORD_QUERY: &str =
+    "SELECT password_hash AS password, disabled, locked FROM users WHERE email = $1";
+
+/// A direct tokio-postgres loop: `in_flight` tasks on `conns` connections
+/// (tasks sharing one pipeline their queries), running the password query
+/// and checking the {SSHA} hash (the helper's work without the helper).
+/// Operations per second and the CPU seconds of this process.
+fn sql_direct_loop(
+    pg: &Postgres,
+    requests: usize,
+    users: usize,
+    in_flight: usize,
+    conns: usize,
+) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!(
+        "host=127.0.0.1 port={} user={ROLE} password={PASSWORD} dbname=mail",
+        pg.port()
+    );
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            let statement = client.prepare(SQL_PASSWORD_QUERY).await.expect("prepare");
+            clients.push(std::sync::Arc::new((client, statement)));
+        }
+        let started = Instant::now();
+        let own_before = cpu_seconds("self").unwrap_or(0.0);
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|t| {
+                let shared = clients[t % conns].clone();
+                tokio::spawn(async move {
+                    let (client, statement) = &*shared;
+                    for n in (t..requests).step_by(in_flight) {
+                        let i = n % users;
+                        let email = format!("bench{i}@example.test");
+                        let row = client.query_one(statement, &[&email]).await.expect("query");
+                        let hash: String = row.get("password");
+                        let stored = Stored::parse(&hash, false).expect("a hash");
+                        assert!(password::check(&stored, format!("pw{i}").as_bytes()).await);
+                        assert!(!row.get::<_, bool>("disabled"));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("query task");
+        }
+        (
+            requests as f64 / started.elapsed().as_secs_f64(),
+            cpu_seconds("self").unwrap_or(0.0) - own_before,
+        )
+    })
+}
+
+fn sql_bench(requests: usize, users: usize, in_flight: usize) {
+    let mut sql = std::fs::read_to_string(cgp_tests::testdata("sql").join("schema.sql"))
+        .expect("read schema.sql");
+    sql.push_str("INSERT INTO users (email, password_hash) VALUES\n");
+    let rows: Vec<String> = (0..users)
+        .map(|i| {
+            let salt = (i as u64).to_be_bytes();
+            format!(
+                "('bench{i}@example.test', '{}')",
+                ssha(&format!("pw{i}"), &salt)
+            )
+        })
+        .collect();
+    sql.push_str(&rows.join(",\n"));
+    sql.push_str(";\nANALYZE users;\n");
+    let pg = Postgres::start(&sql);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("auth-sql.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{common}[cache]
+positive_ttl = "0s"
+negative_ttl = "0s"
+[directory]
+type = "sql"
+[directory.sql]
+hosts = ["{host}"]
+dbname = "mail"
+user = "{ROLE}"
+password = "{PASSWORD}"
+password_query = "SELECT password_hash AS password, disabled, locked FROM users WHERE email = {{address}}"
+"#,
+            common = common_config(),
+            host = pg.host()
+        ),
+    )
+    .expect("write config");
+    let helper = vec![
+        release_dir().join("cgp-auth").display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    println!(
+        "cgp-auth SQL benchmark: {requests} requests, {users} users, {in_flight} in flight, PostgreSQL {}",
+        pg.host()
+    );
+    let no_server_cpu = || 0.0;
+    // Alternating, twice, so that load on the shared machine falls on both.
+    let mut ratios = Vec::new();
+    for round in 1..=2 {
+        let (direct, direct_cpu) = sql_direct_loop(&pg, requests, users, in_flight, in_flight);
+        // The helper's way: its default 4 connections, pipelined.
+        let (piped, piped_cpu) = sql_direct_loop(&pg, requests, users, in_flight, 4);
+        let cold = sim(&no_server_cpu, requests, in_flight, &vrfy, &helper);
+        println!("  round {round}: {}", cold.summary);
+        println!(
+            "  round {round}: direct loop, a connection per task {direct:>8.0} /s ({:.1} us CPU each); 4 pipelined connections {piped:>8.0} /s ({:.1} us); cold VRFY {:>8.0} req/s ({:.1} us helper CPU each) = {:.2}x the first (target >= 0.8x), {:.2}x the second",
+            direct_cpu * 1e6 / requests as f64,
+            piped_cpu * 1e6 / requests as f64,
+            cold.rate,
+            cold.helper_cpu * 1e6 / requests as f64,
+            cold.rate / direct,
+            cold.rate / piped
+        );
+        ratios.push(format!(
+            "{:.2}x ({:.2}x)",
+            cold.rate / direct,
+            cold.rate / piped
+        ));
+    }
+    println!(
+        "cold VRFY over the direct loop, a connection per task (4 pipelined): {}",
+        ratios.join(", ")
+    );
 }

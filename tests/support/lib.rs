@@ -6,6 +6,7 @@ pub mod banner;
 pub mod fake_ami;
 pub mod fake_cli;
 pub mod haproxy;
+pub mod postgres;
 pub mod process;
 pub mod session;
 pub mod slapd;

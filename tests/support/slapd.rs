@@ -30,7 +30,7 @@ pub struct Slapd {
 
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost,
 /// made with the openssl command line in `dir`.
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let ext = dir.join("server.ext");
     std::fs::write(
         &ext,

@@ -1,5 +1,5 @@
 //! The directory: one interface over the places people live (the static
-//! file, LDAP; SQL and the MX Proxy and CloudPBX APIs later), used the same
+//! file, LDAP, SQL; the MX Proxy and CloudPBX APIs later), used the same
 //! way by every helper.
 //!
 //! - [`Account`]: an account name or mail address, parsed once.
@@ -22,6 +22,7 @@ mod error;
 mod ldap;
 pub mod password;
 mod person;
+mod sql;
 mod static_file;
 mod template;
 
@@ -32,6 +33,7 @@ pub use config::{
 };
 pub use error::DirectoryError;
 pub use person::{Dn, DnError, Group, GroupRef, Person};
+pub use sql::{Host, Query, SqlConfig, TlsMode};
 pub use template::{
     AccountDn, AccountFilter, Context, EntryFilter, Field, Template, TemplateError, Values,
 };

@@ -8,7 +8,7 @@
 //! ldap3 has no pooling or reconnect by design (ldap3 issues #81, #96), hence
 //! the pool here.
 
-mod conn;
+pub(crate) mod conn;
 mod ppolicy;
 
 use cgp_runtime::KeyError;

@@ -4,6 +4,7 @@
 //! checked by [`DirectoryConfig::validate`].
 
 use super::password::Stored;
+use super::sql::SqlConfig;
 use super::template::{AccountDn, AccountFilter, EntryFilter, Template};
 use super::{Account, CacheConfig, Directory, DirectoryError, GroupRef};
 use crate::ldap::{LdapConfig, Scope};
@@ -19,6 +20,8 @@ pub enum Kind {
     #[default]
     Static,
     Ldap,
+    /// PostgreSQL (`[directory.sql]`).
+    Sql,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -41,6 +44,8 @@ pub struct DirectoryConfig {
     #[serde(deserialize_with = "de_domains")]
     pub domains: BTreeMap<String, SearchConfig>,
     pub groups: GroupsConfig,
+    /// SQL connection settings and queries.
+    pub sql: SqlConfig,
 }
 
 /// `[directory.search]`: how a person is found in LDAP, and how their
@@ -265,6 +270,7 @@ impl DirectoryConfig {
                     self.validate_search(&key(&format!("domains.{domain}")), s)?;
                 }
             }
+            Kind::Sql => self.sql.validate(&key("sql"))?,
         }
         Ok(())
     }
@@ -316,6 +322,10 @@ impl DirectoryConfig {
             ),
             Kind::Ldap => {
                 Directory::with_backend(super::ldap::LdapDirectory::new(self, wanted)?, &self.cache)
+            }
+            // The queries' columns are the attributes.
+            Kind::Sql => {
+                Directory::with_backend(super::sql::SqlDirectory::new(&self.sql)?, &self.cache)
             }
         })
     }

@@ -24,15 +24,18 @@ pub enum Field {
     Address,
     /// `{dn}`: the DN of the person's entry.
     Dn,
+    /// `{id}`: the id of the person's row (SQL queries).
+    Id,
 }
 
 impl Field {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Field::User => "{user}",
             Field::Domain => "{domain}",
             Field::Address => "{address}",
             Field::Dn => "{dn}",
+            Field::Id => "{id}",
         }
     }
 }
@@ -45,7 +48,7 @@ const RENAMED: [(&str, Field); 3] = [
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
+pub(super) enum Part {
     Text(String),
     Field(Field),
 }
@@ -161,49 +164,7 @@ impl<C: Context> Template<C> {
     /// letters is a placeholder and must be one this context takes; any
     /// other brace is text.
     pub fn parse(source: &str) -> Result<Template<C>, TemplateError> {
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = source;
-        while let Some(open) = rest.find('{') {
-            let after = &rest[open + 1..];
-            let name_len = after
-                .bytes()
-                .take_while(|b| b.is_ascii_alphabetic() || *b == b'_')
-                .count();
-            if name_len == 0 || after.as_bytes().get(name_len) != Some(&b'}') {
-                text.push_str(&rest[..=open]);
-                rest = after;
-                continue;
-            }
-            let name = &after[..name_len];
-            let field = C::FIELDS
-                .iter()
-                .copied()
-                .find(|f| &f.name()[1..f.name().len() - 1] == name)
-                .ok_or_else(|| match RENAMED.iter().find(|(old, _)| *old == name) {
-                    Some((_, new)) if C::FIELDS.contains(new) => {
-                        TemplateError::Renamed(name.to_string(), new.name())
-                    }
-                    _ => TemplateError::Unknown(
-                        name.to_string(),
-                        C::FIELDS
-                            .iter()
-                            .map(|f| f.name())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ),
-                })?;
-            text.push_str(&rest[..open]);
-            if !text.is_empty() {
-                parts.push(Part::Text(std::mem::take(&mut text)));
-            }
-            parts.push(Part::Field(field));
-            rest = &after[name_len + 1..];
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            parts.push(Part::Text(text));
-        }
+        let parts = split(source, C::FIELDS)?;
         let template = Template {
             source: source.to_string(),
             parts,
@@ -229,7 +190,7 @@ impl<C: Context> Template<C> {
                     Field::User => values.account.user(),
                     Field::Domain => values.account.domain(),
                     Field::Address => values.account.address(),
-                    Field::Dn => values.dn.unwrap_or_default(),
+                    Field::Dn | Field::Id => values.dn.unwrap_or_default(),
                 })),
             }
         }
@@ -250,6 +211,56 @@ impl<C: Context> Template<C> {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+}
+
+/// Splits `source` into text and placeholders. `{name}` with a name of
+/// letters is a placeholder and must be one of `fields`; any other brace is
+/// text.
+pub(super) fn split(source: &str, fields: &[Field]) -> Result<Vec<Part>, TemplateError> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = source;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let name_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphabetic() || *b == b'_')
+            .count();
+        if name_len == 0 || after.as_bytes().get(name_len) != Some(&b'}') {
+            text.push_str(&rest[..=open]);
+            rest = after;
+            continue;
+        }
+        let name = &after[..name_len];
+        let field = fields
+            .iter()
+            .copied()
+            .find(|f| &f.name()[1..f.name().len() - 1] == name)
+            .ok_or_else(|| match RENAMED.iter().find(|(old, _)| *old == name) {
+                Some((_, new)) if fields.contains(new) => {
+                    TemplateError::Renamed(name.to_string(), new.name())
+                }
+                _ => TemplateError::Unknown(
+                    name.to_string(),
+                    fields
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            })?;
+        text.push_str(&rest[..open]);
+        if !text.is_empty() {
+            parts.push(Part::Text(std::mem::take(&mut text)));
+        }
+        parts.push(Part::Field(field));
+        rest = &after[name_len + 1..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        parts.push(Part::Text(text));
+    }
+    Ok(parts)
 }
 
 impl<'de, C: Context> Deserialize<'de> for Template<C> {

@@ -465,7 +465,9 @@ fn bind_outcome(res: &LdapResult) -> Result<BindOutcome, LdapError> {
     }
 }
 
-fn tls_config_with_ca(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config_with_ca(
+    path: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
