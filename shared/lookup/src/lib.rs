@@ -3,6 +3,7 @@
 
 pub mod ami;
 pub mod cgp_cli;
+pub mod cloudpbx;
 pub mod directory;
 pub mod ldap;
 pub mod pbx;
