@@ -5,6 +5,7 @@
 pub mod banner;
 pub mod fake_ami;
 pub mod fake_cli;
+pub mod fake_cloudpbx;
 pub mod haproxy;
 pub mod process;
 pub mod session;

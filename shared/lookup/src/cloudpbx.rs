@@ -509,6 +509,11 @@ impl PbxBackend for CloudPbx {
         Box::pin(std::future::ready(r))
     }
 
+    /// CloudPBX has no dialplan contexts.
+    fn extension_key(&self, extension: &ExtensionId) -> ExtensionId {
+        extension_id(&extension.exten)
+    }
+
     fn missed_calls<'a>(&'a self, pbx: &'a str, e: &'a ExtensionId) -> PbxFuture<'a, MissedCalls> {
         let r = self.known(pbx, |l| match &l.missed {
             Some(c) => Ok(c.of(&e.exten)),
@@ -629,6 +634,7 @@ async fn follow(
                 let mut guard = sync::write(live);
                 let Some(l) = guard.as_mut() else { return "stopped".into() };
                 for (exten, state) in update.states {
+                    tracing::debug!(pbx = %name, exten = %exten, state = state.words(), "CloudPBX extension state");
                     let before = l.states.insert(exten.clone(), state);
                     if before == Some(ExtState::Ringing) && state != ExtState::Ringing {
                         reread = tokio::time::Instant::now() + RECORD_DELAY;
