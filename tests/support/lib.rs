@@ -6,6 +6,7 @@ pub mod banner;
 pub mod fake_ami;
 pub mod fake_cli;
 pub mod fake_cloudpbx;
+pub mod fake_mxproxy;
 pub mod haproxy;
 pub mod process;
 pub mod session;

@@ -22,6 +22,7 @@
 //! of extension states, so after a reconnect an extension's state is
 //! [`ExtState::Unknown`] until the PBX reports it again.
 
+use crate::http::{self, BodyError, endpoint};
 use crate::pbx::{
     ExtState, ExtensionId, MissedCalls, PbxBackend, PbxError, PbxEvent, PbxFuture, Voicemail,
 };
@@ -150,20 +151,6 @@ impl CloudPbxConfig {
             Some(name) => TimeZone::get(name).map_err(|e| format!("unknown time zone: {e}")),
         }
     }
-}
-
-/// `base` with `segments` appended as path segments (each percent-encoded,
-/// so a name never changes the URL's shape) and `query` as encoded pairs.
-fn endpoint(base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
-    let mut url = base.clone();
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().extend(segments);
-    }
-    url.set_query(None);
-    if !query.is_empty() {
-        url.query_pairs_mut().extend_pairs(query);
-    }
-    url
 }
 
 /// The event stream's URL on `base`: `ws(s)://host/ws/pbx_<name>?pbxkey=<key>`.
@@ -325,7 +312,7 @@ impl Rest {
 
     async fn get_one(&self, url: Url) -> Result<Vec<u8>, PbxError> {
         let name = &self.config.name;
-        let mut resp = self
+        let resp = self
             .http
             .get(url)
             .bearer_auth(&self.config.api_key)
@@ -339,17 +326,12 @@ impl Rest {
         if !status.is_success() {
             return Err(PbxError::Refused(format!("HTTP {}", status.as_u16())));
         }
-        let limit = self.config.max_response_bytes;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http_error(name, e))? {
-            if body.len() + chunk.len() > limit {
-                return Err(PbxError::Protocol(format!(
-                    "response larger than {limit} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        http::read_body(resp, self.config.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => http_error(name, e),
+                e @ BodyError::TooLarge(_) => PbxError::Protocol(e.to_string()),
+            })
     }
 
     /// Missed calls of the exchange's current day, per extension.

@@ -3,6 +3,7 @@
 //! deserialized, so their errors carry a line; rules between keys are
 //! checked by [`DirectoryConfig::validate`].
 
+use super::mxproxy::MxProxyConfig;
 use super::password::Stored;
 use super::template::{AccountDn, AccountFilter, EntryFilter, Template};
 use super::{Account, CacheConfig, Directory, DirectoryError, GroupRef};
@@ -19,6 +20,8 @@ pub enum Kind {
     #[default]
     Static,
     Ldap,
+    /// MX Proxy: `[directory.mxproxy]`.
+    MxProxy,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -41,6 +44,8 @@ pub struct DirectoryConfig {
     #[serde(deserialize_with = "de_domains")]
     pub domains: BTreeMap<String, SearchConfig>,
     pub groups: GroupsConfig,
+    /// MX Proxy connection settings (`type = "mxproxy"`).
+    pub mxproxy: Option<MxProxyConfig>,
 }
 
 /// `[directory.search]`: how a person is found in LDAP, and how their
@@ -265,6 +270,17 @@ impl DirectoryConfig {
                     self.validate_search(&key(&format!("domains.{domain}")), s)?;
                 }
             }
+            Kind::MxProxy => match &self.mxproxy {
+                None => {
+                    return Err(KeyError::new(
+                        key("mxproxy"),
+                        "type = \"mxproxy\" needs this table",
+                    ));
+                }
+                Some(m) => m
+                    .check()
+                    .map_err(|(k, m)| KeyError::new(key(&format!("mxproxy.{k}")), m))?,
+            },
         }
         Ok(())
     }
@@ -316,6 +332,12 @@ impl DirectoryConfig {
             ),
             Kind::Ldap => {
                 Directory::with_backend(super::ldap::LdapDirectory::new(self, wanted)?, &self.cache)
+            }
+            Kind::MxProxy => {
+                let m = self.mxproxy.as_ref().ok_or_else(|| {
+                    DirectoryError::Failed("type = \"mxproxy\" needs [directory.mxproxy]".into())
+                })?;
+                Directory::with_backend(super::mxproxy::MxProxy::new(m)?, &self.cache)
             }
         })
     }
