@@ -169,3 +169,43 @@ fn cgp_auth_answers_vrfy_from_mx_proxy() {
         assert!(!text.contains(secret), "{secret} in the log");
     }
 }
+
+#[test]
+fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
+    let example = cgp_tests::workspace().join("packaging/examples/auth-mxproxy.toml");
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(bin("cgp-auth"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check(&example);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("service_password = \"change-me-too\"", ""),
+    )
+    .unwrap();
+    let (ok, err) = check(&bad);
+    assert!(
+        !ok && err.contains("directory.mxproxy.service_password"),
+        "{err}"
+    );
+    assert!(!err.contains("change-me"), "{err}");
+    std::fs::write(
+        &bad,
+        text.replace("[directory.mxproxy]", "[directory.other]"),
+    )
+    .unwrap();
+    let (ok, err) = check(&bad);
+    assert!(!ok && err.contains("other"), "{err}");
+}
