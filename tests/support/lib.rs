@@ -9,6 +9,7 @@ pub mod fake_cloudpbx;
 pub mod fake_mxproxy;
 pub mod haproxy;
 pub mod process;
+pub mod serve;
 pub mod session;
 pub mod slapd;
 pub mod transcript;
