@@ -21,6 +21,10 @@
 //! the configuration shape before `[directory]`), every helper row is run
 //! with it too, in the same run, alternating, and the ratios are printed.
 //!
+//! With `AUTH_WRAP` set, this tree's binary runs under that command, with
+//! `{row}` replaced by the row's name, to profile it where it is measured:
+//! `AUTH_WRAP='perf record -g -o /tmp/auth-{row}.data --'`.
+//!
 //! Usage: auth_bench [REQUESTS] [USERS] [IN_FLIGHT]
 
 use base64::Engine;
@@ -353,6 +357,7 @@ fn main() {
     let slapd = Slapd::start(&ldif_path);
     let auth = release_dir().join("cgp-auth").display().to_string();
     let base = std::env::var("AUTH_BASE_BIN").ok();
+    let wrap = std::env::var("AUTH_WRAP").ok();
     let null = release_dir()
         .join("examples/null_helper")
         .display()
@@ -404,7 +409,15 @@ fn main() {
                 store,
                 *shape,
             );
-            let helper = vec![bin.clone(), "--config".into(), cfg];
+            let mut helper: Vec<String> = match (&wrap, prefix.is_empty()) {
+                (Some(w), true) => w
+                    .replace("{row}", name)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            helper.extend([bin.clone(), "--config".into(), cfg]);
             if store {
                 // Cached VRFY is measured with the cache filled: one
                 // untimed pass over the users first, then a new helper

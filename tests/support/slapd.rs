@@ -320,3 +320,22 @@ impl Drop for Slapd {
         self.stop();
     }
 }
+
+/// The body of a `[directory.ldap]` table for tests: these servers, the
+/// service account, short timeouts.
+pub fn connection_toml(uris: &[String]) -> String {
+    let uris: Vec<String> = uris.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "uris = [{}]\nbind_dn = \"{SERVICE_DN}\"\nbind_password = \"{SERVICE_PASSWORD}\"\nconnect_timeout = \"1s\"\nop_timeout = \"1s\"\nmax_backoff = \"200ms\"\n",
+        uris.join(", ")
+    )
+}
+
+/// A two-thread tokio runtime for tests that drive cgp-lookup directly.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}

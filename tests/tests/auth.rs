@@ -5,7 +5,7 @@
 
 use cgp_tests::fake_cli::FakeCli;
 use cgp_tests::session::Session;
-use cgp_tests::slapd::{SERVICE_DN, SERVICE_PASSWORD, Slapd};
+use cgp_tests::slapd::{Slapd, connection_toml};
 use cgp_tests::{bin, testdata, workspace};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,6 @@ fn quote(s: &str) -> String {
 /// The configuration for one test: the LDAP back end on `uris`, logs at
 /// debug level in `dir`, plus `extra` TOML (tables after the top keys).
 fn config(dir: &Path, uris: &[String], top: &str, extra: &str) -> String {
-    let uris: Vec<String> = uris.iter().map(|u| format!("{u:?}")).collect();
     format!(
         r#"{top}
 
@@ -72,17 +71,11 @@ level = "debug"
 file = "{log}"
 
 [directory.ldap]
-uris = [{uris}]
-bind_dn = "{SERVICE_DN}"
-bind_password = "{SERVICE_PASSWORD}"
-connect_timeout = "1s"
-op_timeout = "1s"
-max_backoff = "200ms"
-
+{connection}
 {extra}
 "#,
         log = dir.join("auth.log").display(),
-        uris = uris.join(", "),
+        connection = connection_toml(uris),
     )
 }
 
@@ -256,62 +249,43 @@ enabled = false
                 &extra(groups),
             ),
         );
-        // cn=outbound holds alice only.
-        assert_eq!(h.vrfy("alice@example.test", "alicepw"), "OK");
-        assert_eq!(
-            h.vrfy("bob@example.test", "bobpw"),
-            r#"ERROR "not permitted""#
-        );
-        // The rule is checked after the password: a wrong one reveals nothing.
-        assert_eq!(
-            h.vrfy("bob@example.test", "wrong-pass"),
-            r#"ERROR "invalid credentials""#
-        );
+        let ok = "OK";
+        let invalid = r#"ERROR "invalid credentials""#;
+        let not_permitted = r#"ERROR "not permitted""#;
+        let carol_pw = "sp ace \"quote\" back\\slash é";
+        for (user, password, want) in [
+            // cn=outbound holds alice only.
+            ("alice@example.test", "alicepw", ok),
+            ("bob@example.test", "bobpw", not_permitted),
+            // The rule is checked after the password: a wrong one reveals
+            // nothing.
+            ("bob@example.test", "wrong-pass", invalid),
+            // Compare mode checks the {SSHA} userPassword read by the
+            // service account.
+            ("bob@compare.test", "bobpw", ok),
+            ("bob@compare.test", "wrong-pass", invalid),
+            ("nobody@compare.test", "bobpw", invalid),
+            // DN template: one bind, then the access filter (bob is in
+            // Sales); the domain key was written Template.TEST.
+            ("bob@template.test", "bobpw", ok),
+            ("alice@template.test", "alicepw", not_permitted),
+            ("x,ou=people@template.test", "bobpw", invalid),
+            // Group DNs as written in the configuration, checked with the
+            // search or after a template bind.
+            ("alice@memberof.test", "alicepw", ok),
+            ("bob@memberof.test", "bobpw", not_permitted),
+            ("bob@memberof-template.test", "bobpw", ok),
+            ("carol@memberof-template.test", carol_pw, not_permitted),
+            // Per-domain base and filter: dave lives under ou=partners.
+            ("dave@other.test", "davepw", ok),
+            ("dave@example.test", "davepw", invalid),
+        ] {
+            assert_eq!(h.vrfy(user, password), want, "{user} ({groups})");
+        }
         assert_eq!(h.ask("READPLAIN alice@example.test"), r#"OK "alicesip""#);
         assert_eq!(
             h.ask("READPLAIN bob@example.test"),
             r#"ERROR "unknown user""#
-        );
-        // Compare mode checks the {SSHA} userPassword read by the service account.
-        assert_eq!(h.vrfy("bob@compare.test", "bobpw"), "OK");
-        assert_eq!(
-            h.vrfy("bob@compare.test", "wrong-pass"),
-            r#"ERROR "invalid credentials""#
-        );
-        assert_eq!(
-            h.vrfy("nobody@compare.test", "bobpw"),
-            r#"ERROR "invalid credentials""#
-        );
-        // DN template: one bind, then the access filter (bob is in Sales).
-        assert_eq!(h.vrfy("bob@template.test", "bobpw"), "OK");
-        assert_eq!(
-            h.vrfy("alice@template.test", "alicepw"),
-            r#"ERROR "not permitted""#
-        );
-        assert_eq!(
-            h.vrfy("x,ou=people@template.test", "bobpw"),
-            r#"ERROR "invalid credentials""#
-        );
-        // Group DNs as written in the configuration, checked with the
-        // search or after a template bind.
-        assert_eq!(h.vrfy("alice@memberof.test", "alicepw"), "OK");
-        assert_eq!(
-            h.vrfy("bob@memberof.test", "bobpw"),
-            r#"ERROR "not permitted""#
-        );
-        assert_eq!(h.vrfy("bob@memberof-template.test", "bobpw"), "OK");
-        assert_eq!(
-            h.vrfy(
-                "carol@memberof-template.test",
-                "sp ace \"quote\" back\\slash é"
-            ),
-            r#"ERROR "not permitted""#
-        );
-        // Per-domain base and filter: dave lives under ou=partners.
-        assert_eq!(h.vrfy("dave@other.test", "davepw"), "OK");
-        assert_eq!(
-            h.vrfy("dave@example.test", "davepw"),
-            r#"ERROR "invalid credentials""#
         );
         h.finish();
         assert_no_passwords(dir.path());

@@ -1,8 +1,8 @@
 //! `cgp_lookup::ldap::Directory` against a real slapd: searches, binds,
 //! password-policy verdicts, escaping, failover and fault injection.
 
-use cgp_lookup::ldap::{BindOutcome, Directory, LdapConfig, LdapError, Scope, escape_filter};
-use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd};
+use cgp_lookup::ldap::{BindOutcome, Directory, LdapConfig, LdapError, Scope};
+use cgp_tests::slapd::{BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd, runtime};
 use std::time::{Duration, Instant};
 
 fn config(uris: Vec<String>) -> LdapConfig {
@@ -17,18 +17,10 @@ fn config(uris: Vec<String>) -> LdapConfig {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 const ALICE: &str = "uid=alice,ou=people,dc=example,dc=org";
 
 async fn find_uid(dir: &Directory, uid: &str) -> Result<Vec<String>, LdapError> {
-    let filter = format!("(uid={})", escape_filter(uid));
+    let filter = format!("(uid={})", ldap3::ldap_escape(uid));
     let entries = dir.search(BASE, Scope::Sub, &filter, &["uid"]).await?;
     Ok(entries.into_iter().map(|e| e.dn).collect())
 }

@@ -5,17 +5,10 @@
 //! server that is down reported as unavailable.
 
 use cgp_lookup::directory::{
-    Account, Directory, DirectoryConfig, DirectoryError, GroupRef, Verdict,
+    Account, Directory, DirectoryConfig, DirectoryError, GroupRef, Person, Verdict,
 };
-use cgp_tests::slapd::{SERVICE_DN, SERVICE_PASSWORD, Slapd};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use cgp_tests::slapd::{Slapd, connection_toml, runtime};
+use std::sync::Arc;
 
 /// A directory on `slapd` with `extra` TOML after the connection table.
 fn open(slapd: &Slapd, extra: &str) -> Directory {
@@ -24,23 +17,30 @@ fn open(slapd: &Slapd, extra: &str) -> Directory {
 type = "ldap"
 attributes = ["cn", "mail", "departmentNumber"]
 [ldap]
-uris = ["{}"]
-bind_dn = "{SERVICE_DN}"
-bind_password = "{SERVICE_PASSWORD}"
-connect_timeout = "1s"
-op_timeout = "1s"
-max_backoff = "200ms"
+{}
 {extra}
 "#,
-        slapd.uri()
+        connection_toml(&[slapd.uri()])
     );
     let config: DirectoryConfig = toml::from_str(&text).unwrap();
     config.validate("directory").unwrap();
     config.open(&["telephoneNumber"]).unwrap()
 }
 
+/// A slapd, a runtime, and a directory on the slapd with `extra`.
+fn start(extra: &str) -> (Slapd, tokio::runtime::Runtime, Directory) {
+    let slapd = Slapd::start_default();
+    let dir = open(&slapd, extra);
+    (slapd, runtime(), dir)
+}
+
 fn account(s: &str) -> Account {
     Account::parse(s.as_bytes()).unwrap()
+}
+
+/// The person with this login name, `None` when there is none.
+async fn person(dir: &Directory, name: &str) -> Option<Arc<Person>> {
+    dir.find(&account(name)).await.unwrap()
 }
 
 const PEOPLE: &str = r#"
@@ -58,11 +58,7 @@ fn people_attributes_and_groups() {
     ] {
         let dir = open(&slapd, &format!("{PEOPLE}{groups}"));
         rt.block_on(async {
-            let alice = dir
-                .find(&account("Alice@Example.TEST"))
-                .await
-                .unwrap()
-                .unwrap();
+            let alice = person(&dir, "Alice@Example.TEST").await.unwrap();
             assert_eq!(alice.id, "uid=alice,ou=people,dc=example,dc=org");
             assert_eq!(alice.first("CN"), Some("Alice Liddell"));
             assert_eq!(alice.values("mail").len(), 2);
@@ -70,11 +66,7 @@ fn people_attributes_and_groups() {
             // Group DNs as an administrator writes them match.
             assert!(alice.in_group(&GroupRef::new("CN=Outbound, OU=Groups, DC=example, DC=org")));
             assert!(alice.in_group(&GroupRef::new("staff")));
-            let carol = dir
-                .find(&account("carol@example.test"))
-                .await
-                .unwrap()
-                .unwrap();
+            let carol = person(&dir, "carol@example.test").await.unwrap();
             assert!(carol.groups.is_empty(), "{groups}: {carol:?}");
             // By mail address (default filter: (mail={address})).
             let by_mail = dir
@@ -83,22 +75,14 @@ fn people_attributes_and_groups() {
                 .unwrap()
                 .unwrap();
             assert_eq!(by_mail.id, alice.id);
-            assert!(
-                dir.find(&account("ghost@example.test"))
-                    .await
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(person(&dir, "ghost@example.test").await.is_none());
         });
     }
 }
 
 #[test]
 fn passwords_by_bind_and_by_compare() {
-    let slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(
-        &slapd,
+    let (_slapd, rt, dir) = start(
         r#"
 [search]
 base = "ou=people,dc=example,dc=org"
@@ -107,35 +91,19 @@ base = "ou=people,dc=example,dc=org"
 mode = "compare"
 "#,
     );
-    rt.block_on(async {
-        assert_eq!(
-            dir.verify(&account("alice@example.test"), b"alicepw").await,
-            Ok(Verdict::Ok)
-        );
-        assert_eq!(
-            dir.verify(&account("alice@example.test"), b"bobpw").await,
-            Ok(Verdict::Invalid)
-        );
-        assert_eq!(
-            dir.verify(&account("lucy@example.test"), b"lucypw").await,
-            Ok(Verdict::Locked)
-        );
-        // The domain key is matched without regard to case: compare mode.
-        assert_eq!(
-            dir.verify(&account("bob@compare.test"), b"bobpw").await,
-            Ok(Verdict::Ok)
-        );
-        // lucy is locked by the password policy, which compare mode does
-        // not see: the key decided the mode.
-        assert_eq!(
-            dir.verify(&account("lucy@compare.test"), b"lucypw").await,
-            Ok(Verdict::Ok)
-        );
-        assert_eq!(
-            dir.verify(&account("ghost@compare.test"), b"bobpw").await,
-            Ok(Verdict::Invalid)
-        );
-    });
+    // lucy is locked by the password policy, which compare mode does not
+    // see; compare.test is matched without regard to the key's case.
+    for (who, password, verdict) in [
+        ("alice@example.test", "alicepw", Verdict::Ok),
+        ("alice@example.test", "bobpw", Verdict::Invalid),
+        ("lucy@example.test", "lucypw", Verdict::Locked),
+        ("bob@compare.test", "bobpw", Verdict::Ok),
+        ("lucy@compare.test", "lucypw", Verdict::Ok),
+        ("ghost@compare.test", "bobpw", Verdict::Invalid),
+    ] {
+        let got = rt.block_on(dir.verify(&account(who), password.as_bytes()));
+        assert_eq!(got, Ok(verdict), "{who}");
+    }
 }
 
 /// A local part that looks like a placeholder stays itself at every
@@ -177,7 +145,7 @@ filter = "(|(member={dn})(cn={user}))"
     );
     rt.block_on(async {
         // user_filter, mail_filter: nobody has these names.
-        assert!(people.find(&tricky).await.unwrap().is_none());
+        assert!(person(&people, "{domain}@alice").await.is_none());
         assert!(people.find_by_mail(&tricky).await.unwrap().is_none());
         // dn_template: no bind as uid=alice.
         assert_eq!(
@@ -200,23 +168,16 @@ filter = "(|(member={dn})(cn={user}))"
         );
         // The group filter: carol is in no group, and no group is named
         // `{domain}` (staff, the domain, is one).
-        let carol = fixed
-            .find(&account("{domain}@staff"))
-            .await
-            .unwrap()
-            .unwrap();
+        let carol = person(&fixed, "{domain}@staff").await.unwrap();
         assert!(carol.groups.is_empty(), "{carol:?}");
-        let carol = fixed.find(&account("staff@staff")).await.unwrap().unwrap();
+        let carol = person(&fixed, "staff@staff").await.unwrap();
         assert!(carol.in_group(&GroupRef::new("staff")));
     });
 }
 
 #[test]
 fn several_matching_entries_are_refused() {
-    let slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(
-        &slapd,
+    let (_slapd, rt, dir) = start(
         r#"
 [search]
 base = "ou=people,dc=example,dc=org"
@@ -228,20 +189,13 @@ user_filter = "(|(uid={user})(uid=bob))"
         assert_eq!(dir.find(&alice).await, Ok(None));
         assert_eq!(dir.verify(&alice, b"alicepw").await, Ok(Verdict::Invalid));
         // bob alone matches for bob.
-        assert!(
-            dir.find(&account("bob@example.test"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(person(&dir, "bob@example.test").await.is_some());
     });
 }
 
 #[test]
 fn a_server_that_is_down_is_unavailable() {
-    let mut slapd = Slapd::start_default();
-    let rt = runtime();
-    let dir = open(&slapd, PEOPLE);
+    let (mut slapd, rt, dir) = start(PEOPLE);
     slapd.stop();
     rt.block_on(async {
         assert!(matches!(

@@ -12,6 +12,7 @@ use cgp_lookup::ami::Ami;
 use cgp_lookup::cloudpbx::CloudPbx;
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
 use cgp_lookup::pbx::{ExtState, ExtensionId, MissedCalls, Pbx, PbxBackend};
+use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
 use cgp_wire::shape::UnknownShapes;
@@ -175,15 +176,15 @@ impl Banner {
         let person = match &br.account {
             Some(a) if wants_person || wants_groups => match self.person(a).await {
                 Ok(p) => p,
-                // Announcements for everyone can still be shown; the
-                // person's own values cannot.
-                Err(e) if !wants_person => {
-                    tracing::warn!(error = %e, "directory lookup failed");
-                    None
-                }
                 Err(e) => {
+                    metrics::count(Event::BackendError);
                     tracing::warn!(error = %e, "directory lookup failed");
-                    return None;
+                    // Announcements for everyone can still be shown; the
+                    // person's own values cannot.
+                    if wants_person {
+                        return None;
+                    }
+                    None
                 }
             },
             _ => None,
@@ -235,6 +236,7 @@ impl Banner {
         match pbx.voicemail(attrs.pbx(p), attrs.mailbox(p)?).await {
             Ok(c) => Some((c.new, c.old)),
             Err(e) => {
+                metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "voicemail count unavailable");
                 None
             }
@@ -262,6 +264,7 @@ impl Banner {
         match pbx.extension(name, &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
+                metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "extension state unavailable");
                 None
             }
@@ -276,6 +279,7 @@ impl Banner {
         match pbx.missed_calls(name, &extension).await {
             Ok(m) => Some(m),
             Err(e) => {
+                metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "missed calls unavailable");
                 None
             }

@@ -11,13 +11,6 @@
 mod conn;
 mod ppolicy;
 
-/// A value escaped for a search filter, by ldap3 (RFC 4515). Only for the
-/// helpers that still build filters by hand; new code fills a
-/// [`crate::directory::Template`], which escapes in one pass.
-pub fn escape_filter(value: &str) -> String {
-    ldap3::ldap_escape(value).into_owned()
-}
-
 use cgp_runtime::KeyError;
 use conn::{Pools, Purpose};
 use serde::{Deserialize, Deserializer};
@@ -243,25 +236,16 @@ impl Entry {
 }
 
 /// Why an operation gave no answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LdapError {
     /// No server answered in time (down, hung, refusing, busy).
+    #[error("directory unavailable: {0}")]
     Unavailable(String),
     /// A server answered with an error (bad filter, no such base, refused
     /// service bind...).
+    #[error("directory error: {0}")]
     Other(String),
 }
-
-impl fmt::Display for LdapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LdapError::Unavailable(s) => write!(f, "directory unavailable: {s}"),
-            LdapError::Other(s) => write!(f, "directory error: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for LdapError {}
 
 /// The verdict of a user bind. Password-policy answers come from the
 /// OpenLDAP ppolicy response control, or from the Active Directory

@@ -19,6 +19,16 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+thread_local! {
+    static ON_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is one of the pool's: a request woken here by its
+/// finished work may run on here instead of waking an async worker.
+pub(crate) fn on_pool_thread() -> bool {
+    ON_POOL.with(std::cell::Cell::get)
+}
+
 struct Pool {
     queue: Mutex<Queue>,
     ready: Condvar,
@@ -45,6 +55,7 @@ impl Pool {
                     .name("compute".into())
                     .spawn(move || {
                         let _entered = runtime.as_ref().map(|r| r.enter());
+                        ON_POOL.with(|on| on.set(true));
                         Pool::start().work();
                     })
                     .expect("spawning a compute thread");

@@ -274,30 +274,43 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The line where a dotted key is set: the first `name =` line after the
-/// table header that holds it. Good enough to point an administrator at the
-/// right place; the key path in the message is authoritative.
+/// The line where a dotted key (`directory.static.users[2].password`) is
+/// set, from the spans toml's parser keeps. A key may itself hold dots
+/// (`directory.domains.example.com.base`): the longest names that exist are
+/// tried first. `None` when the key is not in the file (a default).
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
-    let name = name.split('[').next().unwrap_or(name);
-    let table_head = table.split('[').next().unwrap_or(table);
-    let mut in_table = table_head.is_empty();
-    for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            let head = t.trim_matches(|c| c == '[' || c == ']').trim();
-            in_table = head == table_head;
-            continue;
-        }
-        if in_table {
-            if let Some(rest) = t.strip_prefix(name) {
-                if rest.trim_start().starts_with('=') {
-                    return Some(n + 1);
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let segments: Vec<&str> = key.split('.').collect();
+    let start = key_span(root.get_ref(), &segments)?;
+    Some(line_col(text, start).0)
+}
+
+/// Where the key `segments` names starts in a table.
+fn key_span(table: &toml::de::DeTable<'_>, segments: &[&str]) -> Option<usize> {
+    (1..=segments.len()).rev().find_map(|n| {
+        let joined = segments[..n].join(".");
+        // `name[2]`: element 2 of the array `name`.
+        let (name, index) = match joined.strip_suffix(']').and_then(|j| j.rsplit_once('[')) {
+            Some((name, i)) => (name.to_string(), Some(i.parse::<usize>().ok()?)),
+            None => (joined, None),
+        };
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        let (value, span) = match index {
+            Some(i) => match v.get_ref() {
+                toml::de::DeValue::Array(a) => {
+                    let item = a.get(i)?;
+                    (item.get_ref(), item.span().start)
                 }
-            }
+                _ => return None,
+            },
+            None => (v.get_ref(), k.span().start),
+        };
+        match (&segments[n..], value) {
+            ([], _) => Some(span),
+            (rest, toml::de::DeValue::Table(t)) => key_span(t, rest),
+            _ => None,
         }
-    }
-    None
+    })
 }
 
 #[cfg(test)]
@@ -378,6 +391,17 @@ mod tests {
         let f = write("[log]\nlevel = \"loud\"\n");
         let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
         assert!(e.contains("line 2, key `log.level`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_in_arrays_of_tables_and_dotted_names_point_at_their_line() {
+        let text = "[[a.users]]\nname = \"x\"\n[[a.users]]\nname = \"y\"\n\n[a.domains.\"ex.test\"]\nbase = \"\"\n";
+        // Element 1's key, not the first `name =` of the file.
+        assert_eq!(key_line(text, "a.users[1].name"), Some(4));
+        assert_eq!(key_line(text, "a.users[0].name"), Some(2));
+        assert_eq!(key_line(text, "a.domains.ex.test.base"), Some(7));
+        assert_eq!(key_line(text, "a.users[2].name"), None);
+        assert_eq!(key_line(text, "a.missing"), None);
     }
 
     #[test]

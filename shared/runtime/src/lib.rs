@@ -670,21 +670,97 @@ fn start<H: Helper>(
         drop(done);
         drop(permit);
     });
-    // One poll with a waker that does nothing: if the request is not ready,
-    // its task's first poll follows at once and registers the task's own
-    // waker wherever the request waits, so no wake-up is lost. A request
-    // answered by this poll needs no scheduler and never touches the
-    // in-flight set.
+    // Polled once here. A request ready at once (a cache hit) needs no
+    // scheduler and never touches the in-flight set; one that must wait is
+    // parked until what it waits for wakes it (see `Parked`).
+    let parked = Arc::new(Parked {
+        task: Mutex::new(None),
+        woken: AtomicBool::new(false),
+        handle: handle.clone(),
+    });
+    let waker = Waker::from(parked.clone());
     if task
         .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
+        .poll(&mut Context::from_waker(&waker))
         .is_ready()
     {
         return;
     }
     sync::lock(&shared.in_flight).insert(key);
     spawned.store(true, Ordering::Relaxed);
-    handle.spawn(task);
+    // Woken while the reader polled it: the reader reads on, a worker
+    // polls it again.
+    if let Some(task) = parked.park(task) {
+        handle.spawn(task);
+    }
+}
+
+/// A request's task that waits, between the reader's first poll and the
+/// wake-up it waits for. Not spawned at once: a first poll by a worker
+/// would find it still waiting and cost a wake-up for nothing. Woken by a
+/// compute thread (its work is done), it runs on that thread, whose next
+/// job waits meanwhile, usually only for writing the reply; woken anywhere
+/// else it becomes a tokio task. Each of these skips a hand-over to another
+/// thread, the largest cost of a request that computes.
+struct Parked {
+    task: Mutex<Option<Task>>,
+    /// Set by every wake-up; a poller that finds it set after parking the
+    /// task takes the task back, so a wake-up during a poll is not lost.
+    woken: AtomicBool,
+    handle: Handle,
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Parked {
+    /// Leaves `task` to the next wake-up; gives it back when one came while
+    /// it was being polled (then nobody else will poll it).
+    fn park(&self, task: Task) -> Option<Task> {
+        *sync::lock(&self.task) = Some(task);
+        if !self.woken.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        // The wake-up may have taken the task itself already.
+        sync::lock(&self.task).take()
+    }
+
+    /// Polls `task` on this thread until it is done or parked.
+    fn run(self: &Arc<Self>, mut task: Task) {
+        let waker = Waker::from(self.clone());
+        loop {
+            self.woken.store(false, Ordering::SeqCst);
+            if task
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                return;
+            }
+            match self.park(task) {
+                Some(again) => task = again,
+                None => return,
+            }
+        }
+    }
+}
+
+impl std::task::Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        let Some(task) = sync::lock(&self.task).take() else {
+            // Being polled now: its poller sees `woken`.
+            return;
+        };
+        if compute::on_pool_thread() {
+            self.run(task);
+        } else {
+            self.handle.spawn(task);
+        }
+    }
 }
 
 /// Polls a future once with the current task's waker.

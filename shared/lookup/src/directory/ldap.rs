@@ -46,6 +46,25 @@ impl LdapDirectory {
         config: &DirectoryConfig,
         mut attributes: Vec<String>,
     ) -> Result<LdapDirectory, DirectoryError> {
+        // The cache holds no secrets: password hashes and READPLAIN
+        // secrets are read when they are needed, never with the person.
+        let secret = |a: &str| {
+            std::iter::once(&config.search)
+                .chain(config.domains.values())
+                .any(|s| {
+                    s.password_attribute.eq_ignore_ascii_case(a)
+                        || s.secret_attribute
+                            .as_deref()
+                            .is_some_and(|x| x.eq_ignore_ascii_case(a))
+                })
+        };
+        attributes.retain(|a| {
+            let keep = !secret(a);
+            if !keep {
+                tracing::warn!(attribute = %a, "a password or secret attribute is not read with the person");
+            }
+            keep
+        });
         if config.groups.lookup == GroupLookup::MemberOf {
             attributes.push(config.groups.member_of_attribute.clone());
         }
@@ -309,5 +328,30 @@ impl LdapDirectory {
                 Ok(Verdict::Invalid)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_never_read_with_the_person() {
+        let config: DirectoryConfig = toml::from_str(
+            r#"
+type = "ldap"
+attributes = ["cn", "USERPASSWORD", "AstAccountSecret", "hash"]
+[search]
+base = "dc=x"
+secret_attribute = "astaccountsecret"
+[domains.y]
+base = "dc=y"
+mode = "compare"
+password_attribute = "hash"
+"#,
+        )
+        .unwrap();
+        let dir = LdapDirectory::new(&config, config.attributes.clone()).unwrap();
+        assert_eq!(dir.attributes, ["cn"]);
     }
 }

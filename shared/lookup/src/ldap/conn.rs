@@ -127,19 +127,19 @@ impl Pools {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<Entry>, LdapError> {
-        let attrs: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
         // One retry on a fresh connection when the first one turns out dead
         // (the server restarted since it was last used), but not after a
         // timeout: that would double the wait on a hung server.
         let mut retried = false;
         loop {
             let (slot, id, server, mut ldap) = self.service_conn().await?;
-            let op = self.op_timeout;
+            // The operation timeout is `run`'s alone (one timer per
+            // operation): a connection that passes it is dropped, so ldap3
+            // need not forget the message itself.
             let result = self
                 .run(async {
                     let (entries, _) = ldap
-                        .with_timeout(op)
-                        .search(base, scope.into(), filter, attrs.clone())
+                        .search(base, scope.into(), filter, attrs)
                         .await?
                         .success()?;
                     Ok(entries)
@@ -184,12 +184,12 @@ impl Pools {
             },
             None => self.connect(Purpose::UserBind).await?,
         };
-        let op = self.op_timeout;
         let mut ldap = conn.ldap.clone();
+        // `run`'s timeout only, as for searches: a connection whose bind
+        // timed out is not put back.
         let result = self
             .run(async {
-                ldap.with_timeout(op)
-                    .with_controls(vec![ppolicy::request()])
+                ldap.with_controls(vec![ppolicy::request()])
                     .simple_bind(dn, password)
                     .await
             })
