@@ -5,9 +5,12 @@
 pub mod banner;
 pub mod fake_ami;
 pub mod fake_cli;
+pub mod fake_cloudpbx;
+pub mod fake_mxproxy;
 pub mod haproxy;
 pub mod postgres;
 pub mod process;
+pub mod serve;
 pub mod session;
 pub mod slapd;
 pub mod transcript;

@@ -4,6 +4,7 @@ use crate::announce::{Announcement, LATEST, Target};
 use crate::people::Attributes;
 use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
+use cgp_lookup::cloudpbx::CloudPbxConfig;
 use cgp_lookup::directory::DirectoryConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use regex::Regex;
@@ -23,6 +24,8 @@ pub struct BannerConfig {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub ami: AmiConfig,
+    /// CloudPBX exchanges (`[[cloudpbx]]`), after the AMI servers.
+    pub cloudpbx: Vec<CloudPbxConfig>,
     /// The suite's one directory shape (README, "Directory").
     pub directory: DirectoryConfig,
     /// Which directory attribute gives each value a banner shows.
@@ -199,6 +202,18 @@ impl HelperConfig for BannerConfig {
     }
     fn validate(&self) -> Result<(), KeyError> {
         self.ami.check().map_err(|(k, m)| KeyError::new(k, m))?;
+        for (i, c) in self.cloudpbx.iter().enumerate() {
+            let at = format!("cloudpbx[{i}]");
+            c.check(&at).map_err(|(k, m)| KeyError::new(k, m))?;
+            if self.ami.servers.iter().any(|s| s.name == c.name)
+                || self.cloudpbx[..i].iter().any(|o| o.name == c.name)
+            {
+                return Err(KeyError::new(
+                    format!("{at}.name"),
+                    format!("PBX name {:?} is used twice", c.name),
+                ));
+            }
+        }
         self.directory.validate("directory")?;
         if self.cache.pbx_ttl.is_zero() {
             return Err(KeyError::new("cache.pbx_ttl", "must be more than 0s"));
@@ -216,7 +231,7 @@ impl HelperConfig for BannerConfig {
         }
         // A static person's PBX is known now; an LDAP person's only when
         // asked (an unknown name then shows the default banner).
-        let names: Vec<&str> = self.ami.servers.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = self.pbx_names().collect();
         let Some(attr) = &self.attributes.pbx else {
             return Ok(());
         };
@@ -230,12 +245,20 @@ impl HelperConfig for BannerConfig {
                 if !names.contains(&pbx.as_str()) {
                     return Err(KeyError::new(
                         format!("directory.static.users[{i}].attributes.{attr}"),
-                        format!("no [[ami.servers]] is named {pbx:?}"),
+                        format!("no [[ami.servers]] or [[cloudpbx]] is named {pbx:?}"),
                     ));
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl BannerConfig {
+    /// Every configured PBX, in the order of their back ends.
+    pub fn pbx_names(&self) -> impl Iterator<Item = &str> {
+        let ami = self.ami.servers.iter().map(|s| s.name.as_str());
+        ami.chain(self.cloudpbx.iter().map(|c| c.name.as_str()))
     }
 }
 

@@ -9,8 +9,9 @@ use crate::people::in_group;
 use crate::template::{Filled, Format, Var, push_escaped};
 use crate::wire::{self, BannerRequest, Refused};
 use cgp_lookup::ami::Ami;
+use cgp_lookup::cloudpbx::CloudPbx;
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
-use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
+use cgp_lookup::pbx::{ExtState, ExtensionId, MissedCalls, Pbx, PbxBackend};
 use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
@@ -45,18 +46,11 @@ impl Helper for Banner {
     async fn build(config: BannerConfig, previous: Option<Arc<Self>>) -> Result<Self, String> {
         // Keep what is expensive or exclusive when its settings did not
         // change: PBX connections with their cache, and the store's lock.
-        let pbx = match previous.as_ref().filter(|p| p.config.ami == config.ami) {
+        let same_pbx =
+            |p: &&Arc<Banner>| p.config.ami == config.ami && p.config.cloudpbx == config.cloudpbx;
+        let pbx = match previous.as_ref().filter(same_pbx) {
             Some(p) => p.pbx.clone(),
-            None if config.ami.servers.is_empty() => None,
-            // Every PBX system is a back end of the one PBX interface; the
-            // banner never talks to a system directly.
-            None => Some(
-                Pbx::start(
-                    vec![Arc::new(Ami::start(&config.ami))],
-                    config.cache.pbx_ttl,
-                )
-                .map_err(|e| e.to_string())?,
-            ),
+            None => start_pbx(&config)?,
         };
         // The running helper holds the store's lock: opening the same path
         // again would wait for itself.
@@ -138,6 +132,24 @@ impl Helper for Banner {
     }
 }
 
+/// Every PBX system of the configuration behind the one PBX interface (the
+/// banner never talks to a system directly); `None` when there is none.
+fn start_pbx(config: &BannerConfig) -> Result<Option<Arc<Pbx>>, String> {
+    let mut backends: Vec<Arc<dyn PbxBackend>> = Vec::new();
+    if !config.ami.servers.is_empty() {
+        backends.push(Arc::new(Ami::start(&config.ami)));
+    }
+    for c in &config.cloudpbx {
+        backends.push(Arc::new(CloudPbx::start(c).map_err(|e| e.to_string())?));
+    }
+    if backends.is_empty() {
+        return Ok(None);
+    }
+    Pbx::start(backends, config.cache.pbx_ttl)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 impl Banner {
     /// The rule's default banner, else the global one, else no banner.
     fn fallback(&self, rule: Option<&Rule>) -> Reply {
@@ -155,6 +167,8 @@ impl Banner {
             Var::VmNew,
             Var::VmOld,
             Var::ExtState,
+            Var::MissedCalls,
+            Var::MissedSince,
         ]
         .into_iter()
         .any(|v| t.uses(v));
@@ -176,9 +190,10 @@ impl Banner {
             _ => None,
         };
         let person = person.as_deref();
-        let (vm, ext) = tokio::join!(
+        let (vm, ext, missed) = tokio::join!(
             self.voicemail(t.uses(Var::VmNew) || t.uses(Var::VmOld), person),
             self.extension(t.uses(Var::ExtState), person),
+            self.missed_calls(t.uses(Var::MissedCalls) || t.uses(Var::MissedSince), person),
         );
         let announcements = t
             .uses(Var::Announcements)
@@ -195,6 +210,8 @@ impl Banner {
                 Var::VmNew => vm.map(|(n, _)| n.to_string()),
                 Var::VmOld => vm.map(|(_, o)| o.to_string()),
                 Var::ExtState => ext.map(|s| s.words().to_string()),
+                Var::MissedCalls => missed.map(|m| m.count.to_string()),
+                Var::MissedSince => missed.and_then(|m| clock(m.since)),
                 Var::Announcements => return announcements.clone().map(Filled::Escaped),
             };
             raw.map(Filled::Raw)
@@ -226,20 +243,44 @@ impl Banner {
         }
     }
 
-    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<ExtState> {
-        if !wanted {
-            return None;
-        }
-        let (pbx, p, attrs) = (self.pbx.as_ref()?, person?, &self.config.attributes);
+    /// The person's extension: the PBX it is on and its id there.
+    fn extension_of<'p>(
+        &self,
+        person: Option<&'p Person>,
+    ) -> Option<(Option<&'p str>, ExtensionId)> {
+        let (p, attrs) = (person?, &self.config.attributes);
         let extension = ExtensionId {
             exten: attrs.extension(p)?.to_string(),
             context: attrs.context(p).to_string(),
         };
-        match pbx.extension(attrs.pbx(p), &extension).await {
+        Some((attrs.pbx(p), extension))
+    }
+
+    async fn extension(&self, wanted: bool, person: Option<&Person>) -> Option<ExtState> {
+        if !wanted {
+            return None;
+        }
+        let (pbx, (name, extension)) = (self.pbx.as_ref()?, self.extension_of(person)?);
+        match pbx.extension(name, &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
                 metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "extension state unavailable");
+                None
+            }
+        }
+    }
+
+    async fn missed_calls(&self, wanted: bool, person: Option<&Person>) -> Option<MissedCalls> {
+        if !wanted {
+            return None;
+        }
+        let (pbx, (name, extension)) = (self.pbx.as_ref()?, self.extension_of(person)?);
+        match pbx.missed_calls(name, &extension).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                metrics::count(Event::BackendError);
+                tracing::debug!(error = %e, "missed calls unavailable");
                 None
             }
         }
@@ -277,6 +318,14 @@ impl Banner {
         }
         out
     }
+}
+
+/// A point in time as `HH:MM` in the host's time zone (`None` outside the
+/// years a clock can show).
+fn clock(t: std::time::SystemTime) -> Option<String> {
+    let ts = jiff::Timestamp::try_from(t).ok()?;
+    let local = ts.to_zoned(jiff::tz::TimeZone::system());
+    Some(local.strftime("%H:%M").to_string())
 }
 
 /// The reply for a rendered banner, within the 4096-byte line. Text banners

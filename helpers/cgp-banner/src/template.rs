@@ -30,6 +30,8 @@ pub enum Var {
     VmNew,
     VmOld,
     ExtState,
+    MissedCalls,
+    MissedSince,
     Announcements,
 }
 
@@ -45,14 +47,16 @@ impl Var {
             "vm_new" => Var::VmNew,
             "vm_old" => Var::VmOld,
             "ext_state" => Var::ExtState,
+            "missed_calls" => Var::MissedCalls,
+            "missed_since" => Var::MissedSince,
             "announcements" => Var::Announcements,
             _ => return None,
         })
     }
 }
 
-pub const VAR_NAMES: &str =
-    "account, user, domain, type, real_name, department, vm_new, vm_old, ext_state, announcements";
+pub const VAR_NAMES: &str = "account, user, domain, type, real_name, department, vm_new, vm_old, \
+     ext_state, missed_calls, missed_since, announcements";
 
 /// A placeholder's value.
 pub enum Filled {

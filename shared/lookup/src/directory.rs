@@ -20,6 +20,7 @@ mod cache;
 mod config;
 mod error;
 mod ldap;
+mod mxproxy;
 pub mod password;
 mod person;
 mod sql;
@@ -32,6 +33,7 @@ pub use config::{
     DirectoryConfig, GroupLookup, GroupsConfig, Kind, Mode, SearchConfig, StaticConfig, StaticUser,
 };
 pub use error::DirectoryError;
+pub use mxproxy::{Login, MxProxyConfig};
 pub use person::{Dn, DnError, Group, GroupRef, Person};
 pub use sql::{Host, Query, SqlConfig, TlsMode};
 pub use template::{

@@ -3,7 +3,9 @@
 
 pub mod ami;
 pub mod cgp_cli;
+pub mod cloudpbx;
 pub mod directory;
+pub mod http;
 pub mod ldap;
 pub mod pbx;
 pub mod store;

@@ -170,6 +170,13 @@ pub trait PbxBackend: Send + Sync + 'static {
     /// (re)connect to rebuild the cache.
     fn extensions<'a>(&'a self, pbx: &'a str) -> PbxFuture<'a, Vec<(ExtensionId, ExtState)>>;
 
+    /// The key under which this system's events report `extension`:
+    /// systems without namespaces drop the context, so that what a helper
+    /// asks and what an event says meet in one cache entry.
+    fn extension_key(&self, extension: &ExtensionId) -> ExtensionId {
+        extension.clone()
+    }
+
     /// Missed calls of one extension. Systems that do not count them (the
     /// Asterisk Manager Interface has no such action) keep this default.
     fn missed_calls<'a>(
@@ -360,10 +367,10 @@ impl Pbx {
         pbx: Option<&str>,
         extension: &ExtensionId,
     ) -> Result<ExtState, PbxError> {
-        self.ask(&self.extensions, pbx, extension.clone(), |b, name| {
-            b.extension(name, extension)
-        })
-        .await
+        let (name, backend) = self.route(pbx)?;
+        let key = backend.extension_key(extension);
+        let ask = || backend.extension(name, &key);
+        self.extensions.get(name, key.clone(), self.ttl, ask).await
     }
 
     /// The missed calls of `extension` on the named PBX.
@@ -372,10 +379,10 @@ impl Pbx {
         pbx: Option<&str>,
         extension: &ExtensionId,
     ) -> Result<MissedCalls, PbxError> {
-        self.ask(&self.missed, pbx, extension.clone(), |b, name| {
-            b.missed_calls(name, extension)
-        })
-        .await
+        let (name, backend) = self.route(pbx)?;
+        let key = backend.extension_key(extension);
+        let ask = || backend.missed_calls(name, &key);
+        self.missed.get(name, key.clone(), self.ttl, ask).await
     }
 
     fn forget(&self, pbx: &str) {

@@ -3,6 +3,7 @@
 //! deserialized, so their errors carry a line; rules between keys are
 //! checked by [`DirectoryConfig::validate`].
 
+use super::mxproxy::MxProxyConfig;
 use super::password::Stored;
 use super::sql::SqlConfig;
 use super::template::{AccountDn, AccountFilter, EntryFilter, Template};
@@ -22,6 +23,8 @@ pub enum Kind {
     Ldap,
     /// PostgreSQL (`[directory.sql]`).
     Sql,
+    /// MX Proxy: `[directory.mxproxy]`.
+    MxProxy,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -46,6 +49,8 @@ pub struct DirectoryConfig {
     pub groups: GroupsConfig,
     /// SQL connection settings and queries.
     pub sql: SqlConfig,
+    /// MX Proxy connection settings (`type = "mxproxy"`).
+    pub mxproxy: Option<MxProxyConfig>,
 }
 
 /// `[directory.search]`: how a person is found in LDAP, and how their
@@ -271,6 +276,17 @@ impl DirectoryConfig {
                 }
             }
             Kind::Sql => self.sql.validate(&key("sql"))?,
+            Kind::MxProxy => match &self.mxproxy {
+                None => {
+                    return Err(KeyError::new(
+                        key("mxproxy"),
+                        "type = \"mxproxy\" needs this table",
+                    ));
+                }
+                Some(m) => m
+                    .check()
+                    .map_err(|(k, m)| KeyError::new(key(&format!("mxproxy.{k}")), m))?,
+            },
         }
         Ok(())
     }
@@ -326,6 +342,12 @@ impl DirectoryConfig {
             // The queries' columns are the attributes.
             Kind::Sql => {
                 Directory::with_backend(super::sql::SqlDirectory::new(&self.sql)?, &self.cache)
+            }
+            Kind::MxProxy => {
+                let m = self.mxproxy.as_ref().ok_or_else(|| {
+                    DirectoryError::Failed("type = \"mxproxy\" needs [directory.mxproxy]".into())
+                })?;
+                Directory::with_backend(super::mxproxy::MxProxy::new(m)?, &self.cache)
             }
         })
     }

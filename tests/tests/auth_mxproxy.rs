@@ -1,0 +1,211 @@
+//! The MX Proxy back end of the directory against the fake MX Proxy
+//! (`support/fake_mxproxy.rs`): the password grant as `Directory::verify`,
+//! the contact list as people, an expired service token, faults; and
+//! `cgp-auth` answering `VRFY` on it.
+
+use cgp_lookup::directory::{Account, DirectoryConfig, DirectoryError, Verdict};
+use cgp_tests::bin;
+use cgp_tests::fake_mxproxy::{FakeMxProxy, Mode};
+use cgp_tests::session::Session;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = "client7664";
+const SECRET: &str = "Mmx0OlWEDIDhPGgGpLQFxBwpCSPp9IIY";
+
+fn fake() -> FakeMxProxy {
+    let f = FakeMxProxy::start(CLIENT, SECRET);
+    f.add_user("peterh@xyzrd.com", "78561");
+    f.add_user("svc@xyzrd.com", "svc-pw");
+    f
+}
+
+fn table(base: &str, extra: &str) -> String {
+    format!(
+        r#"
+[directory]
+type = "mxproxy"
+[directory.cache]
+ttl = "0s"
+negative_ttl = "0s"
+[directory.mxproxy]
+base_url = "{base}"
+client_id = "{CLIENT}"
+client_secret = "{SECRET}"
+service_username = "svc@xyzrd.com"
+service_password = "svc-pw"
+timeout = "300ms"
+{extra}
+"#
+    )
+}
+
+fn directory(base: &str) -> cgp_lookup::directory::Directory {
+    let top: toml::Table = toml::from_str(&table(base, "")).unwrap();
+    let config: DirectoryConfig = top["directory"].clone().try_into().unwrap();
+    config.validate("directory").unwrap();
+    config.open(&[]).unwrap()
+}
+
+fn who(a: &str) -> Account {
+    a.parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_grant_decides_and_unknown_names_look_like_wrong_passwords() {
+    let f = fake();
+    let dir = directory(f.base_url());
+    assert_eq!(
+        dir.verify(&who("PeterH@xyzrd.com"), b"78561").await,
+        Ok(Verdict::Ok)
+    );
+    assert_eq!(
+        dir.verify(&who("peterh@xyzrd.com"), b"wrong").await,
+        Ok(Verdict::Invalid)
+    );
+    assert_eq!(
+        dir.verify(&who("nobody@xyzrd.com"), b"78561").await,
+        Ok(Verdict::Invalid)
+    );
+    // Metacharacters travel form-encoded, never spliced into the body.
+    assert_eq!(
+        dir.verify(&who("peterh@xyzrd.com"), b"78561&grant_type=x")
+            .await,
+        Ok(Verdict::Invalid)
+    );
+    assert_eq!(
+        f.grants(),
+        4,
+        "each name, known or not, asks the server once"
+    );
+}
+
+#[tokio::test]
+async fn faults_are_temporary_failures_within_the_deadline() {
+    let f = fake();
+    let dir = directory(f.base_url());
+    for mode in [Mode::Error500, Mode::Slow] {
+        f.set_mode(mode);
+        let t = Instant::now();
+        let r = dir.verify(&who("peterh@xyzrd.com"), b"78561").await;
+        assert!(
+            matches!(r, Err(DirectoryError::Unavailable(_))),
+            "{mode:?}: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{mode:?}: {:?}",
+            t.elapsed()
+        );
+        if let Err(e) = r {
+            assert!(!e.to_string().contains(SECRET) && !e.to_string().contains("78561"));
+        }
+    }
+    let down = directory("http://127.0.0.1:9/");
+    assert!(matches!(
+        down.verify(&who("peterh@xyzrd.com"), b"78561").await,
+        Err(DirectoryError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn contacts_are_people_by_mail_and_by_extension_and_an_expired_token_is_renewed() {
+    let f = fake();
+    let dir = directory(f.base_url());
+    let p = dir
+        .find_by_mail(&who("PeterH@xyzrd.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.first("cn"), Some("Peter Hyde"));
+    assert_eq!(p.first("telephoneNumber"), Some("3044"));
+    assert_eq!(p.first("mobile"), Some("+1-512-555-0136"));
+    assert_eq!(p.first("did"), Some("15125550136"));
+    let by_ext = dir.find(&who("3055@xyzrd.com")).await.unwrap().unwrap();
+    assert_eq!(by_ext.first("mail"), Some("mikef@xyzrd.com"));
+    assert_eq!(
+        dir.find_by_mail(&who("3055@xyzrd.com")).await,
+        Ok(None),
+        "by mail only"
+    );
+    assert_eq!(f.grants(), 1, "the service token is reused");
+    f.expire_tokens();
+    let again = dir.find_by_mail(&who("mikef@xyzrd.com")).await.unwrap();
+    assert!(again.is_some());
+    assert_eq!(
+        f.grants(),
+        2,
+        "granted again after the server said it expired"
+    );
+}
+
+#[test]
+fn cgp_auth_answers_vrfy_from_mx_proxy() {
+    let f = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    let path = dir.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[runtime]\ndeadline = \"3s\"\nstats_interval = \"0s\"\n[log]\njournald = false\nlevel = \"debug\"\nfile = {log:?}\n{}",
+            table(f.base_url(), "")
+        ),
+    )
+    .unwrap();
+    let mut s = Session::start(&bin("cgp-auth"), &path);
+    let vrfy = |s: &mut Session, user: &str, pw: &str| {
+        s.ask(&format!("VRFY (IMAP [192.0.2.10]) {user} {pw:?}"))
+    };
+    assert_eq!(vrfy(&mut s, "peterh@xyzrd.com", "78561"), "OK");
+    let wrong = vrfy(&mut s, "peterh@xyzrd.com", "nope");
+    assert_eq!(wrong, r#"ERROR "invalid credentials""#);
+    assert_eq!(vrfy(&mut s, "ghost@xyzrd.com", "78561"), wrong);
+    f.set_mode(Mode::Error500);
+    let failed = vrfy(&mut s, "mikef@xyzrd.com", "x");
+    assert!(failed.starts_with("FAILURE"), "{failed}");
+    s.finish();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [SECRET, "78561", "token-"] {
+        assert!(!text.contains(secret), "{secret} in the log");
+    }
+}
+
+#[test]
+fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
+    let example = cgp_tests::workspace().join("packaging/examples/auth-mxproxy.toml");
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(bin("cgp-auth"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check(&example);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("service_password = \"change-me-too\"", ""),
+    )
+    .unwrap();
+    let (ok, err) = check(&bad);
+    assert!(
+        !ok && err.contains("directory.mxproxy.service_password"),
+        "{err}"
+    );
+    assert!(!err.contains("change-me"), "{err}");
+    std::fs::write(
+        &bad,
+        text.replace("[directory.mxproxy]", "[directory.other]"),
+    )
+    .unwrap();
+    let (ok, err) = check(&bad);
+    assert!(!ok && err.contains("other"), "{err}");
+}
