@@ -7,6 +7,7 @@ pub mod fake_ami;
 pub mod fake_cli;
 pub mod haproxy;
 pub mod process;
+pub mod redis;
 pub mod session;
 pub mod slapd;
 pub mod transcript;

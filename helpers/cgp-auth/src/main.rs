@@ -5,6 +5,8 @@
 use cgp_lookup::cgp_cli::{CliClient, CliError};
 use cgp_lookup::directory::password::{self, NewScheme};
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Verdict};
+use cgp_lookup::store::Backend;
+use cgp_lookup::store::remote::RedisStore;
 use cgp_runtime::{Ctx, Helper, HelperInfo, run};
 use cgp_wire::{Reply, Request};
 use clap::Parser;
@@ -64,14 +66,17 @@ impl Auth {
         let address = account.address();
         let cfg = &self.config;
         let fp = self.state.fingerprint(address, &password);
-        let delay = self.state.delay(&cfg.throttle, address, ip);
+        let info = |text: &str| ctx.info(text);
+        let delay = self.state.delay(&info, &cfg.throttle, address, ip).await;
         if !delay.is_zero() {
             let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
             tracing::debug!(account = %address, ?ip, ?delay, "throttled");
             tokio::time::sleep(delay.min(budget)).await;
         }
         if let Some(hit) = self.state.cached(&cfg.cache, address, &fp, Duration::ZERO) {
-            return self.finish(address, ip, &fp, hit.into(), "cache");
+            return self
+                .finish(&info, address, ip, &fp, hit.into(), "cache")
+                .await;
         }
         // Boxed: the back end's futures (LDAP operations, pooled
         // connections) are large, and the runtime moves the whole request
@@ -92,7 +97,7 @@ impl Auth {
                     ),
                     _ => {}
                 }
-                self.finish(address, ip, &fp, v, "directory")
+                self.finish(&info, address, ip, &fp, v, "directory").await
             }
             Err(e) => {
                 let stale = (!cfg.cache.stale_window.is_zero())
@@ -104,7 +109,8 @@ impl Auth {
                 match stale {
                     Some(hit) => {
                         tracing::warn!(account = %address, error = %e, "directory failed; answered from the stale cache");
-                        self.finish(address, ip, &fp, hit.into(), "stale cache")
+                        self.finish(&info, address, ip, &fp, hit.into(), "stale cache")
+                            .await
                     }
                     None => {
                         tracing::warn!(account = %address, ?ip, error = %e, "VRFY failed");
@@ -115,8 +121,9 @@ impl Auth {
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
+        info: &(dyn Fn(&str) + Sync),
         address: &str,
         ip: Option<std::net::IpAddr>,
         fp: &state::Fingerprint,
@@ -127,11 +134,13 @@ impl Auth {
             // One line per login at info wrote 160 MB in one benchmark:
             // successes are debug, refusals info.
             tracing::debug!(account = %address, ?ip, verdict = v.reason(), source, "VRFY");
-            self.state.succeeded(address);
+            self.state.succeeded(info, address).await;
             Reply::ok()
         } else {
             tracing::info!(account = %address, ?ip, verdict = v.reason(), source, "VRFY refused");
-            self.state.failed(&self.config.throttle, address, ip, fp);
+            self.state
+                .failed(info, &self.config.throttle, address, ip, fp)
+                .await;
             self.refusal(v)
         }
     }
@@ -265,7 +274,15 @@ impl Helper for Auth {
                 let state = tokio::task::spawn_blocking(move || State::open(path.as_deref()))
                     .await
                     .map_err(|e| format!("opening the store: {e}"))?;
-                tracing::info!(store = %state.opened, "state ready");
+                // Connects at the first request, so that a Redis down at
+                // start costs no more than one down later.
+                let state = match config.store.backend {
+                    Backend::Sled => state,
+                    Backend::Redis => state.with_shared(
+                        RedisStore::new(&config.store.redis).map_err(|e| e.to_string())?,
+                    ),
+                };
+                tracing::info!(store = %state.opened, backend = ?config.store.backend, "state ready");
                 let state = Arc::new(state);
                 spawn_sweeper(&state, &config);
                 state
