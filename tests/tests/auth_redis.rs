@@ -1,9 +1,9 @@
 //! `cgp-auth` members of one cluster sharing their throttling counters in a
 //! real redis-server, and what they do when it stops, freezes and returns.
 
-use cgp_tests::bin;
 use cgp_tests::redis::Redis;
 use cgp_tests::session::Session;
+use cgp_tests::{bin, workspace};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -156,4 +156,38 @@ fn redis_stopped_frozen_and_restarted_under_load() {
         load(&mut h, 50);
     }
     h.finish();
+}
+
+#[test]
+fn the_cluster_example_validates_and_a_bad_store_names_its_key() {
+    let check = |path: &Path| {
+        let out = std::process::Command::new(bin("cgp-auth"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = check(&workspace().join("packaging/examples/auth-cluster.toml"));
+    assert!(ok, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("auth.toml");
+    for (config, key) in [
+        ("[store]\nbackend = \"redis\"\n", "store.redis.urls"),
+        (
+            "[store]\nbackend = \"redis\"\n[store.redis]\nurls = [\"redis://:s3cret@host:1/x\"]\n",
+            "store.redis.urls",
+        ),
+        ("[store]\nbackend = \"memcached\"\n", "line 2"),
+    ] {
+        std::fs::write(&bad, config).unwrap();
+        let (ok, text) = check(&bad);
+        assert!(!ok && text.contains(key), "{config}: {text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
 }
