@@ -16,13 +16,18 @@ fn scrape(path: &Path) -> Scrape {
 }
 
 fn counter(s: &Scrape, name: &str, kind: Option<&str>) -> f64 {
+    helper_counter(s, "probe-helper", "probe", name, kind)
+}
+
+/// A counter of `helper`'s metrics file named `file`.prom.
+fn helper_counter(s: &Scrape, helper: &str, file: &str, name: &str, kind: Option<&str>) -> f64 {
     let sample = s
         .samples
         .iter()
         .find(|x| x.metric == name && kind.is_none_or(|k| x.labels.get("kind") == Some(k)))
         .unwrap_or_else(|| panic!("no {name} {kind:?} in {:?}", s.samples));
-    assert_eq!(sample.labels.get("helper"), Some("probe-helper"));
-    assert_eq!(sample.labels.get("file"), Some("probe"));
+    assert_eq!(sample.labels.get("helper"), Some(helper));
+    assert_eq!(sample.labels.get("file"), Some(file));
     match sample.value {
         // A counter read as untyped would mean the TYPE line did not name
         // the sample, which node_exporter refuses.
@@ -113,4 +118,36 @@ fn the_metrics_file_appears_parses_counts_and_is_replaced_whole() {
     // The final counts are written at exit.
     let s = scrape(&prom);
     assert_eq!(counter(&s, "cgp_helper_requests_total", None), 4.0);
+}
+
+/// A helper's own events reach the file: cgp-auth counts a VRFY answered
+/// from its cache.
+#[test]
+fn a_helper_counts_its_cache_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let prom = dir.path().join("auth.prom");
+    let base = std::fs::read_to_string(cgp_tests::testdata("auth").join("config.toml")).unwrap();
+    let config = dir.path().join("auth.toml");
+    let text = base.replace(
+        "stats_interval = \"0s\"\n",
+        &format!(
+            "stats_interval = \"200ms\"\n[runtime.metrics]\nfile = \"{}\"\n",
+            prom.display()
+        ),
+    );
+    assert_ne!(
+        text, base,
+        "the test config has no stats_interval line to replace"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut h = Session::start(&bin("cgp-auth"), &config);
+    assert_eq!(h.ask("VRFY alice@example.test alicepw"), "OK");
+    assert_eq!(h.ask("VRFY alice@example.test alicepw"), "OK");
+    h.send_line("9 QUIT");
+    let (code, err) = h.close();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+    // The final counts are written at exit.
+    let s = scrape(&prom);
+    let hits = helper_counter(&s, "cgp-auth", "auth", "cgp_helper_cache_hits_total", None);
+    assert_eq!(hits, 1.0);
 }

@@ -7,6 +7,7 @@ use cgp_lookup::directory::password::{self, NewScheme};
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Verdict};
 use cgp_lookup::store::Backend;
 use cgp_lookup::store::remote::RedisStore;
+use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper, HelperInfo, run};
 use cgp_wire::{Reply, Request};
 use clap::Parser;
@@ -69,11 +70,13 @@ impl Auth {
         let info = |text: &str| ctx.info(text);
         let delay = self.state.delay(&info, &cfg.throttle, address, ip).await;
         if !delay.is_zero() {
+            metrics::count(Event::Throttled);
             let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
             tracing::debug!(account = %address, ?ip, ?delay, "throttled");
             tokio::time::sleep(delay.min(budget)).await;
         }
         if let Some(hit) = self.state.cached(&cfg.cache, address, &fp, Duration::ZERO) {
+            metrics::count(Event::CacheHit);
             return self
                 .finish(&info, address, ip, &fp, hit.into(), "cache")
                 .await;
@@ -108,6 +111,8 @@ impl Auth {
                     .flatten();
                 match stale {
                     Some(hit) => {
+                        metrics::count(Event::BackendError);
+                        metrics::count(Event::CacheHit);
                         tracing::warn!(account = %address, error = %e, "directory failed; answered from the stale cache");
                         self.finish(&info, address, ip, &fp, hit.into(), "stale cache")
                             .await
@@ -212,6 +217,7 @@ impl Auth {
         match provision::create(cli, account, &settings, &aliases).await {
             Ok(_) => Reply::ok(),
             Err(CliError::Unavailable(e)) => {
+                metrics::count(Event::BackendError);
                 tracing::warn!(account = %account, error = %e, "NEW: CLI unavailable");
                 Reply::failure("account server unavailable")
             }
@@ -223,7 +229,10 @@ impl Auth {
     }
 }
 
+/// The reply text for a directory that failed, counted as a back-end
+/// error: every path that answers a directory failure goes through here.
 fn directory_failure(e: &DirectoryError) -> &'static str {
+    metrics::count(Event::BackendError);
     match e {
         DirectoryError::Unavailable(_) => UNAVAILABLE,
         DirectoryError::Failed(_) => "directory error",

@@ -7,6 +7,7 @@ use crate::config::{BalancerConfig, GroupConfig};
 use crate::driver::{Driver, Note, op_limit, run_program};
 use crate::state::{GroupState, StateDb};
 use crate::wire::{self, Parsed, Refused};
+use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::shape::UnknownShapes;
 use cgp_wire::{Reply, Request};
@@ -178,6 +179,7 @@ impl Balancer {
                 // ERROR means "not applied": the command is dropped from the
                 // desired state, which goes back to what the balancer had
                 // before it (the next reconcile undoes any part applied).
+                metrics::count(Event::BackendError);
                 tracing::warn!(group = %group.name, command = ?command, error = %e, "not applied");
                 if changed {
                     live.desired = before;
@@ -209,6 +211,7 @@ async fn sweep(groups: Vec<Arc<Group>>, db: Arc<StateDb>, interval: Duration, de
                     .reconcile(&mut live, &db, Instant::now() + deadline, &note)
                     .await
                 {
+                    metrics::count(Event::BackendError);
                     tracing::warn!(group = %g.name, error = %e, "background reconcile failed; retried later");
                 }
             }

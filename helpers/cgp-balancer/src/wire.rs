@@ -1,7 +1,7 @@
 //! The wire grammar of the balancer helper: parsing of requests and
 //! formatting of replies, in this one module.
 //!
-//! RECONSTRUCTED (protocol reference §10.2): no public source gives CGP's
+//! RECONSTRUCTED (docs/wire.md, cgp-balancer): no public source gives CGP's
 //! command layout for the Load Balancer helper, so this module is the
 //! project's reconstruction and the only place to change once a capture from
 //! a real server is available:

@@ -11,6 +11,7 @@ use crate::wire::{self, BannerRequest, Refused};
 use cgp_lookup::ami::Ami;
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
 use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx};
+use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
 use cgp_wire::shape::UnknownShapes;
@@ -161,15 +162,15 @@ impl Banner {
         let person = match &br.account {
             Some(a) if wants_person || wants_groups => match self.person(a).await {
                 Ok(p) => p,
-                // Announcements for everyone can still be shown; the
-                // person's own values cannot.
-                Err(e) if !wants_person => {
-                    tracing::warn!(error = %e, "directory lookup failed");
-                    None
-                }
                 Err(e) => {
+                    metrics::count(Event::BackendError);
                     tracing::warn!(error = %e, "directory lookup failed");
-                    return None;
+                    // Announcements for everyone can still be shown; the
+                    // person's own values cannot.
+                    if wants_person {
+                        return None;
+                    }
+                    None
                 }
             },
             _ => None,
@@ -218,6 +219,7 @@ impl Banner {
         match pbx.voicemail(attrs.pbx(p), attrs.mailbox(p)?).await {
             Ok(c) => Some((c.new, c.old)),
             Err(e) => {
+                metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "voicemail count unavailable");
                 None
             }
@@ -236,6 +238,7 @@ impl Banner {
         match pbx.extension(attrs.pbx(p), &extension).await {
             Ok(s) => Some(s),
             Err(e) => {
+                metrics::count(Event::BackendError);
                 tracing::debug!(error = %e, "extension state unavailable");
                 None
             }

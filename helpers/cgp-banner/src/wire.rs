@@ -1,6 +1,6 @@
 //! The banner helper's wire grammar, parse and format, in this one module.
 //!
-//! RECONSTRUCTED (protocol.md §10.1): no public source gives the syntax of
+//! RECONSTRUCTED (docs/wire.md, cgp-banner): no public source gives the syntax of
 //! CGP's banner helper, so a correction after a capture from a real server
 //! should touch only this file.
 //!

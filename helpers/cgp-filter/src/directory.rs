@@ -29,7 +29,13 @@ pub trait Directory: Send + Sync + 'static {
 impl Recall for cgp_lookup::directory::Directory {
     fn recall(&self, address: &str) -> Option<Option<Arc<Person>>> {
         match Account::parse(address.as_bytes()) {
-            Ok(account) => self.cached_by_mail(&account),
+            Ok(account) => {
+                let known = self.cached_by_mail(&account);
+                if known.is_some() {
+                    cgp_runtime::metrics::count(cgp_runtime::metrics::Event::CacheHit);
+                }
+                known
+            }
             Err(_) => Some(None),
         }
     }

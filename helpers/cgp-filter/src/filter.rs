@@ -96,6 +96,7 @@ impl<D: Directory + Recall> Filter<D> {
                 }
                 Step::Asks(missing, mut waiting) => {
                     if let Err(e) = self.ask(missing, &mut waiting.known).await {
+                        cgp_runtime::metrics::count(cgp_runtime::metrics::Event::BackendError);
                         tracing::warn!(queue_id = %waiting.queue_id, error = %e, "directory unavailable");
                         break self.policy(self.failure.directory_down, Some(waiting.age));
                     }
