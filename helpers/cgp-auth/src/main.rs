@@ -39,6 +39,14 @@ struct Auth {
     cli: Option<Arc<CliClient>>,
 }
 
+/// Who tried to log in, for the throttling that follows the verdict.
+#[derive(Clone, Copy)]
+struct Login<'a> {
+    address: &'a str,
+    ip: Option<std::net::IpAddr>,
+    fp: &'a state::Fingerprint,
+}
+
 const INVALID: &str = "invalid credentials";
 const UNAVAILABLE: &str = "directory unavailable";
 
@@ -68,7 +76,13 @@ impl Auth {
         let cfg = &self.config;
         let fp = self.state.fingerprint(address, &password);
         let info = |text: &str| ctx.info(text);
-        let delay = self.state.delay(&info, &cfg.throttle, address, ip).await;
+        let login = Login {
+            address,
+            ip,
+            fp: &fp,
+        };
+        let owed = self.state.delay(&info, &cfg.throttle, address, ip).await;
+        let delay = owed.delay;
         if !delay.is_zero() {
             metrics::count(Event::Throttled);
             let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
@@ -77,9 +91,7 @@ impl Auth {
         }
         if let Some(hit) = self.state.cached(&cfg.cache, address, &fp, Duration::ZERO) {
             metrics::count(Event::CacheHit);
-            return self
-                .finish(&info, address, ip, &fp, hit.into(), "cache")
-                .await;
+            return self.finish(&info, &owed, login, hit.into(), "cache").await;
         }
         // Boxed: the back end's futures (LDAP operations, pooled
         // connections) are large, and the runtime moves the whole request
@@ -100,7 +112,7 @@ impl Auth {
                     ),
                     _ => {}
                 }
-                self.finish(&info, address, ip, &fp, v, "directory").await
+                self.finish(&info, &owed, login, v, "directory").await
             }
             Err(e) => {
                 let stale = (!cfg.cache.stale_window.is_zero())
@@ -114,7 +126,7 @@ impl Auth {
                         metrics::count(Event::BackendError);
                         metrics::count(Event::CacheHit);
                         tracing::warn!(account = %address, error = %e, "directory failed; answered from the stale cache");
-                        self.finish(&info, address, ip, &fp, hit.into(), "stale cache")
+                        self.finish(&info, &owed, login, hit.into(), "stale cache")
                             .await
                     }
                     None => {
@@ -129,17 +141,17 @@ impl Auth {
     async fn finish(
         &self,
         info: &(dyn Fn(&str) + Sync),
-        address: &str,
-        ip: Option<std::net::IpAddr>,
-        fp: &state::Fingerprint,
+        owed: &state::Owed,
+        login: Login<'_>,
         v: Verdict,
         source: &str,
     ) -> Reply {
+        let Login { address, ip, fp } = login;
         if v == Verdict::Ok {
             // One line per login at info wrote 160 MB in one benchmark:
             // successes are debug, refusals info.
             tracing::debug!(account = %address, ?ip, verdict = v.reason(), source, "VRFY");
-            self.state.succeeded(info, address).await;
+            self.state.succeeded(info, address, owed).await;
             Reply::ok()
         } else {
             tracing::info!(account = %address, ?ip, verdict = v.reason(), source, "VRFY refused");

@@ -8,6 +8,8 @@
 mod records;
 mod shared;
 
+pub use shared::Owed;
+
 use crate::config::{CacheConfig, ThrottleConfig};
 use cgp_lookup::store::remote::RedisStore;
 use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};

@@ -8,6 +8,24 @@ use cgp_lookup::store::remote::{Health, Outcome, RedisStore};
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// What a login owes before its answer.
+pub struct Owed {
+    pub delay: Duration,
+    /// The shared store was asked and holds no failure of the account, so
+    /// a success has nothing there to clear: a good login then costs one
+    /// round trip, not two.
+    clean: bool,
+}
+
+impl Owed {
+    fn local(delay: Duration) -> Owed {
+        Owed {
+            delay,
+            clean: false,
+        }
+    }
+}
+
 impl State {
     /// The delay owed before answering (see `local_delay`); `info` sends a
     /// `*` line to the CGP log when the shared store is lost or back.
@@ -17,21 +35,25 @@ impl State {
         cfg: &ThrottleConfig,
         account: &str,
         ip: Option<IpAddr>,
-    ) -> Duration {
+    ) -> Owed {
         let Some(shared) = &self.shared else {
-            return self.local_delay(cfg, account, ip);
+            return Owed::local(self.local_delay(cfg, account, ip));
         };
         if exempt(cfg, ip) {
-            return Duration::ZERO;
+            return Owed::local(Duration::ZERO);
         }
         let keys = names(shared, records::shared_throttle_keys(account, ip));
         match report(info, shared.counts(&keys).await) {
-            Some(counts) => counts
-                .into_iter()
-                .map(|n| delay_for(cfg, n))
-                .max()
-                .unwrap_or(Duration::ZERO),
-            None => self.local_delay(cfg, account, ip),
+            Some(counts) => Owed {
+                // The account's key comes first.
+                clean: counts.first() == Some(&0),
+                delay: counts
+                    .into_iter()
+                    .map(|n| delay_for(cfg, n))
+                    .max()
+                    .unwrap_or(Duration::ZERO),
+            },
+            None => Owed::local(self.local_delay(cfg, account, ip)),
         }
     }
 
@@ -61,11 +83,11 @@ impl State {
     }
 
     /// A successful login clears the account's failures (not the client's).
-    pub async fn succeeded(&self, info: &(dyn Fn(&str) + Sync), account: &str) {
+    pub async fn succeeded(&self, info: &(dyn Fn(&str) + Sync), account: &str, owed: &Owed) {
         // The local store too: failures counted there during an outage
         // belong to the same account.
         self.local_succeeded(account);
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared.as_ref().filter(|_| !owed.clean) {
             let key = shared.key(
                 &records::shared_account_key(account)
                     .each_ref()
