@@ -6,7 +6,7 @@
 //! port, without persistence, run as `nobody` when the tests run as root.
 
 use crate::process::{self, chown_tree, free_port, unprivileged, wait_ready};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -72,14 +72,27 @@ impl Redis {
         self.child = Some(child);
     }
 
-    /// Sends one inline command; the first line of the answer.
+    /// Sends one inline command; the answer's first line, or the text of a
+    /// bulk string (`INFO`).
     fn command_at(port: u16, line: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut r = BufReader::new(s);
         let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer).ok()?;
-        Some(answer.trim_end().to_string())
+        r.read_line(&mut answer).ok()?;
+        let answer = answer.trim_end().to_string();
+        match answer
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(len) => {
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).ok()?;
+                String::from_utf8(body).ok()
+            }
+            None => Some(answer),
+        }
     }
 
     /// An inline command to the running server (e.g. `KEYS *`).

@@ -88,6 +88,14 @@ fn two_members_see_each_others_failures() {
     let (r, d) = attempt(&mut one, "192.0.2.5", "alicepw");
     assert_eq!(r, "OK");
     assert!(d < Duration::from_millis(400), "{d:?}");
+    // A good login with a clean record is one round trip: the check, no
+    // removal.
+    assert_eq!(redis.command("CONFIG RESETSTAT"), "+OK");
+    let (r, _) = attempt(&mut one, "192.0.2.6", "alicepw");
+    assert_eq!(r, "OK");
+    let stats = redis.command("INFO commandstats");
+    assert!(stats.contains("cmdstat_hget:calls=2,"), "{stats}");
+    assert!(!stats.contains("cmdstat_del"), "{stats}");
     one.finish();
     two.finish();
 }
