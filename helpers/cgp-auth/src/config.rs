@@ -148,7 +148,7 @@ impl HelperConfig for AuthConfig {
             self.store
                 .redis
                 .validate("store.redis")
-                .map_err(|(k, m)| KeyError::new(k, m))?;
+                .map_err(|e| KeyError::new(e.key, e.message))?;
         }
         if self.provision.enabled {
             let c = &self.provision.cli;

@@ -79,8 +79,13 @@ impl std::fmt::Debug for RedisConfig {
 impl RedisConfig {
     /// Checks what can be checked without connecting; `key` is where the
     /// table sits in the file, for the error.
-    pub fn validate(&self, key: &str) -> Result<(), (String, String)> {
-        let err = |k: &str, m: String| Err((format!("{key}.{k}"), m));
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let err = |k: &str, m: String| {
+            Err(ConfigError {
+                key: format!("{key}.{k}"),
+                message: m,
+            })
+        };
         if self.urls.is_empty() {
             return err(
                 "urls",
@@ -130,10 +135,19 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A configuration key the shared store cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The full key, e.g. `store.redis.urls`.
+    pub key: String,
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}: {1}")]
-    Config(String, String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("shared store down (retried after {0:?})")]
     Down(Duration),
     #[error("shared store timed out after {0:?}")]
@@ -195,7 +209,12 @@ impl RedisStore {
     /// operation does); reads the password and CA files. Must be called
     /// within a tokio runtime.
     pub fn new(cfg: &RedisConfig) -> Result<RedisStore, StoreError> {
-        let bad = |k: &str, m: String| StoreError::Config(format!("store.redis.{k}"), m);
+        let bad = |k: &str, m: String| {
+            StoreError::Config(ConfigError {
+                key: format!("store.redis.{k}"),
+                message: m,
+            })
+        };
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(
@@ -393,9 +412,9 @@ mod tests {
             ..RedisConfig::default()
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
-        let (key, msg) = cfg.validate("store.redis").unwrap_err();
-        assert_eq!(key, "store.redis.urls");
-        assert!(!msg.contains("s3cret"), "{msg}");
+        let e = cfg.validate("store.redis").unwrap_err();
+        assert_eq!(e.key, "store.redis.urls");
+        assert!(!e.message.contains("s3cret"), "{e}");
     }
 
     #[test]
@@ -406,12 +425,12 @@ mod tests {
         };
         assert!(ok.validate("store.redis").is_ok());
         let none = RedisConfig::default();
-        assert_eq!(none.validate("s").unwrap_err().0, "s.urls");
+        assert_eq!(none.validate("s").unwrap_err().key, "s.urls");
         let both = RedisConfig {
             password: Some("a".into()),
             password_file: Some("/x".into()),
             ..ok.clone()
         };
-        assert_eq!(both.validate("s").unwrap_err().0, "s.password");
+        assert_eq!(both.validate("s").unwrap_err().key, "s.password");
     }
 }
