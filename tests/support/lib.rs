@@ -10,6 +10,7 @@ pub mod fake_mxproxy;
 pub mod haproxy;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod serve;
 pub mod session;
 pub mod slapd;

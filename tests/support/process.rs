@@ -85,3 +85,30 @@ pub fn terminate(mut child: Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Suspends a peer with SIGSTOP: connections stay open, nothing answers.
+/// Returns once every thread has stopped: a thread still running could
+/// otherwise answer one more request.
+pub fn freeze(child: &Child, what: &str) {
+    signal(child, libc::SIGSTOP);
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", child.id()));
+    let started = Instant::now();
+    let all_stopped = || {
+        std::fs::read_dir(&tasks).is_ok_and(|dir| {
+            dir.flatten().all(|t| {
+                // The state follows the parenthesised command name.
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            })
+        })
+    };
+    while !all_stopped() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -13,7 +13,6 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The service account in `testdata/ldap/directory.ldif`.
 pub const SERVICE_DN: &str = "cn=cgp-helper,ou=services,dc=example,dc=org";
@@ -281,31 +280,10 @@ impl Slapd {
         }
     }
 
-    /// Suspends slapd with SIGSTOP: connections stay open, nothing answers.
-    /// Returns once every thread has stopped: a thread still running could
-    /// otherwise answer one more request.
+    /// Suspends slapd with SIGSTOP (see `process::freeze`).
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
-        let Some(child) = &self.child else { return };
-        let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
-        let started = Instant::now();
-        let all_stopped = || {
-            std::fs::read_dir(&tasks).is_ok_and(|dir| {
-                dir.flatten().all(|t| {
-                    // The state follows the parenthesised command name.
-                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                        stat.rsplit_once(") ")
-                            .is_some_and(|(_, rest)| rest.starts_with('T'))
-                    })
-                })
-            })
-        };
-        while !all_stopped() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "slapd did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        if let Some(child) = &self.child {
+            process::freeze(child, "slapd");
         }
     }
 

@@ -4,6 +4,8 @@
 
 use cgp_lookup::cgp_cli::CliConfig;
 use cgp_lookup::directory::DirectoryConfig;
+use cgp_lookup::store::Backend;
+use cgp_lookup::store::remote::RedisConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -116,8 +118,12 @@ impl Default for ProvisionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The sled directory for the cache and throttling state; without it
-    /// both live in memory only.
+    /// both live in memory only. With the Redis back end it holds the
+    /// cache, and the throttling counters while Redis is down.
     pub path: Option<PathBuf>,
+    /// `redis`: throttling counters shared by every member of a cluster.
+    pub backend: Backend,
+    pub redis: RedisConfig,
 }
 
 impl HelperConfig for AuthConfig {
@@ -137,6 +143,12 @@ impl HelperConfig for AuthConfig {
                 "throttle.max_delay",
                 "needs 0 < initial_delay <= max_delay",
             ));
+        }
+        if self.store.backend == Backend::Redis {
+            self.store
+                .redis
+                .validate("store.redis")
+                .map_err(|e| KeyError::new(e.key, e.message))?;
         }
         if self.provision.enabled {
             let c = &self.provision.cli;

@@ -5,6 +5,8 @@
 use cgp_lookup::cgp_cli::{CliClient, CliError};
 use cgp_lookup::directory::password::{self, NewScheme};
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Verdict};
+use cgp_lookup::store::Backend;
+use cgp_lookup::store::remote::RedisStore;
 use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper, HelperInfo, run};
 use cgp_wire::{Reply, Request};
@@ -37,6 +39,14 @@ struct Auth {
     cli: Option<Arc<CliClient>>,
 }
 
+/// Who tried to log in, for the throttling that follows the verdict.
+#[derive(Clone, Copy)]
+struct Login<'a> {
+    address: &'a str,
+    ip: Option<std::net::IpAddr>,
+    fp: &'a state::Fingerprint,
+}
+
 const INVALID: &str = "invalid credentials";
 const UNAVAILABLE: &str = "directory unavailable";
 
@@ -65,7 +75,14 @@ impl Auth {
         let address = account.address();
         let cfg = &self.config;
         let fp = self.state.fingerprint(address, &password);
-        let delay = self.state.delay(&cfg.throttle, address, ip);
+        let info = |text: &str| ctx.info(text);
+        let login = Login {
+            address,
+            ip,
+            fp: &fp,
+        };
+        let owed = self.state.delay(&info, &cfg.throttle, address, ip).await;
+        let delay = owed.delay;
         if !delay.is_zero() {
             metrics::count(Event::Throttled);
             let budget = ctx.remaining().saturating_sub(DEADLINE_MARGIN);
@@ -74,7 +91,7 @@ impl Auth {
         }
         if let Some(hit) = self.state.cached(&cfg.cache, address, &fp, Duration::ZERO) {
             metrics::count(Event::CacheHit);
-            return self.finish(address, ip, &fp, hit.into(), "cache");
+            return self.finish(&info, &owed, login, hit.into(), "cache").await;
         }
         // Boxed: the back end's futures (LDAP operations, pooled
         // connections) are large, and the runtime moves the whole request
@@ -95,7 +112,7 @@ impl Auth {
                     ),
                     _ => {}
                 }
-                self.finish(address, ip, &fp, v, "directory")
+                self.finish(&info, &owed, login, v, "directory").await
             }
             Err(e) => {
                 let stale = (!cfg.cache.stale_window.is_zero())
@@ -109,7 +126,8 @@ impl Auth {
                         metrics::count(Event::BackendError);
                         metrics::count(Event::CacheHit);
                         tracing::warn!(account = %address, error = %e, "directory failed; answered from the stale cache");
-                        self.finish(address, ip, &fp, hit.into(), "stale cache")
+                        self.finish(&info, &owed, login, hit.into(), "stale cache")
+                            .await
                     }
                     None => {
                         tracing::warn!(account = %address, ?ip, error = %e, "VRFY failed");
@@ -120,23 +138,26 @@ impl Auth {
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
-        address: &str,
-        ip: Option<std::net::IpAddr>,
-        fp: &state::Fingerprint,
+        info: &(dyn Fn(&str) + Sync),
+        owed: &state::Owed,
+        login: Login<'_>,
         v: Verdict,
         source: &str,
     ) -> Reply {
+        let Login { address, ip, fp } = login;
         if v == Verdict::Ok {
             // One line per login at info wrote 160 MB in one benchmark:
             // successes are debug, refusals info.
             tracing::debug!(account = %address, ?ip, verdict = v.reason(), source, "VRFY");
-            self.state.succeeded(address);
+            self.state.succeeded(info, address, owed).await;
             Reply::ok()
         } else {
             tracing::info!(account = %address, ?ip, verdict = v.reason(), source, "VRFY refused");
-            self.state.failed(&self.config.throttle, address, ip, fp);
+            self.state
+                .failed(info, &self.config.throttle, address, ip, fp)
+                .await;
             self.refusal(v)
         }
     }
@@ -274,7 +295,15 @@ impl Helper for Auth {
                 let state = tokio::task::spawn_blocking(move || State::open(path.as_deref()))
                     .await
                     .map_err(|e| format!("opening the store: {e}"))?;
-                tracing::info!(store = %state.opened, "state ready");
+                // Connects at the first request, so that a Redis down at
+                // start costs no more than one down later.
+                let state = match config.store.backend {
+                    Backend::Sled => state,
+                    Backend::Redis => state.with_shared(
+                        RedisStore::new(&config.store.redis).map_err(|e| e.to_string())?,
+                    ),
+                };
+                tracing::info!(store = %state.opened, backend = ?config.store.backend, "state ready");
                 let state = Arc::new(state);
                 spawn_sweeper(&state, &config);
                 state

@@ -6,8 +6,12 @@
 //! same state in memory.
 
 mod records;
+mod shared;
+
+pub use shared::Owed;
 
 use crate::config::{CacheConfig, ThrottleConfig};
+use cgp_lookup::store::remote::RedisStore;
 use cgp_lookup::store::{CACHE_CAPACITY, LOCK_WAIT, Opened, Store};
 use cgp_runtime::sync;
 use records::{Failures, Negative, Positive};
@@ -90,6 +94,24 @@ pub struct State {
     generation: RwLock<u64>,
     /// What happened at open, for the start-up log.
     pub opened: String,
+    /// The cluster's shared throttling counters; the trees above stand in
+    /// for them while it is down.
+    shared: Option<RedisStore>,
+}
+
+/// Trusted networks, and everyone when throttling is off, owe no delay.
+fn exempt(cfg: &ThrottleConfig, ip: Option<IpAddr>) -> bool {
+    !cfg.enabled || ip.is_some_and(|ip| cfg.trusted_networks.iter().any(|n| n.contains(&ip)))
+}
+
+/// The delay `count` failures earn: doubling from the initial delay, capped.
+fn delay_for(cfg: &ThrottleConfig, count: u32) -> Duration {
+    if count == 0 {
+        return Duration::ZERO;
+    }
+    cfg.initial_delay
+        .saturating_mul(1u32 << (count - 1).min(20))
+        .min(cfg.max_delay)
 }
 
 fn now_ms() -> u64 {
@@ -185,7 +207,14 @@ impl State {
             front: Mutex::new(HashMap::new()),
             generation: RwLock::new(0),
             opened,
+            shared: None,
         }
+    }
+
+    /// Keeps the throttling counters in `shared` from now on.
+    pub fn with_shared(mut self, shared: RedisStore) -> State {
+        self.shared = Some(shared);
+        self
     }
 
     pub fn fingerprint(&self, account: &str, password: &[u8]) -> Fingerprint {
@@ -326,10 +355,10 @@ impl State {
     }
 
     /// The delay owed before answering, from the failures of this account
-    /// and of this client address (trusted networks owe none).
-    pub fn delay(&self, cfg: &ThrottleConfig, account: &str, ip: Option<IpAddr>) -> Duration {
-        if !cfg.enabled || ip.is_some_and(|ip| cfg.trusted_networks.iter().any(|n| n.contains(&ip)))
-        {
+    /// and of this client address in the local store (trusted networks owe
+    /// none).
+    fn local_delay(&self, cfg: &ThrottleConfig, account: &str, ip: Option<IpAddr>) -> Duration {
+        if exempt(cfg, ip) {
             return Duration::ZERO;
         }
         records::throttle_keys(account, ip)
@@ -338,18 +367,15 @@ impl State {
             .filter_map(|k| self.throttle.get(k).ok().flatten())
             .filter_map(|v| {
                 let f = Failures::decode(&v)?;
-                (age(f.stamp) < cfg.reset_after && f.count > 0).then(|| {
-                    cfg.initial_delay
-                        .saturating_mul(1u32 << (f.count - 1).min(20))
-                        .min(cfg.max_delay)
-                })
+                (age(f.stamp) < cfg.reset_after).then(|| delay_for(cfg, f.count))
             })
             .max()
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Counts a failed attempt, unless this very password failed recently.
-    pub fn failed(
+    /// Counts a failed attempt in the local store, unless this very
+    /// password failed recently.
+    fn local_failed(
         &self,
         cfg: &ThrottleConfig,
         account: &str,
@@ -394,9 +420,10 @@ impl State {
         }
     }
 
-    /// A successful login clears the account's failures (not the client's:
-    /// one good password must not unlock guessing at other accounts).
-    pub fn succeeded(&self, account: &str) {
+    /// A successful login clears the account's failures in the local store
+    /// (not the client's: one good password must not unlock guessing at
+    /// other accounts).
+    fn local_succeeded(&self, account: &str) {
         let key = records::account_key(account);
         // Reads first: most logins have nothing to clear, and a sled
         // removal is a write.
@@ -529,31 +556,31 @@ mod tests {
         let s = State::open(None);
         let t = throttle();
         let ip = Some("192.0.2.1".parse().unwrap());
-        assert_eq!(s.delay(&t, "a@x", ip), Duration::ZERO);
+        assert_eq!(s.local_delay(&t, "a@x", ip), Duration::ZERO);
         let same = s.fingerprint("a@x", b"wrong");
         for _ in 0..5 {
-            s.failed(&t, "a@x", ip, &same);
+            s.local_failed(&t, "a@x", ip, &same);
         }
-        assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(1));
+        assert_eq!(s.local_delay(&t, "a@x", ip), Duration::from_secs(1));
         for (i, want) in [2, 4, 8, 8, 8].into_iter().enumerate() {
             let fp = s.fingerprint("a@x", format!("guess{i}").as_bytes());
-            s.failed(&t, "a@x", ip, &fp);
-            assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(want));
+            s.local_failed(&t, "a@x", ip, &fp);
+            assert_eq!(s.local_delay(&t, "a@x", ip), Duration::from_secs(want));
         }
         // The client address carries the penalty to other accounts...
-        assert_eq!(s.delay(&t, "b@x", ip), Duration::from_secs(8));
+        assert_eq!(s.local_delay(&t, "b@x", ip), Duration::from_secs(8));
         // ...but not to other clients, and trusted networks owe nothing.
         assert_eq!(
-            s.delay(&t, "b@x", Some("192.0.2.2".parse().unwrap())),
+            s.local_delay(&t, "b@x", Some("192.0.2.2".parse().unwrap())),
             Duration::ZERO
         );
         let trusted = Some("10.1.2.3".parse().unwrap());
-        s.failed(&t, "c@x", trusted, &same);
-        assert_eq!(s.delay(&t, "c@x", trusted), Duration::ZERO);
+        s.local_failed(&t, "c@x", trusted, &same);
+        assert_eq!(s.local_delay(&t, "c@x", trusted), Duration::ZERO);
         // Success clears the account, not the client.
-        s.succeeded("a@x");
-        assert_eq!(s.delay(&t, "a@x", None), Duration::ZERO);
-        assert_eq!(s.delay(&t, "a@x", ip), Duration::from_secs(8));
+        s.local_succeeded("a@x");
+        assert_eq!(s.local_delay(&t, "a@x", None), Duration::ZERO);
+        assert_eq!(s.local_delay(&t, "a@x", ip), Duration::from_secs(8));
     }
 
     #[test]
@@ -592,11 +619,11 @@ mod tests {
             &s.fingerprint("old@x", b"bad"),
             Cached::Invalid,
         );
-        s.failed(&t, "old@x", Some("192.0.2.1".parse().unwrap()), &old);
+        s.local_failed(&t, "old@x", Some("192.0.2.1".parse().unwrap()), &old);
         std::thread::sleep(Duration::from_millis(60));
         let fresh = s.fingerprint("new@x", b"pw");
         s.remember(s.generation(), &short, "new@x", &fresh, Cached::Ok);
-        s.failed(&t, "new@x", None, &fresh);
+        s.local_failed(&t, "new@x", None, &fresh);
         s.sweep(&short, &t);
         assert_eq!(s.cache.len(), 1);
         assert_eq!(s.throttle.len(), 1);
@@ -617,7 +644,7 @@ mod tests {
             let s = State::open(Some(&path));
             let fp = s.fingerprint("a@x", b"pw");
             s.remember(s.generation(), &cfg, "a@x", &fp, Cached::Ok);
-            s.failed(&t, "b@x", ip, &fp);
+            s.local_failed(&t, "b@x", ip, &fp);
             s.flush();
             fp
         };
@@ -629,10 +656,10 @@ mod tests {
         assert_eq!(s.front().len(), 1);
         assert_eq!(s.cached(&cfg, "a@x", &fp, Duration::ZERO), Some(Cached::Ok));
         // The failures of the earlier run still delay.
-        assert_eq!(s.delay(&t, "b@x", None), Duration::from_secs(1));
-        assert_eq!(s.delay(&t, "c@x", ip), Duration::from_secs(1));
-        s.succeeded("b@x");
-        assert_eq!(s.delay(&t, "b@x", None), Duration::ZERO);
+        assert_eq!(s.local_delay(&t, "b@x", None), Duration::from_secs(1));
+        assert_eq!(s.local_delay(&t, "c@x", ip), Duration::from_secs(1));
+        s.local_succeeded("b@x");
+        assert_eq!(s.local_delay(&t, "b@x", None), Duration::ZERO);
     }
 
     #[test]
@@ -648,15 +675,15 @@ mod tests {
                 .sum::<u32>()
         };
         for pw in [&b"one"[..], b"two", b"two"] {
-            s.failed(&t, "a@x", ip, &s.fingerprint("a@x", pw));
+            s.local_failed(&t, "a@x", ip, &s.fingerprint("a@x", pw));
         }
         // One key for the account, one for the address, however many
         // failures.
         assert_eq!(total(&s), 2);
         assert_eq!(s.throttle.len(), 2);
-        s.succeeded("a@x");
+        s.local_succeeded("a@x");
         assert_eq!(total(&s), 1);
-        s.succeeded("a@x");
+        s.local_succeeded("a@x");
         assert_eq!(total(&s), 1);
         let gone = ThrottleConfig {
             reset_after: Duration::ZERO,

@@ -8,6 +8,9 @@
 //! retried briefly, a store that cannot be read is moved aside and replaced,
 //! and only when even that fails does the helper run without one.
 
+pub mod remote;
+
+use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +22,17 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// default (1 GiB) would let the cache grow with the data into resident
 /// memory.
 pub const CACHE_CAPACITY: u64 = 16 << 20;
+
+/// Where state shared by the members of a cluster lives (`store.backend`):
+/// the local sled store (one server), or Redis (a Dynamic Cluster; the
+/// local store then only stands in while Redis is down).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sled,
+    Redis,
+}
 
 /// What `open` had to do to give a store back.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,14 @@
 //! | meta | `salt` | the fingerprint salt (32) |
 //!
 //! Numbers are big-endian; stamps are milliseconds since the Unix epoch.
+//!
+//! The same throttle keys in the shared store (Redis), under the configured
+//! namespace: `NS:auth:throttle:u:ACCOUNT`, `…:4:HEX` (IPv4 address),
+//! `…:6:HEX` (IPv6 /64), each a hash of `n` (the count) and `r` (the recent
+//! tags, hex, each followed by `,`) that expires `reset_after` after the
+//! latest failure. Account names are not secrets; a tag is 8 bytes of a
+//! fingerprint salted with this member's salt, which never leaves its local
+//! store, so nothing in Redis lets a reader test password guesses.
 
 use super::Fingerprint;
 use std::net::IpAddr;
@@ -48,6 +56,36 @@ pub fn throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<Vec<u8>> {
         None => {}
     }
     keys
+}
+
+/// The shared store's names for [`throttle_keys`], after the namespace.
+pub fn shared_throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<[String; 4]> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut keys = vec![shared_account_key(account)];
+    match ip {
+        Some(IpAddr::V4(a)) => keys.push(shared(IPV4, hex(&a.octets()))),
+        Some(IpAddr::V6(a)) => keys.push(shared(IPV6, hex(&a.octets()[..8]))),
+        None => {}
+    }
+    keys
+}
+
+pub fn shared_account_key(account: &str) -> [String; 4] {
+    shared(ACCOUNT, account.to_string())
+}
+
+fn shared(kind: u8, id: String) -> [String; 4] {
+    [
+        "auth".into(),
+        "throttle".into(),
+        char::from(kind).to_string(),
+        id,
+    ]
+}
+
+/// A tag as the shared store keeps it.
+pub fn shared_tag(tag: &Tag) -> String {
+    tag.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub fn account_key(account: &str) -> Vec<u8> {
