@@ -373,20 +373,6 @@ impl Backend for MxProxy {
         })
     }
 
-    fn permitted<'a>(
-        &'a self,
-        _: &'a Account,
-        _: &'a Person,
-    ) -> BoxFuture<'a, Result<bool, DirectoryError>> {
-        Box::pin(std::future::ready(Ok(true)))
-    }
-
-    /// MX Proxy never reveals a password.
-    fn secret<'a>(
-        &'a self,
-        _: &'a Account,
-        _: &'a Person,
-    ) -> BoxFuture<'a, Result<Option<String>, DirectoryError>> {
-        Box::pin(std::future::ready(Ok(None)))
-    }
+    // No access rules (everyone permitted) and no secret: MX Proxy never
+    // reveals a password. The trait's defaults say both.
 }
