@@ -4,7 +4,7 @@
 //!
 //! Each helper binary of the suite, in `main` before anything else:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 //!
