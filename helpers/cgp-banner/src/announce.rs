@@ -560,4 +560,35 @@ mod tests {
                 .exists()
         );
     }
+
+    #[test]
+    fn redis_values_decode_in_id_order_and_bad_ones_are_left_out() {
+        let json = |a: &Announcement| serde_json::to_vec(a).unwrap();
+        let (a, b) = (ann("a", Target::All), ann("b", Target::All));
+        let mut window = ann("w", Target::All);
+        window.until = window.from;
+        let fields = HashMap::from([
+            ("b".to_string(), json(&b)),
+            ("a".to_string(), json(&a)),
+            ("x".to_string(), b"{not json".to_vec()),
+            // A window nobody can show is refused here as everywhere.
+            ("w".to_string(), json(&window)),
+        ]);
+        assert_eq!(decode(fields), vec![a, b]);
+    }
+
+    #[test]
+    fn health_lines_wait_for_a_request_and_stay_few() {
+        let a = Announcements::new(Source::Local {
+            path: PathBuf::new(),
+            store: Mutex::new(None),
+            spool: Spool::new(Path::new("/nonexistent")),
+        });
+        assert!(a.take_notices().is_empty());
+        for i in 0..10 {
+            a.notify(&format!("line {i}"));
+        }
+        assert_eq!(a.take_notices(), ["line 6", "line 7", "line 8", "line 9"]);
+        assert!(a.take_notices().is_empty());
+    }
 }
