@@ -1,13 +1,13 @@
-//! The two threads at the edges of a helper: the stdin reader and the single
-//! stdout writer.
+//! The edges of a helper: the stdin reader thread and the stdout writer.
 //!
 //! stdin is read on a plain thread, not with `tokio::io::stdin`, whose
 //! blocking read cannot be cancelled and can hang runtime shutdown: here the
 //! process simply exits while the thread is still blocked.
 
+use crate::sync;
 use cgp_wire::request::{MAX_SEQ_LEN, Reply};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 /// CGP's limit for any line a helper writes, end-of-line included.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -157,40 +157,62 @@ fn append(
     false
 }
 
-/// What travels to the writer thread.
-enum Out {
-    Line(Vec<u8>),
-    /// Everything queued before it is written; then the thread ends.
-    Close,
-}
-
-/// The only path to stdout. Cheap to clone; every line goes through one
-/// bounded queue to the one writer thread, which writes it whole, in one
-/// write, and flushes.
+/// The only path to stdout. Cheap to clone; the thread that has a line
+/// writes it itself, whole, in one write, and flushes, one thread at a time
+/// under one lock. No writer thread: handing each reply to one cost a
+/// cross-thread wake-up per request, the largest cost of a request that
+/// only waits for its back end. Nothing is queued, so a CGP that stops
+/// reading stalls the threads that reply (once the pipe is full) instead of
+/// growing the helper.
 #[derive(Clone)]
 pub struct Writer {
-    tx: std::sync::mpsc::SyncSender<Out>,
+    /// `None` once closed, or after a write error (CGP closed the pipe):
+    /// lines are dropped from then on, nobody is left to read them.
+    out: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
 }
 
 impl Writer {
-    /// Sends a reply line. The caller has already made sure it fits.
-    pub fn reply(&self, seq: &[u8], reply: &Reply) {
-        debug_assert!(reply.line_len(seq) <= MAX_REPLY_LINE);
-        self.line(reply.line(seq));
+    pub fn new<W: Write + Send + 'static>(out: W) -> Writer {
+        Writer {
+            out: Arc::new(Mutex::new(Some(Box::new(out)))),
+        }
     }
 
-    /// Sends a whole reply line, end of line included. The caller has
-    /// already made sure it fits. After [`WriterThread::close`] lines are
-    /// dropped: the process is about to exit and nobody reads them.
-    pub fn line(&self, line: Vec<u8>) {
+    /// Writes a reply line. The caller has already made sure it fits.
+    pub fn reply(&self, seq: &[u8], reply: &Reply) {
+        debug_assert!(reply.line_len(seq) <= MAX_REPLY_LINE);
+        self.line(&reply.line(seq));
+    }
+
+    /// Writes a whole line, end of line included. The caller has already
+    /// made sure it fits.
+    pub fn line(&self, line: &[u8]) {
+        self.line_after(line, || {});
+    }
+
+    /// Runs `first`, then writes a whole line, both under the writer's
+    /// lock: nothing another thread writes comes between the two.
+    pub fn line_after(&self, line: &[u8], first: impl FnOnce()) {
         debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
-        let _ = self.tx.send(Out::Line(line));
+        let mut out = sync::lock(&self.out);
+        first();
+        if let Some(w) = out.as_mut() {
+            if w.write_all(line).and_then(|()| w.flush()).is_err() {
+                *out = None;
+            }
+        }
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
     /// characters are replaced and the line is cut to fit the limit.
     pub fn info(&self, text: &str) {
-        self.line(info_line(text));
+        self.line(&info_line(text));
+    }
+
+    /// Drops every later line: the process is about to exit and nobody
+    /// reads them. A write in progress ends first.
+    pub fn close(&self) {
+        *sync::lock(&self.out) = None;
     }
 }
 
@@ -208,45 +230,6 @@ pub fn info_line(text: &str) -> Vec<u8> {
     }
     line.push(b'\n');
     line
-}
-
-/// The writer thread, closed explicitly: clones of [`Writer`] live on in
-/// threads that may never end (the stdin reader blocked on a pipe CGP keeps
-/// open), so waiting for the last one to be dropped could wait for ever.
-pub struct WriterThread {
-    closer: Writer,
-    thread: JoinHandle<()>,
-}
-
-impl WriterThread {
-    /// Writes what was queued before this call, then ends the thread.
-    pub fn close(self) {
-        let _ = self.closer.tx.send(Out::Close);
-        let _ = self.thread.join();
-    }
-}
-
-/// Starts the writer thread. The queue holds at most `queue` lines: when
-/// CGP stops reading, senders wait instead of piling up replies in memory.
-pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, WriterThread) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Out>(queue);
-    let thread = std::thread::Builder::new()
-        .name("stdout-writer".into())
-        .spawn(move || {
-            let mut out = out;
-            while let Ok(Out::Line(line)) = rx.recv() {
-                // After a write error (CGP closed the pipe) lines are
-                // dropped: nobody is left to read them.
-                if out.write_all(&line).and_then(|()| out.flush()).is_err() {
-                    while let Ok(Out::Line(_)) = rx.recv() {}
-                    return;
-                }
-            }
-        })
-        .expect("spawning the stdout writer thread");
-    let writer = Writer { tx };
-    let closer = writer.clone();
-    (writer, WriterThread { closer, thread })
 }
 
 #[cfg(test)]
@@ -364,14 +347,33 @@ mod tests {
             }
         }
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (w, h) = spawn_writer(Shared(buf.clone()), 4);
+        let w = Writer::new(Shared(buf.clone()));
         let kept = w.clone();
         w.reply(b"01", &Reply::ok());
         w.info("hi");
-        // A clone still alive elsewhere (the stdin reader's) does not keep
-        // the thread from ending.
-        h.close();
+        // Closed through any clone, for every clone (the stdin reader's
+        // lives on).
+        w.close();
         kept.info("too late");
         assert_eq!(&*buf.lock().unwrap(), b"01 OK\n* hi\n");
+    }
+
+    #[test]
+    fn after_a_write_error_lines_are_dropped() {
+        struct Failing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Write for Failing {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = Writer::new(Failing(tries.clone()));
+        w.info("one");
+        w.info("two");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
