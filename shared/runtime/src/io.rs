@@ -1,4 +1,5 @@
-//! The edges of a helper: the stdin reader thread and the stdout writer.
+//! The two threads at the edges of a helper: the stdin reader and the
+//! stdout writer.
 //!
 //! stdin is read on a plain thread, not with `tokio::io::stdin`, whose
 //! blocking read cannot be cancelled and can hang runtime shutdown: here the
@@ -8,6 +9,7 @@ use crate::sync;
 use cgp_wire::request::{MAX_SEQ_LEN, Reply};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// CGP's limit for any line a helper writes, end-of-line included.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -157,62 +159,72 @@ fn append(
     false
 }
 
-/// The only path to stdout. Cheap to clone; the thread that has a line
-/// writes it itself, whole, in one write, and flushes, one thread at a time
-/// under one lock. No writer thread: handing each reply to one cost a
+/// What travels to the writer thread.
+enum Out {
+    Line(Vec<u8>),
+    /// Everything queued before it is written; then the thread ends.
+    Close,
+}
+
+/// stdout, one line at a time under its lock; `None` once closed, or after
+/// a write error (CGP closed the pipe): lines are dropped from then on,
+/// nobody is left to read them.
+type Output = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// Writes one whole line in one write and flushes it; the caller holds the
+/// output's lock.
+fn write_line(out: &mut Option<Box<dyn Write + Send>>, line: &[u8]) {
+    if let Some(w) = out.as_mut() {
+        if w.write_all(line).and_then(|()| w.flush()).is_err() {
+            *out = None;
+        }
+    }
+}
+
+/// The only path to stdout. Cheap to clone. Lines from the stdin reader go
+/// through one bounded queue to the writer thread, so that the reader reads
+/// on while its replies are written (a cache hit's reply costs the reader
+/// no write). A reply that waited is written by the thread that finished
+/// it ([`Writer::write_now`]): handing it to the writer thread cost a
 /// cross-thread wake-up per request, the largest cost of a request that
-/// only waits for its back end. Nothing is queued, so a CGP that stops
-/// reading stalls the threads that reply (once the pipe is full) instead of
-/// growing the helper.
+/// only waits for its back end. Either way each line is written whole, in
+/// one write, and flushed, one at a time.
 #[derive(Clone)]
 pub struct Writer {
-    /// `None` once closed, or after a write error (CGP closed the pipe):
-    /// lines are dropped from then on, nobody is left to read them.
-    out: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
+    tx: std::sync::mpsc::SyncSender<Out>,
+    out: Output,
 }
 
 impl Writer {
-    pub fn new<W: Write + Send + 'static>(out: W) -> Writer {
-        Writer {
-            out: Arc::new(Mutex::new(Some(Box::new(out)))),
-        }
-    }
-
-    /// Writes a reply line. The caller has already made sure it fits.
+    /// Queues a reply line. The caller has already made sure it fits.
     pub fn reply(&self, seq: &[u8], reply: &Reply) {
         debug_assert!(reply.line_len(seq) <= MAX_REPLY_LINE);
-        self.line(&reply.line(seq));
+        self.line(reply.line(seq));
     }
 
-    /// Writes a whole line, end of line included. The caller has already
-    /// made sure it fits.
-    pub fn line(&self, line: &[u8]) {
-        self.line_after(line, || {});
+    /// Queues a whole line, end of line included. The caller has already
+    /// made sure it fits. After [`WriterThread::close`] lines are dropped:
+    /// the process is about to exit and nobody reads them.
+    pub fn line(&self, line: Vec<u8>) {
+        debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
+        let _ = self.tx.send(Out::Line(line));
     }
 
-    /// Runs `first`, then writes a whole line, both under the writer's
-    /// lock: nothing another thread writes comes between the two.
-    pub fn line_after(&self, line: &[u8], first: impl FnOnce()) {
+    /// Writes a whole line on this thread, after running `first`, both
+    /// under the output's lock: nothing else is written between the two.
+    /// For a thread whose next job can wait for one write (an async worker,
+    /// a compute thread), never the reader.
+    pub fn write_now(&self, line: &[u8], first: impl FnOnce()) {
         debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
         let mut out = sync::lock(&self.out);
         first();
-        if let Some(w) = out.as_mut() {
-            if w.write_all(line).and_then(|()| w.flush()).is_err() {
-                *out = None;
-            }
-        }
+        write_line(&mut out, line);
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
     /// characters are replaced and the line is cut to fit the limit.
     pub fn info(&self, text: &str) {
-        self.line(&info_line(text));
-    }
-
-    /// Drops every later line: the process is about to exit and nobody
-    /// reads them. A write in progress ends first.
-    pub fn close(&self) {
-        *sync::lock(&self.out) = None;
+        self.line(info_line(text));
     }
 }
 
@@ -230,6 +242,47 @@ pub fn info_line(text: &str) -> Vec<u8> {
     }
     line.push(b'\n');
     line
+}
+
+/// The writer thread, closed explicitly: clones of [`Writer`] live on in
+/// threads that may never end (the stdin reader blocked on a pipe CGP keeps
+/// open), so waiting for the last one to be dropped could wait for ever.
+pub struct WriterThread {
+    closer: Writer,
+    thread: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Writes what was queued before this call, then ends the thread; lines
+    /// written or queued later are dropped.
+    pub fn close(self) {
+        let _ = self.closer.tx.send(Out::Close);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the writer thread. The queue holds at most `queue` lines: when
+/// CGP stops reading, senders wait instead of piling up replies in memory.
+pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, WriterThread) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Out>(queue);
+    let out: Output = Arc::new(Mutex::new(Some(Box::new(out))));
+    let thread_out = out.clone();
+    let thread = std::thread::Builder::new()
+        .name("stdout-writer".into())
+        .spawn(move || {
+            // After a write error lines are received and dropped, so that
+            // senders never wait on a dead pipe.
+            while let Ok(Out::Line(line)) = rx.recv() {
+                write_line(&mut sync::lock(&thread_out), &line);
+            }
+            // Closed: nothing is written after the last line queued (QUIT's
+            // reply), not even by the threads that write at once.
+            *sync::lock(&thread_out) = None;
+        })
+        .expect("spawning the stdout writer thread");
+    let writer = Writer { tx, out };
+    let closer = writer.clone();
+    (writer, WriterThread { closer, thread })
 }
 
 #[cfg(test)]
@@ -347,15 +400,24 @@ mod tests {
             }
         }
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = Writer::new(Shared(buf.clone()));
+        let (w, h) = spawn_writer(Shared(buf.clone()), 4);
         let kept = w.clone();
         w.reply(b"01", &Reply::ok());
         w.info("hi");
-        // Closed through any clone, for every clone (the stdin reader's
-        // lives on).
-        w.close();
+        // Both paths write whole lines; `first` runs before the line.
+        let mut ran = false;
+        w.write_now(b"02 OK\n", || ran = true);
+        assert!(ran);
+        // A clone still alive elsewhere (the stdin reader's) does not keep
+        // the thread from ending.
+        h.close();
         kept.info("too late");
-        assert_eq!(&*buf.lock().unwrap(), b"01 OK\n* hi\n");
+        kept.write_now(b"03 OK\n", || {});
+        // The line written at once comes anywhere between the queued
+        // ones, which keep their order.
+        let written = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.matches("02 OK\n").count(), 1, "{written:?}");
+        assert_eq!(written.replace("02 OK\n", ""), "01 OK\n* hi\n");
     }
 
     #[test]
@@ -371,9 +433,11 @@ mod tests {
             }
         }
         let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let w = Writer::new(Failing(tries.clone()));
-        w.info("one");
+        let (w, h) = spawn_writer(Failing(tries.clone()), 4);
+        w.write_now(b"01 OK\n", || {});
         w.info("two");
+        w.write_now(b"03 OK\n", || {});
+        h.close();
         assert_eq!(tries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

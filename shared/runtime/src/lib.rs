@@ -13,10 +13,11 @@
 //!
 //! Every request takes one path: the stdin reader thread reads it, admits
 //! it under the in-flight bound (one permit, held until its reply is
-//! written), polls its handler once right there (a request that is ready,
+//! written or queued), polls its handler once right there (a request that is ready,
 //! such as a cache hit, is answered without a task or a timer), and hands
-//! what must wait to the async workers as a task under its deadline; the
-//! thread that has a reply writes it, one line at a time under one lock. CPU-heavy handler work goes through
+//! what must wait to the async workers as a task under its deadline. The
+//! reader's own replies go to the one writer thread; a reply that waited is
+//! written by the thread that finished it; one line at a time either way. CPU-heavy handler work goes through
 //! [`compute`]. Signals, reloads and the drain run on the main thread.
 
 mod compute;
@@ -256,7 +257,7 @@ struct Shared<H> {
     intf: Arc<AtomicU32>,
     /// Tokens of requests whose replies are not written yet. A request
     /// answered by its first poll never enters it: the reader, the only
-    /// one to look, is busy with it until its reply is written.
+    /// one to look, is busy with it until its reply is queued.
     in_flight: Mutex<HashSet<SeqKey>>,
     /// Per order key, the signal that the last request with that key is done.
     order_tails: Mutex<HashMap<Vec<u8>, oneshot::Receiver<()>>>,
@@ -293,11 +294,12 @@ async fn serve<H: Helper>(
     target: logging::LogTarget,
     mut signals: Signals,
 ) -> i32 {
+    let queue = config.runtime().max_in_flight + 256;
     // Straight to the pipe through a duplicate of fd 1: std's Stdout would
     // take its lock and copy every line into its line buffer first.
-    let writer = match std::io::stdout().as_fd().try_clone_to_owned() {
-        Ok(fd) => Writer::new(std::fs::File::from(fd)),
-        Err(_) => Writer::new(std::io::stdout()),
+    let (writer, writer_thread) = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => io::spawn_writer(std::fs::File::from(fd), queue),
+        Err(_) => io::spawn_writer(std::io::stdout(), queue),
     };
     writer.info(&format!("{} {} started", info.name, info.version));
     tracing::info!(name = info.name, version = info.version, logs = ?target, "started");
@@ -307,7 +309,7 @@ async fn serve<H: Helper>(
         Err(e) => {
             writer.info(&format!("{} cannot start: {e}", info.name));
             tracing::error!(error = %e, "cannot start");
-            writer.close();
+            writer_thread.close();
             eprintln!("{}: {e}", info.name);
             return 1;
         }
@@ -377,7 +379,7 @@ async fn serve<H: Helper>(
     // the drain counts what is in flight.
     drop(sync::write(&shared.dispatching));
     // Drain: every request in flight holds a permit until its reply is
-    // written, and each is bounded by its deadline.
+    // written or queued, and each is bounded by its deadline.
     let drain_limit = current(&shared.runtime).deadline + Duration::from_secs(2);
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain_limit, shared.permits.acquire_many(all))
@@ -397,9 +399,10 @@ async fn serve<H: Helper>(
         shared.writer.reply(&seq, &Reply::ok());
     }
     tracing::info!("stopped");
-    // Closed: a request still running past the drain limit must not write
-    // after QUIT's reply, the last line.
-    shared.writer.close();
+    // Closed explicitly: the reader thread keeps its clone of the writer
+    // while it waits on a stdin that CGP may keep open. A request still
+    // running past the drain limit writes nothing after QUIT's reply.
+    writer_thread.close();
     0
 }
 
@@ -656,16 +659,19 @@ fn start<H: Helper>(
         line.extend_from_slice(reply.body());
         line.push(b'\n');
         if task_spawned.load(Ordering::Relaxed) {
-            // Taken out of the set under the writer's lock, just before the
+            // A reply that waited is written here, on the thread that
+            // finished it (a worker or a compute thread), not handed to the
+            // writer thread: that hand-over was a wake-up per request.
+            // Taken out of the set under the output's lock, just before the
             // line is written: the reader sees the token either in flight
             // or answered, never neither, and a duplicate admitted as soon
             // as it is out is answered after this reply. The set's own lock
             // is never held across a write.
-            shared.writer.line_after(&line, || {
+            shared.writer.write_now(&line, || {
                 sync::lock(&shared.in_flight).remove(&key);
             });
         } else {
-            shared.writer.line(&line);
+            shared.writer.line(line);
         }
         // The next request with this order key may start now that this
         // reply is out.
