@@ -88,6 +88,9 @@ struct Run {
     /// CPU seconds (user + system) of the helper and of slapd.
     helper_cpu: f64,
     slapd_cpu: f64,
+    /// The helper's voluntary context switches (a thread going to sleep,
+    /// to be woken again): the wake-ups a request costs.
+    helper_sleeps: f64,
 }
 
 /// The sim's child (the helper): found once, so that the sampling loop
@@ -124,6 +127,22 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Voluntary context switches of all of a process's threads so far.
+fn sleeps(pid: u32) -> Option<f64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let total: u64 = threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum();
+    Some(total as f64)
+}
+
 fn slapd_cpu(slapd: &Slapd) -> f64 {
     std::fs::read_to_string(slapd.dir().join("slapd.pid"))
         .ok()
@@ -155,7 +174,7 @@ fn sim(
         .spawn()
         .expect("start cgp-helper-sim");
     let pid = child.id();
-    let (mut helper_pid, mut peak, mut helper_cpu) = (None, 0, 0.0);
+    let (mut helper_pid, mut peak, mut helper_cpu, mut helper_sleeps) = (None, 0, 0.0, 0.0);
     while child.try_wait().expect("wait sim").is_none() {
         helper_pid = helper_pid.or_else(|| child_of(pid));
         if let Some(h) = helper_pid {
@@ -163,6 +182,7 @@ fn sim(
             // The last sample before the helper exits: at most one
             // interval short.
             helper_cpu = cpu_seconds(&h.to_string()).unwrap_or(helper_cpu);
+            helper_sleeps = sleeps(h).unwrap_or(helper_sleeps);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -180,6 +200,7 @@ fn sim(
         peak_rss_kib: peak,
         helper_cpu,
         slapd_cpu: server_cpu() - slapd_before,
+        helper_sleeps,
     }
 }
 
@@ -378,6 +399,7 @@ fn medians(runs: Vec<Run>) -> Run {
     let rate = median(runs.iter().map(|r| r.rate).collect());
     let helper_cpu = median(runs.iter().map(|r| r.helper_cpu).collect());
     let slapd_cpu = median(runs.iter().map(|r| r.slapd_cpu).collect());
+    let helper_sleeps = median(runs.iter().map(|r| r.helper_sleeps).collect());
     let peak_rss_kib = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
     let summary = runs
         .into_iter()
@@ -390,6 +412,7 @@ fn medians(runs: Vec<Run>) -> Run {
         peak_rss_kib,
         helper_cpu,
         slapd_cpu,
+        helper_sleeps,
     }
 }
 
@@ -580,10 +603,11 @@ fn main() {
     for ((name, n, ..), runs) in rows.iter().zip(&results) {
         for (run, (_, _, prefix)) in runs.iter().zip(&binaries) {
             println!(
-                "  {:<17} {:>6.1} + {:>6.1}",
+                "  {:<17} {:>6.1} + {:>6.1}   helper sleeps (voluntary context switches) per request {:.2}",
                 format!("{prefix}{name}"),
                 per_request(run.helper_cpu, *n),
-                per_request(run.slapd_cpu, *n)
+                per_request(run.slapd_cpu, *n),
+                run.helper_sleeps / *n as f64
             );
         }
     }
