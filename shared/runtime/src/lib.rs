@@ -13,12 +13,13 @@
 //!
 //! Every request takes one path: the stdin reader thread reads it, admits
 //! it under the in-flight bound (one permit, held until its reply is
-//! written or queued), polls its handler once right there (a request that is ready,
-//! such as a cache hit, is answered without a task or a timer), and hands
-//! what must wait to the async workers as a task under its deadline. The
-//! reader's own replies go to the one writer thread; a reply that waited is
-//! written by the thread that finished it; one line at a time either way. CPU-heavy handler work goes through
-//! [`compute`]. Signals, reloads and the drain run on the main thread.
+//! written or queued), polls its handler once right there (a request that
+//! is ready, such as a cache hit, is answered without a task or a timer),
+//! and hands what must wait to the async workers as a task under its
+//! deadline. The reader's own replies go to the one writer thread; a reply
+//! that waited is written by the thread that finished it; one line at a
+//! time either way. CPU-heavy handler work goes through [`compute`].
+//! Signals, reloads and the drain run on the main thread.
 
 mod compute;
 pub mod config;
