@@ -216,7 +216,7 @@ impl Auth {
             Err(NotReady::Unknown) => return Reply::error("no such user in directory"),
             Err(NotReady::NotPermitted) => return Reply::error("not permitted"),
             Err(NotReady::Missing(profile, m)) => {
-                tracing::info!(account = %account, profile, step = m.step, command = m.verb, missing = m.what, "NEW: the directory entry lacks a value");
+                tracing::info!(account = %account, profile, step = m.step, command = %m.verb, missing = %m.what, "NEW: the directory entry lacks a value");
                 return Reply::error("incomplete directory entry");
             }
             Err(NotReady::Directory(e)) => {
@@ -229,7 +229,7 @@ impl Auth {
             Err(f) => {
                 // FAILURE either way: CGP retries NEW, and the retry
                 // completes the steps (each is idempotent).
-                tracing::info!(account = %account, profile = %profile.name, step = f.step, command = f.verb, error = %f.error, "NEW: provisioning step failed");
+                tracing::info!(account = %account, profile = %profile.name, step = f.step, command = %f.verb, error = %f.error, "NEW: provisioning step failed");
                 match f.error {
                     CliError::Unavailable(_) => {
                         metrics::count(Event::BackendError);

@@ -283,7 +283,7 @@ pub async fn prepare<'p>(
     Ok((profile, commands))
 }
 
-/// Masks the command's secrets in a text (a server may quote a value back).
+/// Masks secrets in a text.
 fn redact(text: String, secrets: &[String]) -> String {
     secrets.iter().fold(text, |t, s| {
         if t.contains(s.as_str()) {
@@ -295,8 +295,9 @@ fn redact(text: String, secrets: &[String]) -> String {
 }
 
 /// Sends one command: `Existed` when a creating command finds its object
-/// there already (CGP answers "… already exists").
-pub async fn send(cli: &CliClient, c: &Command) -> Result<Outcome, CliError> {
+/// there already (CGP answers "… already exists"). Error texts have the
+/// plan's secrets masked (`masked`: a server may quote a value back).
+async fn send(cli: &CliClient, c: &Command, masked: &[String]) -> Result<Outcome, CliError> {
     match cli.command(&c.line).await {
         Ok(_) => Ok(Outcome::Done),
         Err(CliError::Refused { text, .. })
@@ -306,9 +307,9 @@ pub async fn send(cli: &CliClient, c: &Command) -> Result<Outcome, CliError> {
         }
         Err(CliError::Refused { code, text }) => Err(CliError::Refused {
             code,
-            text: redact(text, &c.secrets),
+            text: redact(text, masked),
         }),
-        Err(CliError::Unavailable(text)) => Err(CliError::Unavailable(redact(text, &c.secrets))),
+        Err(CliError::Unavailable(text)) => Err(CliError::Unavailable(redact(text, masked))),
     }
 }
 
@@ -319,8 +320,9 @@ pub async fn run(
     commands: &[Command],
     mut report: impl FnMut(usize, &Command, &Result<Outcome, CliError>),
 ) -> Result<(), Failed> {
+    let masked: Vec<String> = commands.iter().flat_map(|c| c.secrets.clone()).collect();
     for (i, c) in commands.iter().enumerate() {
-        let r = send(cli, c).await;
+        let r = send(cli, c, &masked).await;
         report(i + 1, c, &r);
         if let Err(error) = r {
             return Err(Failed {
