@@ -25,7 +25,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Look an account's person up and run the steps of its provisioning
+    /// Run (or show, --dry-run) what NEW does for one account.
+    ///
+    /// Looks the account's person up and runs the steps of its provisioning
     /// profile through the CGP CLI, reporting each (as NEW would, for
     /// accounts made ahead of first use). Exit status: 0 done, 1 bad
     /// configuration or argument, 2 no such person, not permitted or a
