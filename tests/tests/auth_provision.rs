@@ -149,6 +149,15 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("auth.log")).unwrap_or_default()
 }
 
+/// Asserts that one line of the helper's log holds every one of `parts`.
+fn assert_logged(dir: &Path, parts: &[&str]) {
+    let log = log(dir);
+    assert!(
+        log.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+        "no log line with {parts:?}:\n{log}"
+    );
+}
+
 #[test]
 fn every_step_reaches_cgp_and_new_twice_is_the_same() {
     let cli = FakeCli::start("postmaster", "clipw");
@@ -202,20 +211,20 @@ fn a_failing_step_answers_failure_and_the_retry_completes_the_account() {
         assert_eq!(cli.account(&name), Some(room(n)), "{verb}");
     }
     h.finish();
-    let log = log(dir.path());
     for (i, verb) in VERBS.iter().enumerate() {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("NEW: provisioning step failed")
-                    && l.contains("profile=resources")
-                    && l.contains(&format!(" step={} ", i + 1))
-                    && l.contains(&format!("command={verb}"))
-                    && l.contains("CLI error 500")),
-            "no log line for {verb}:\n{log}"
+        assert_logged(
+            dir.path(),
+            &[
+                "NEW: provisioning step failed",
+                "profile=resources",
+                &format!(" step={} ", i + 1),
+                &format!("command={verb}"),
+                "CLI error 500",
+            ],
         );
     }
     // The server's error text quoted the password back: masked.
-    assert!(!log.contains(SECRET), "{log}");
+    assert!(!log(dir.path()).contains(SECRET));
 }
 
 #[test]
@@ -240,14 +249,13 @@ fn a_value_the_entry_lacks_sends_nothing() {
     );
     assert_eq!(cli.logins(), 0);
     h.finish();
-    assert!(
-        log(dir.path())
-            .lines()
-            .any(|l| l.contains("NEW: the directory entry lacks a value")
-                && l.contains("step=2")
-                && l.contains("missing=mailbox")),
-        "{}",
-        log(dir.path())
+    assert_logged(
+        dir.path(),
+        &[
+            "NEW: the directory entry lacks a value",
+            "step=2",
+            "missing=mailbox",
+        ],
     );
 }
 
@@ -424,13 +432,12 @@ fn an_alias_another_account_holds_fails_the_step() {
     let a = cli.account(&name).unwrap();
     assert!(a.aliases.is_empty() && a.prefs == dict(&[]), "{a:?}");
     h.finish();
-    assert!(
-        log(dir.path())
-            .lines()
-            .any(|l| l.contains("NEW: provisioning step failed")
-                && l.contains("command=SETACCOUNTALIASES")
-                && l.contains("already exists")),
-        "{}",
-        log(dir.path())
+    assert_logged(
+        dir.path(),
+        &[
+            "NEW: provisioning step failed",
+            "command=SETACCOUNTALIASES",
+            "already exists",
+        ],
     );
 }

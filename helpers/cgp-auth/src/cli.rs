@@ -25,7 +25,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run (or show, --dry-run) what NEW does for one account.
+    /// Run what NEW does for one account, or only show it.
     ///
     /// Looks the account's person up and runs the steps of its provisioning
     /// profile through the CGP CLI, reporting each (as NEW would, for

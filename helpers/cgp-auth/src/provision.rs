@@ -355,75 +355,88 @@ mod tests {
             ..Person::default()
         };
         p.push_values("cn", ["Room \"One\"".to_string()]);
+        p.push_values("roomNumber", ["101".to_string()]);
         p.push_values("roomPassword", ["s3cret pw".to_string()]);
         p.push_values(
             "mail",
             [
-                "room-1@confroom.resources.example.test".to_string(),
-                "Big.Room@CONFROOM.resources.example.test".to_string(),
+                "room-1@confroom.resources.example.com".to_string(),
+                "Big.Room@CONFROOM.resources.example.com".to_string(),
                 "big@elsewhere.test".to_string(),
             ],
         );
         p
     }
 
+    /// The shipped example's profiles.
+    fn example() -> Profiles {
+        profiles(include_str!(
+            "../../../packaging/examples/auth-resources.toml"
+        ))
+    }
+
+    fn shown(domain: &str) -> Vec<String> {
+        let account = Account::parse(format!("room-1@{domain}").as_bytes()).unwrap();
+        let p = example();
+        plan(p.select(domain), &account, &person())
+            .unwrap()
+            .iter()
+            .map(|c| c.shown().to_string())
+            .collect()
+    }
+
     #[test]
     fn a_plan_fills_and_encodes_every_step() {
-        let p = profiles(
-            r#"
-[provision.profiles.rooms]
-domains = ["*.resources.example.test"]
-[[provision.profiles.rooms.steps]]
-step = "CREATEACCOUNT"
-settings = { RealName = "{attr:cn}", ServiceClass = "Resource", Password = "{attr:roomPassword}", ou = "{attr:ou}" }
-[[provision.profiles.rooms.steps]]
-step = "CREATEMAILBOX"
-mailbox = "Calendar"
-class = "IPF.Appointment"
-[[provision.profiles.rooms.steps]]
-step = "SETMAILBOXCLASS"
-mailbox = "Calendar"
-class = "IPF.Appointment"
-[[provision.profiles.rooms.steps]]
-step = "UPDATEACCOUNTSETTINGS"
-settings = { AutoAccept = "YES" }
-[[provision.profiles.rooms.steps]]
-step = "SETMAILBOXACL"
-mailbox = "Calendar"
-acl = { "all_events@example.test" = "lrswipkxtea" }
-[[provision.profiles.rooms.steps]]
-step = "SETACCOUNTALIASES"
-aliases = ["{user}-cal"]
-aliases_attribute = "mail"
-[[provision.profiles.rooms.steps]]
-step = "UPDATEACCOUNTPREFS"
-prefs = { UserFrom = "\"{attr:cn}\" <{address}>" }
-"#,
-        );
-        let account = Account::parse(b"room-1@confroom.resources.example.test").unwrap();
-        let profile = p.select(account.domain());
-        let plan = plan(profile, &account, &person()).unwrap();
-        let shown: Vec<&str> = plan.iter().map(Command::shown).collect();
-        let a = "\"room-1@confroom.resources.example.test\"";
+        let a = "\"room-1@confroom.resources.example.com\"";
         assert_eq!(
-            shown,
+            shown("confroom.resources.example.com"),
             [
-                format!(
-                    r#"CREATEACCOUNT {a} {{Password="********";RealName="Room \"One\"";ServiceClass=Resource;}}"#
-                ),
+                format!(r#"CREATEACCOUNT {a} {{RealName="Room \"One\"";ServiceClass=Resource;}}"#),
                 format!(r#"CREATEMAILBOX {a} MAILBOX Calendar CLASS "IPF.Appointment""#),
                 format!(r#"SETMAILBOXCLASS {a} MAILBOX Calendar CLASS "IPF.Appointment""#),
                 format!("UPDATEACCOUNTSETTINGS {a} {{AutoAccept=YES;}}"),
                 format!(
-                    r#"SETMAILBOXACL {a} MAILBOX Calendar {{"all_events@example.test"=lrswipkxtea;}}"#
+                    r#"SETMAILBOXACL {a} MAILBOX Calendar {{"all_events@example.com"=lrswipkxtea;}}"#
                 ),
-                format!(r#"SETACCOUNTALIASES {a} ("big.room","room-1-cal")"#),
+                format!("SETACCOUNTALIASES {a} (room101)"),
                 format!(
-                    r#"UPDATEACCOUNTPREFS {a} {{UserFrom="\"Room \"One\"\" <room-1@confroom.resources.example.test>";}}"#
+                    r#"UPDATEACCOUNTPREFS {a} {{UserFrom="\"Room \"One\"\" <room-1@confroom.resources.example.com>";}}"#
                 ),
             ]
         );
-        // Only the shown line is masked.
+        // Parking places: the wider profile (no aliases, a plain mailbox).
+        let parking = shown("parking.resources.example.com");
+        assert_eq!(parking.len(), 6);
+        assert!(parking[1].ends_with("MAILBOX Calendar"), "{}", parking[1]);
+        // People: the default profile.
+        let a = Account::parse(b"big.room@example.com").unwrap();
+        let default = plan(example().select("example.com"), &a, &person()).unwrap();
+        assert_eq!(
+            default.len(),
+            1,
+            "no address of the person is in example.com"
+        );
+        assert_eq!(
+            default[0].shown(),
+            r#"CREATEACCOUNT "big.room@example.com" {RealName="Room \"One\"";}"#
+        );
+    }
+
+    #[test]
+    fn a_password_is_sent_but_never_shown() {
+        let p = profiles(
+            r#"
+[provision.profiles.x]
+domains = ["*"]
+steps = [{ step = "CREATEACCOUNT", settings = { Password = "{attr:roomPassword}" } }]
+"#,
+        );
+        let account = Account::parse(b"room-1@example.com").unwrap();
+        let plan = plan(p.select("example.com"), &account, &person()).unwrap();
+        assert_eq!(
+            plan[0].shown(),
+            r#"CREATEACCOUNT "room-1@example.com" {Password="********";}"#
+        );
         assert!(
             plan[0].line.contains(r#"Password="s3cret pw""#),
             "{}",
