@@ -441,3 +441,35 @@ fn an_alias_another_account_holds_fails_the_step() {
         ],
     );
 }
+
+/// Without profiles, as configured before them: an alias failure used to
+/// be logged and NEW answered `OK`; it is now the step's FAILURE.
+#[test]
+fn without_profiles_an_alias_failure_is_a_failure_too() {
+    let cli = FakeCli::start("postmaster", "clipw");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &cli);
+    let legacy = std::fs::read_to_string(&path).unwrap().replace(
+        PROFILE,
+        "[provision]\nenabled = true\naliases_attribute = \"mail\"\n[provision.settings]\nRealName = \"cn\"\n",
+    );
+    std::fs::write(&path, legacy).unwrap();
+    let mut h = Session::start(&bin("cgp-auth"), &path);
+    cli.fail_once("SETACCOUNTALIASES", 1, "500 cannot do it");
+    assert_eq!(
+        h.ask("NEW alice@example.test"),
+        r#"FAILURE "account provisioning failed""#
+    );
+    assert!(
+        cli.account("alice@example.test")
+            .unwrap()
+            .aliases
+            .is_empty()
+    );
+    assert_eq!(h.ask("NEW alice@example.test"), "OK");
+    assert_eq!(
+        cli.account("alice@example.test").unwrap().aliases,
+        ["alice.liddell"]
+    );
+    h.finish();
+}
