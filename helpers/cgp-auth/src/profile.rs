@@ -82,7 +82,32 @@ pub type Text = Template<CliValue>;
 
 /// A dictionary of CLI values (account settings, WebUser preferences, an
 /// ACL), in the order written (sorted by key).
-pub type Dict = Vec<(Text, Text)>;
+#[derive(Clone, Default)]
+pub struct Dict(Vec<(Text, Text)>);
+
+impl std::ops::Deref for Dict {
+    type Target = [(Text, Text)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+// Hand-written so that a literal password can never reach a log through
+// `{:?}`.
+impl std::fmt::Debug for Dict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if k.as_str().eq_ignore_ascii_case(PASSWORD) {
+                    "(hidden)"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            }))
+            .finish()
+    }
+}
 
 /// One compiled step: one CLI command.
 #[derive(Clone, Debug)]
@@ -363,7 +388,7 @@ impl Default for Profiles {
 /// The `[provision]` settings and aliases attribute as a profile: CREATEACCOUNT
 /// with each setting filled from its attribute, then SETACCOUNTALIASES.
 fn default_profile(file: &ProvisionFile) -> Result<Profile, CompileError> {
-    let mut settings = Dict::new();
+    let mut settings = Vec::new();
     for (setting, attr) in &file.settings {
         let key = format!("provision.settings.{setting}");
         if !is_attribute_name(attr) {
@@ -374,6 +399,7 @@ fn default_profile(file: &ProvisionFile) -> Result<Profile, CompileError> {
             text(&format!("{{attr:{attr}}}"), &key)?,
         ));
     }
+    let settings = Dict(settings);
     check_setting_names(&settings, "provision.settings", true)?;
     let mut steps = vec![Step::CreateAccount { settings }];
     if let Some(attr) = &file.aliases_attribute {
@@ -415,7 +441,8 @@ fn dict(
     key: &str,
     keys_are_names: bool,
 ) -> Result<Dict, CompileError> {
-    map.iter()
+    let entries = map
+        .iter()
         .map(|(k, v)| {
             let at = format!("{key}.{k}");
             let name = if keys_are_names {
@@ -425,7 +452,8 @@ fn dict(
             };
             Ok((name, text(v, &at)?))
         })
-        .collect()
+        .collect::<Result<Vec<_>, CompileError>>()?;
+    Ok(Dict(entries))
 }
 
 /// Setting names: each once (CGP compares them without regard to case),
@@ -546,7 +574,7 @@ fn compile_step(s: &StepFile, key: &str) -> Result<Step, CompileError> {
             if acl.is_empty() {
                 return Err(error(at, "SETMAILBOXACL needs acl (identifier = rights)"));
             }
-            for (who, rights) in &acl {
+            for (who, rights) in acl.iter() {
                 let r = rights.as_str();
                 let letters = r.strip_prefix(['+', '-']).unwrap_or(r);
                 if rights.is_literal() && !letters.chars().all(|c| RIGHTS.contains(c)) {
@@ -637,6 +665,17 @@ steps = [{ step = "CREATEACCOUNT" }]
                 ("provision".to_string(), "mail")
             ]
         );
+    }
+
+    #[test]
+    fn a_literal_password_is_not_in_debug_output() {
+        let p = compile(
+            "[provision.profiles.x]\ndomains = [\"*\"]\nsteps = [{ step = \"CREATEACCOUNT\", settings = { PASSWORD = \"initial-pw-9\", RealName = \"{attr:cn}\" } }]",
+        )
+        .unwrap();
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("initial-pw-9"), "{shown}");
+        assert!(shown.contains("\"PASSWORD\": \"(hidden)\""), "{shown}");
     }
 
     #[test]
