@@ -277,9 +277,11 @@ impl Helper for Auth {
             .map_err(|e| e.to_string())?;
         let dir = {
             let (config, profiles) = (config.clone(), profiles.clone());
-            cgp_runtime::compute(move || open_directory(&config, &profiles))
-                .await
-                .map_err(|e| e.to_string())?
+            cgp_runtime::compute(move || {
+                open_directory(&config, &profiles, config.provision.enabled)
+            })
+            .await
+            .map_err(|e| e.to_string())?
         };
         let state = match &previous {
             // The store stays open across a reload (sled locks it); its
@@ -362,9 +364,15 @@ fn spawn_sweeper(state: &Arc<State>, config: &Arc<AuthConfig>) {
     });
 }
 
-/// The directory, reading the attributes provisioning needs when it is on.
-fn open_directory(config: &AuthConfig, profiles: &Profiles) -> Result<Directory, DirectoryError> {
-    let attrs: Vec<&str> = if config.provision.enabled {
+/// The directory, reading the attributes the profiles need when
+/// `provisioning` (NEW on, or the `provision` subcommand, which also serves
+/// sites that keep NEW off and create accounts ahead).
+fn open_directory(
+    config: &AuthConfig,
+    profiles: &Profiles,
+    provisioning: bool,
+) -> Result<Directory, DirectoryError> {
+    let attrs: Vec<&str> = if provisioning {
         profiles.attributes().into_iter().map(|(_, a)| a).collect()
     } else {
         Vec::new()
@@ -397,7 +405,7 @@ fn provision_command(dry_run: bool, path: Option<&std::path::Path>, account: &st
             Err(e) => return fail(1, &format!("provision.cli: {e}")),
         },
     };
-    let dir = match open_directory(&config, &profiles) {
+    let dir = match open_directory(&config, &profiles, true) {
         Ok(d) => d,
         Err(e) => return fail(1, &e.to_string()),
     };
