@@ -1,8 +1,12 @@
 //! A scripted CommuniGate Pro CLI (PWD) server for tests: the `200`
 //! greeting, `USER`/`PASS` login, `INLINE`, and the account commands the
-//! helpers send (`CREATEACCOUNT`, `SETACCOUNTALIASES`, `GETACCOUNTSETTINGS`,
-//! `GETACCOUNTALIASES`, `QUIT`), keeping accounts in memory and recording
-//! every command line after login.
+//! helpers send (`CREATEACCOUNT`, `UPDATEACCOUNTSETTINGS`,
+//! `UPDATEACCOUNTPREFS`, `SETACCOUNTALIASES`, `CREATEMAILBOX`,
+//! `SETMAILBOXCLASS`, `SETMAILBOXACL`, `GETACCOUNTSETTINGS`,
+//! `GETACCOUNTALIASES`, `QUIT`), keeping accounts, their settings,
+//! preferences, aliases and mailboxes (class, ACL) in memory and recording
+//! every command line after login. Any command can be made to fail once on
+//! demand ([`FakeCli::fail_once`]).
 //!
 //! Usage: `let cli = FakeCli::start("postmaster", "clipw");` then point the
 //! helper at `cli.address()`; inspect `cli.commands()` and `cli.account(name)`.
@@ -20,7 +24,37 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
     pub settings: Value,
+    /// WebUser preferences (`UPDATEACCOUNTPREFS`).
+    pub prefs: Value,
     pub aliases: Vec<String>,
+    /// Mailboxes by name.
+    pub mailboxes: BTreeMap<String, Mailbox>,
+}
+
+impl Account {
+    fn new(settings: Value) -> Account {
+        Account {
+            settings,
+            prefs: Value::Dict(Vec::new()),
+            aliases: Vec::new(),
+            mailboxes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A mailbox of an account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mailbox {
+    pub class: Option<String>,
+    /// Identifier → rights.
+    pub acl: BTreeMap<String, String>,
+}
+
+/// A failure asked for: the `nth` next command with this verb fails once.
+struct Failure {
+    verb: String,
+    nth: usize,
+    reply: String,
 }
 
 #[derive(Default)]
@@ -28,6 +62,7 @@ struct State {
     accounts: BTreeMap<String, Account>,
     commands: Vec<String>,
     logins: usize,
+    failures: Vec<Failure>,
 }
 
 pub struct FakeCli {
@@ -82,11 +117,25 @@ impl FakeCli {
     pub fn add_account(&self, name: &str) {
         sync::lock(&self.state).accounts.insert(
             name.to_ascii_lowercase(),
-            Account {
-                settings: Value::Dict(Vec::new()),
-                aliases: Vec::new(),
-            },
+            Account::new(Value::Dict(Vec::new())),
         );
+    }
+
+    /// Every account, by name.
+    pub fn accounts(&self) -> BTreeMap<String, Account> {
+        sync::lock(&self.state).accounts.clone()
+    }
+
+    /// The `nth` (1-based) command with this verb from now on is answered
+    /// with `reply` (e.g. `500 disk full`) and changes nothing; later ones
+    /// run as usual.
+    pub fn fail_once(&self, verb: &str, nth: usize, reply: &str) {
+        assert!(nth >= 1, "nth counts from 1");
+        sync::lock(&self.state).failures.push(Failure {
+            verb: verb.to_ascii_uppercase(),
+            nth,
+            reply: reply.to_string(),
+        });
     }
 
     pub fn account(&self, name: &str) -> Option<Account> {
@@ -175,6 +224,31 @@ fn command(state: &Mutex<State>, word: &str, rest: &str) -> String {
         .and_then(Value::as_str)
         .map(str::to_ascii_lowercase);
     let mut st = sync::lock(state);
+    let mut failed = None;
+    st.failures.retain_mut(|f| {
+        if f.verb != word {
+            return true;
+        }
+        f.nth -= 1;
+        if f.nth == 0 && failed.is_none() {
+            failed = Some(f.reply.clone());
+            return false;
+        }
+        true
+    });
+    if let Some(reply) = failed {
+        return reply;
+    }
+    // `MAILBOX name` after the account name, for the mailbox commands.
+    let mailbox = match (args.get(1).and_then(Value::as_str), args.get(2)) {
+        (Some(k), Some(v)) if k.eq_ignore_ascii_case("MAILBOX") => v.as_str().map(str::to_string),
+        _ => None,
+    };
+    // `CLASS c` after the mailbox.
+    let class = match (args.get(3).and_then(Value::as_str), args.get(4)) {
+        (Some(k), Some(v)) if k.eq_ignore_ascii_case("CLASS") => v.as_str().map(str::to_string),
+        _ => None,
+    };
     match (word, name) {
         ("INLINE", _) => "200 OK".into(),
         ("QUIT", _) => "200 bye".into(),
@@ -189,23 +263,122 @@ fn command(state: &Mutex<State>, word: &str, rest: &str) -> String {
             if !matches!(settings, Value::Dict(_)) {
                 return "501 settings must be a dictionary".into();
             }
-            st.accounts.insert(
-                name,
-                Account {
-                    settings,
-                    aliases: Vec::new(),
+            st.accounts.insert(name, Account::new(settings));
+            "200 OK".into()
+        }
+        ("UPDATEACCOUNTSETTINGS" | "UPDATEACCOUNTPREFS", Some(name)) => {
+            let Some(Value::Dict(new)) = args.get(1) else {
+                return "501 settings must be a dictionary".into();
+            };
+            let Some(a) = st.accounts.get_mut(&name) else {
+                return "513 unknown account".into();
+            };
+            let target = if word == "UPDATEACCOUNTPREFS" {
+                &mut a.prefs
+            } else {
+                &mut a.settings
+            };
+            let Value::Dict(old) = target else {
+                unreachable!("settings and prefs are dictionaries")
+            };
+            for (k, v) in new {
+                match old.iter_mut().find(|(o, _)| o.eq_ignore_ascii_case(k)) {
+                    Some((_, o)) => *o = v.clone(),
+                    None => old.push((k.clone(), v.clone())),
+                }
+            }
+            "200 OK".into()
+        }
+        ("CREATEMAILBOX", Some(name)) => {
+            let Some(mailbox) = mailbox else {
+                return "501 expected: CREATEMAILBOX account MAILBOX name [CLASS class]".into();
+            };
+            let Some(a) = st.accounts.get_mut(&name) else {
+                return "513 unknown account".into();
+            };
+            if a.mailboxes.contains_key(&mailbox) {
+                return "500 mailbox with this name already exists".into();
+            }
+            a.mailboxes.insert(
+                mailbox,
+                Mailbox {
+                    class,
+                    ..Mailbox::default()
                 },
             );
+            "200 OK".into()
+        }
+        ("SETMAILBOXCLASS", Some(name)) => {
+            let (Some(mailbox), Some(class)) = (mailbox, class) else {
+                return "501 expected: SETMAILBOXCLASS account MAILBOX name CLASS class".into();
+            };
+            match st
+                .accounts
+                .get_mut(&name)
+                .and_then(|a| a.mailboxes.get_mut(&mailbox))
+            {
+                Some(m) => {
+                    m.class = Some(class);
+                    "200 OK".into()
+                }
+                None => "520 mailbox does not exist".into(),
+            }
+        }
+        ("SETMAILBOXACL", Some(name)) => {
+            let (Some(mailbox), Some(Value::Dict(acl))) = (mailbox, args.get(3)) else {
+                return "501 expected: SETMAILBOXACL account MAILBOX name {id=rights;}".into();
+            };
+            let Some(m) = st
+                .accounts
+                .get_mut(&name)
+                .and_then(|a| a.mailboxes.get_mut(&mailbox))
+            else {
+                return "520 mailbox does not exist".into();
+            };
+            for (who, rights) in acl {
+                let who = String::from_utf8_lossy(who).into_owned();
+                let rights = rights.as_str().unwrap_or_default();
+                let entry = m.acl.entry(who.clone()).or_default();
+                // `+r` adds, `-r` removes, plain text replaces.
+                if let Some(add) = rights.strip_prefix('+') {
+                    entry.extend(
+                        add.chars()
+                            .filter(|c| !entry.contains(*c))
+                            .collect::<Vec<_>>(),
+                    );
+                } else if let Some(remove) = rights.strip_prefix('-') {
+                    entry.retain(|c| !remove.contains(c));
+                } else {
+                    *entry = rights.to_string();
+                }
+                if entry.is_empty() {
+                    m.acl.remove(&who);
+                }
+            }
             "200 OK".into()
         }
         ("SETACCOUNTALIASES", Some(name)) => {
             let Some(Value::Array(items)) = args.get(1) else {
                 return "501 aliases must be an array".into();
             };
-            let aliases = items
+            let aliases: Vec<String> = items
                 .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
+                .filter_map(|v| v.as_str().map(|s| s.to_ascii_lowercase()))
                 .collect();
+            // An alias names one object: not another account, nor another
+            // account's alias.
+            let domain = name.split_once('@').map_or("", |(_, d)| d);
+            let taken = aliases.iter().find(|alias| {
+                let full = format!("{alias}@{domain}");
+                st.accounts.iter().any(|(n, a)| {
+                    *n != name
+                        && (*n == full
+                            || (n.ends_with(&format!("@{domain}")) && a.aliases.contains(alias)))
+                })
+            });
+            if let Some(alias) = taken {
+                return format!("500 {alias}: account with this name already exists");
+            }
             match st.accounts.get_mut(&name) {
                 Some(a) => {
                     a.aliases = aliases;

@@ -921,3 +921,33 @@ fn the_dn_cache_skips_the_search_and_notices_a_moved_user() {
     assert_eq!(relay.take(), [BIND]);
     h.finish();
 }
+
+/// `cgp-auth provision` reads the attributes its profile names from LDAP
+/// even with NEW off (sites that create accounts ahead keep NEW off).
+#[test]
+fn the_provision_subcommand_reads_profile_attributes_from_ldap() {
+    let slapd = Slapd::start_default();
+    let dir = tempdir();
+    let extra = format!(
+        "{LOOKUP}\n[provision]\nenabled = false\n[provision.profiles.people]\ndomains = [\"example.test\"]\n[[provision.profiles.people.steps]]\nstep = \"UPDATEACCOUNTPREFS\"\nprefs = {{ UserFrom = \"\\\"{{attr:cn}}\\\" <{{address}}>\" }}\n"
+    );
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, config(dir.path(), &[slapd.uri()], "", &extra)).unwrap();
+    let o = Command::new(bin("cgp-auth"))
+        .args(["provision", "--dry-run", "alice@example.test", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some(
+            r#"UPDATEACCOUNTPREFS "alice@example.test" {UserFrom="\"Alice Liddell\" <alice@example.test>";}"#
+        )
+    );
+}

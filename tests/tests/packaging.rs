@@ -450,3 +450,25 @@ fn subcommands(help: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Every example configuration is valid for its helper (`auth-*.toml` for
+/// cgp-auth, `banner*.toml` for cgp-banner, …).
+#[test]
+fn every_example_configuration_passes_check_config() {
+    let examples = files_ending("packaging/examples", ".toml");
+    assert!(examples.contains(&"auth-resources.toml".to_string()));
+    for example in examples {
+        let helper = HELPERS
+            .iter()
+            .find(|h| example.starts_with(&h["cgp-".len()..]))
+            .unwrap_or_else(|| panic!("{example}: no helper's name"));
+        let path = workspace().join("packaging/examples").join(&example);
+        let out = stdout(
+            Command::new(bin(helper))
+                .arg("--check-config")
+                .arg("--config")
+                .arg(&path),
+        );
+        assert!(out.contains("configuration is valid"), "{example}: {out}");
+    }
+}

@@ -2,15 +2,16 @@
 //! while deserializing, so errors carry a line number; rules between keys are
 //! checked in `validate`.
 
+use crate::profile::{CompileError, Profiles, ProvisionFile};
 use cgp_lookup::cgp_cli::CliConfig;
-use cgp_lookup::directory::DirectoryConfig;
+use cgp_lookup::directory::{DirectoryConfig, Kind};
 use cgp_lookup::store::Backend;
 use cgp_lookup::store::remote::RedisConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -90,27 +91,31 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// `[provision]` with its profiles compiled (written as [`ProvisionFile`]).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "ProvisionFile")]
 pub struct ProvisionConfig {
     /// Create accounts for NEW requests (off: NEW is refused).
     pub enabled: bool,
-    /// CGP account setting ← directory attribute (first value).
-    pub settings: BTreeMap<String, String>,
-    /// Account aliases come from this attribute's addresses in the
-    /// account's domain.
-    pub aliases_attribute: Option<String>,
     pub cli: CliConfig,
+    /// The compiled profiles, or why they do not compile (reported by
+    /// `validate`).
+    pub profiles: Result<Arc<Profiles>, CompileError>,
+}
+
+impl From<ProvisionFile> for ProvisionConfig {
+    fn from(file: ProvisionFile) -> Self {
+        ProvisionConfig {
+            enabled: file.enabled,
+            profiles: Profiles::compile(&file).map(Arc::new),
+            cli: file.cli,
+        }
+    }
 }
 
 impl Default for ProvisionConfig {
     fn default() -> Self {
-        ProvisionConfig {
-            enabled: false,
-            settings: BTreeMap::from([("RealName".to_string(), "cn".to_string())]),
-            aliases_attribute: Some("mail".into()),
-            cli: CliConfig::default(),
-        }
+        ProvisionFile::default().into()
     }
 }
 
@@ -149,6 +154,27 @@ impl HelperConfig for AuthConfig {
                 .redis
                 .validate("store.redis")
                 .map_err(|e| KeyError::new(e.key, e.message))?;
+        }
+        let profiles = match &self.provision.profiles {
+            Ok(p) => p,
+            Err(e) => return Err(KeyError::new(&e.key, &e.message)),
+        };
+        if self.provision.enabled && self.directory.kind == Kind::Static {
+            // The only directory whose attributes are known before a person
+            // is looked up.
+            let known = |a: &str| {
+                self.directory
+                    .static_file
+                    .users
+                    .iter()
+                    .any(|u| u.attributes.keys().any(|k| k.eq_ignore_ascii_case(a)))
+            };
+            if let Some((key, a)) = profiles.attributes().into_iter().find(|(_, a)| !known(a)) {
+                return Err(KeyError::new(
+                    key,
+                    format!("no user of the static directory has the attribute {a:?}"),
+                ));
+            }
         }
         if self.provision.enabled {
             let c = &self.provision.cli;

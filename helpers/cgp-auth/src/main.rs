@@ -13,6 +13,8 @@ use cgp_wire::{Reply, Request};
 use clap::Parser;
 use cli::Cli;
 use config::AuthConfig;
+use profile::Profiles;
+use provision::{NotReady, Outcome};
 use state::{Cached, State};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use wire::Vrfy;
 
 mod cli;
 mod config;
+mod profile;
 mod provision;
 mod state;
 mod wire;
@@ -37,6 +40,7 @@ struct Auth {
     /// The cache generation this configuration writes under.
     generation: u64,
     cli: Option<Arc<CliClient>>,
+    profiles: Arc<Profiles>,
 }
 
 /// Who tried to log in, for the throttling that follows the verdict.
@@ -207,35 +211,32 @@ impl Auth {
     }
 
     async fn provision(&self, cli: &CliClient, account: &Account) -> Reply {
-        let p = &self.config.provision;
-        let found = async {
-            let Some(person) = self.dir.find(account).await? else {
-                return Ok(None);
-            };
-            let permitted = self.dir.permitted(account, &person).await?;
-            Ok::<_, DirectoryError>(Some((person, permitted)))
-        };
-        let person = match found.await {
-            Ok(Some((person, true))) => person,
-            Ok(Some((_, false))) => return Reply::error("not permitted"),
-            Ok(None) => return Reply::error("no such user in directory"),
-            Err(e) => {
+        let (profile, plan) = match provision::prepare(&self.dir, &self.profiles, account).await {
+            Ok(p) => p,
+            Err(NotReady::Unknown) => return Reply::error("no such user in directory"),
+            Err(NotReady::NotPermitted) => return Reply::error("not permitted"),
+            Err(NotReady::Missing(profile, m)) => {
+                tracing::info!(account = %account, profile, step = m.step, command = %m.verb, missing = %m.what, "NEW: the directory entry lacks a value");
+                return Reply::error("incomplete directory entry");
+            }
+            Err(NotReady::Directory(e)) => {
                 tracing::warn!(account = %account, error = %e, "NEW: directory failed");
                 return Reply::failure(directory_failure(&e));
             }
         };
-        let settings = provision::settings(p, &person);
-        let aliases = provision::aliases(p, account, &person);
-        match provision::create(cli, account, &settings, &aliases).await {
-            Ok(_) => Reply::ok(),
-            Err(CliError::Unavailable(e)) => {
-                metrics::count(Event::BackendError);
-                tracing::warn!(account = %account, error = %e, "NEW: CLI unavailable");
-                Reply::failure("account server unavailable")
-            }
-            Err(CliError::Refused { code, text }) => {
-                tracing::warn!(account = %account, code, %text, "NEW: CLI refused");
-                Reply::error("cannot create the account")
+        match provision::run(cli, &plan, |_, _, _| {}).await {
+            Ok(()) => Reply::ok(),
+            Err(f) => {
+                // FAILURE either way: CGP retries NEW, and the retry
+                // completes the steps (each is idempotent).
+                tracing::info!(account = %account, profile = %profile.name, step = f.step, command = %f.verb, error = %f.error, "NEW: provisioning step failed");
+                match f.error {
+                    CliError::Unavailable(_) => {
+                        metrics::count(Event::BackendError);
+                        Reply::failure("account server unavailable")
+                    }
+                    CliError::Refused { .. } => Reply::failure("account provisioning failed"),
+                }
             }
         }
     }
@@ -269,16 +270,15 @@ impl Helper for Auth {
         // in use (bcrypt, argon2: slow on purpose); a reload builds new LDAP
         // pools (the old ones close when their last request finishes), which
         // picks up a changed password file too.
+        let profiles = config
+            .provision
+            .profiles
+            .clone()
+            .map_err(|e| e.to_string())?;
         let dir = {
-            let config = config.clone();
+            let (config, profiles) = (config.clone(), profiles.clone());
             cgp_runtime::compute(move || {
-                let p = &config.provision;
-                let mut attrs: Vec<&str> = Vec::new();
-                if p.enabled {
-                    attrs.extend(p.settings.values().map(String::as_str));
-                    attrs.extend(p.aliases_attribute.as_deref());
-                }
-                config.directory.open(&attrs)
+                open_directory(&config, &profiles, config.provision.enabled)
             })
             .await
             .map_err(|e| e.to_string())?
@@ -320,6 +320,7 @@ impl Helper for Auth {
             generation: state.generation(),
             state,
             cli,
+            profiles,
         })
     }
 
@@ -363,6 +364,101 @@ fn spawn_sweeper(state: &Arc<State>, config: &Arc<AuthConfig>) {
     });
 }
 
+/// The directory, reading the attributes the profiles need when
+/// `provisioning` (NEW on, or the `provision` subcommand, which also serves
+/// sites that keep NEW off and create accounts ahead).
+fn open_directory(
+    config: &AuthConfig,
+    profiles: &Profiles,
+    provisioning: bool,
+) -> Result<Directory, DirectoryError> {
+    let attrs: Vec<&str> = if provisioning {
+        profiles.attributes().into_iter().map(|(_, a)| a).collect()
+    } else {
+        Vec::new()
+    };
+    config.directory.open(&attrs)
+}
+
+/// `provision`: what NEW does for one account, run by hand (not the
+/// protocol loop, so it prints). The exit codes are the subcommand's doc.
+fn provision_command(dry_run: bool, path: Option<&std::path::Path>, account: &str) -> ExitCode {
+    let fail = |code: u8, text: &str| {
+        eprintln!("cgp-auth: {text}");
+        ExitCode::from(code)
+    };
+    let config = match cgp_runtime::config::load::<AuthConfig>(path) {
+        Ok(c) => c,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let Ok(account) = Account::parse(account.as_bytes()) else {
+        return fail(1, &format!("{account:?} is not user@domain"));
+    };
+    let profiles = match &config.provision.profiles {
+        Ok(p) => p.clone(),
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let cli = match dry_run {
+        true => None,
+        false => match CliClient::new(&config.provision.cli) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(1, &format!("provision.cli: {e}")),
+        },
+    };
+    let dir = match open_directory(&config, &profiles, true) {
+        Ok(d) => d,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let (profile, plan) = match provision::prepare(&dir, &profiles, &account).await {
+            Ok(p) => p,
+            Err(NotReady::Unknown) => return fail(2, &format!("{account}: no such user in directory")),
+            Err(NotReady::NotPermitted) => return fail(2, &format!("{account}: not permitted")),
+            Err(NotReady::Missing(profile, m)) => {
+                return fail(
+                    2,
+                    &format!(
+                        "{account}: profile {profile:?}, step {} ({}): the directory entry has no value for {}",
+                        m.step, m.verb, m.what
+                    ),
+                );
+            }
+            Err(NotReady::Directory(e)) => return fail(3, &format!("directory: {e}")),
+        };
+        println!("profile {:?} for {account}", profile.name);
+        let Some(cli) = cli else {
+            for c in &plan {
+                println!("{}", c.shown());
+            }
+            return ExitCode::SUCCESS;
+        };
+        let result = provision::run(&cli, &plan, |n, c, r| {
+            let outcome = match r {
+                Ok(Outcome::Done) => "OK".to_string(),
+                Ok(Outcome::Existed) => "OK (already existed)".to_string(),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            println!("{n}. {} -> {outcome}", c.shown());
+        })
+        .await;
+        cli.close().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => ExitCode::from(match f.error {
+                CliError::Unavailable(_) => 3,
+                CliError::Refused { .. } => 4,
+            }),
+        }
+    })
+}
+
 /// `--hash-password`: not the protocol loop, so it may print.
 fn print_hash(scheme: cli::HashScheme) -> ExitCode {
     let mut line = String::new();
@@ -397,6 +493,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(scheme) = cli.hash_password {
         return print_hash(scheme);
+    }
+    if let Some(cli::Command::Provision {
+        dry_run,
+        config,
+        account,
+    }) = &cli.command
+    {
+        let path = config.as_deref().or(cli.common.config.as_deref());
+        return provision_command(*dry_run, path, account);
     }
     let info = HelperInfo {
         name: "cgp-auth",

@@ -12,8 +12,9 @@
 //! - [`Directory`]: what helpers call. It puts one bounded cache in front of
 //!   the back end and applies one policy for several matching entries:
 //!   they are refused as ambiguous, with a warning in the log.
-//! - [`Template`]: the placeholders `{user}`, `{domain}`, `{address}` and
-//!   `{dn}`, filled in one pass with values escaped for their context.
+//! - [`Template`]: the placeholders `{user}`, `{domain}`, `{address}`,
+//!   `{dn}` and `{attr:NAME}`, filled in one pass with values escaped for
+//!   their context.
 
 mod account;
 mod cache;
@@ -37,7 +38,8 @@ pub use mxproxy::{Login, MxProxyConfig};
 pub use person::{Dn, DnError, Group, GroupRef, Person};
 pub use sql::{Host, Query, SqlConfig, TlsMode};
 pub use template::{
-    AccountDn, AccountFilter, Context, EntryFilter, Field, Template, TemplateError, Values,
+    AccountDn, AccountFilter, CliValue, Context, EntryFilter, Field, Template, TemplateError,
+    Values, is_attribute_name,
 };
 
 use cache::Cache;

@@ -206,7 +206,7 @@ impl Query {
     pub fn parse(source: &str) -> Result<Query, TemplateError> {
         let mut text = String::with_capacity(source.len());
         let mut params: Vec<Field> = Vec::new();
-        for part in template::split(source, QUERY_FIELDS)? {
+        for part in template::split(source, QUERY_FIELDS, false)? {
             match part {
                 Part::Text(t) => text.push_str(&t),
                 Part::Field(f) => {
@@ -227,6 +227,7 @@ impl Query {
                     text.push('$');
                     text.push_str(&n.to_string());
                 }
+                Part::Attr(_) => unreachable!("split refuses {{attr:…}} in queries"),
             }
         }
         if text.trim().is_empty() {

@@ -1,13 +1,14 @@
 //! Templates with placeholders, one vocabulary for every template of the
-//! suite: `{user}` (the local part), `{domain}`, `{address}` (`user@domain`)
-//! and, where a person's entry is known, `{dn}`.
+//! suite: `{user}` (the local part), `{domain}`, `{address}` (`user@domain`),
+//! where a person's entry is known `{dn}`, and in the contexts that fill
+//! values from a person's entry `{attr:NAME}` (the attribute's first value).
 //!
 //! A template is split once, when the configuration is read, into literal
 //! text and placeholders; filling it joins the parts with each value escaped
 //! for the template's context in one pass. A value is never scanned for
 //! placeholders again, so a local part such as `{domain}` stays itself.
 
-use super::Account;
+use super::{Account, Person};
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
 use std::fmt;
@@ -51,6 +52,8 @@ const RENAMED: [(&str, Field); 3] = [
 pub(super) enum Part {
     Text(String),
     Field(Field),
+    /// `{attr:NAME}`: the first value of a directory attribute.
+    Attr(String),
 }
 
 /// Why a template was refused.
@@ -75,6 +78,8 @@ pub struct Values<'a> {
 /// values are escaped in it, and how a filled sample is checked at load.
 pub trait Context {
     const FIELDS: &'static [Field];
+    /// Whether `{attr:NAME}` placeholders are taken.
+    const ATTRIBUTES: bool = false;
     fn escape(value: &str) -> Cow<'_, str>;
     /// Checks a sample filling of the template.
     fn check(sample: &str) -> Result<(), String>;
@@ -130,6 +135,24 @@ impl Context for AccountDn {
     }
 }
 
+/// A value sent to the CGP CLI (an account setting, a mailbox name, an
+/// ACL entry): `{user}`, `{domain}`, `{address}` and `{attr:NAME}`. Values
+/// are not escaped here: the filled text becomes one string of the CGP data
+/// encoder, which quotes it.
+#[derive(Debug)]
+pub enum CliValue {}
+
+impl Context for CliValue {
+    const FIELDS: &'static [Field] = &[Field::User, Field::Domain, Field::Address];
+    const ATTRIBUTES: bool = true;
+    fn escape(value: &str) -> Cow<'_, str> {
+        Cow::Borrowed(value)
+    }
+    fn check(_sample: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// A template compiled for one context.
 pub struct Template<C> {
     source: String,
@@ -164,7 +187,7 @@ impl<C: Context> Template<C> {
     /// letters is a placeholder and must be one this context takes; any
     /// other brace is text.
     pub fn parse(source: &str) -> Result<Template<C>, TemplateError> {
-        let parts = split(source, C::FIELDS)?;
+        let parts = split(source, C::FIELDS, C::ATTRIBUTES)?;
         let template = Template {
             source: source.to_string(),
             parts,
@@ -182,6 +205,22 @@ impl<C: Context> Template<C> {
     /// The template with each placeholder replaced by its value, escaped
     /// for the context, in one pass. `{dn}` without a DN is left empty.
     pub fn fill(&self, values: &Values<'_>) -> String {
+        // Only contexts with `ATTRIBUTES` hold `{attr:…}`; they are filled
+        // through `fill_person`.
+        self.fill_with(values, |_| Some("")).unwrap_or_default()
+    }
+
+    /// Fills a template that may name attributes from `person`'s entry;
+    /// `None` when the person lacks one of them.
+    pub fn fill_person(&self, values: &Values<'_>, person: &Person) -> Option<String> {
+        self.fill_with(values, |a| person.first(a))
+    }
+
+    fn fill_with<'p>(
+        &self,
+        values: &Values<'_>,
+        attribute: impl Fn(&str) -> Option<&'p str>,
+    ) -> Option<String> {
         let mut out = String::with_capacity(self.source.len() + values.account.address().len());
         for part in &self.parts {
             match part {
@@ -192,9 +231,23 @@ impl<C: Context> Template<C> {
                     Field::Address => values.account.address(),
                     Field::Dn | Field::Id => values.dn.unwrap_or_default(),
                 })),
+                Part::Attr(a) => out.push_str(&C::escape(attribute(a)?)),
             }
         }
-        out
+        Some(out)
+    }
+
+    /// The directory attributes the template names.
+    pub fn attributes(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Attr(a) => Some(a.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether the template is plain text, without placeholders.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 
     /// Fills the account placeholders (no `{dn}`).
@@ -214,14 +267,39 @@ impl<C: Context> Template<C> {
 }
 
 /// Splits `source` into text and placeholders. `{name}` with a name of
-/// letters is a placeholder and must be one of `fields`; any other brace is
+/// letters is a placeholder and must be one of `fields`; `{attr:NAME}` is
+/// one where `attributes` allows it (refused elsewhere); any other brace is
 /// text.
-pub(super) fn split(source: &str, fields: &[Field]) -> Result<Vec<Part>, TemplateError> {
+pub(super) fn split(
+    source: &str,
+    fields: &[Field],
+    attributes: bool,
+) -> Result<Vec<Part>, TemplateError> {
     let mut parts = Vec::new();
     let mut text = String::new();
     let mut rest = source;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
+        if let Some(attr) = after.strip_prefix(ATTR) {
+            let name = attr.split_once('}').map_or(attr, |(n, _)| n);
+            if !attributes {
+                return Err(TemplateError::Invalid(format!(
+                    "{{{ATTR}{name}}}: this template takes no directory attributes"
+                )));
+            }
+            if !attr.contains('}') || !is_attribute_name(name) {
+                return Err(TemplateError::Invalid(format!(
+                    "{{{ATTR}{name}: expected {{attr:NAME}} with an attribute name (letters, digits, -)"
+                )));
+            }
+            text.push_str(&rest[..open]);
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(Part::Attr(name.to_string()));
+            rest = &attr[name.len() + 1..];
+            continue;
+        }
         let name_len = after
             .bytes()
             .take_while(|b| b.is_ascii_alphabetic() || *b == b'_')
@@ -261,6 +339,23 @@ pub(super) fn split(source: &str, fields: &[Field]) -> Result<Vec<Part>, Templat
         parts.push(Part::Text(text));
     }
     Ok(parts)
+}
+
+const ATTR: &str = "attr:";
+
+/// An LDAP attribute description (RFC 4512: a letter, then letters, digits
+/// and hyphens; `;option`s allowed), which also covers SQL column names
+/// and the static file's keys.
+pub fn is_attribute_name(name: &str) -> bool {
+    name.split(';').enumerate().all(|(i, part)| {
+        let mut bytes = part.bytes();
+        match bytes.next() {
+            Some(b) if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) => {
+                bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }
+            _ => false,
+        }
+    })
 }
 
 impl<'de, C: Context> Deserialize<'de> for Template<C> {
@@ -326,5 +421,34 @@ mod tests {
         // Braces that are no placeholder are text.
         let f = Template::<AccountFilter>::parse("(cn={ x }{user})").unwrap();
         assert_eq!(f.fill_account(&account("a@b")), "(cn={ x }a)");
+    }
+
+    #[test]
+    fn attributes_fill_cli_values_once_and_are_refused_elsewhere() {
+        let t = Template::<CliValue>::parse("\"{attr:cn}\" <{address}>").unwrap();
+        assert_eq!(t.attributes().collect::<Vec<_>>(), ["cn"]);
+        let mut p = Person::default();
+        // A value that looks like a placeholder is not expanded again.
+        p.push_values("CN", ["{user} {attr:cn}".to_string()]);
+        let a = account("room-1@confroom.example.test");
+        let v = Values {
+            account: &a,
+            dn: None,
+        };
+        assert_eq!(
+            t.fill_person(&v, &p).as_deref(),
+            Some("\"{user} {attr:cn}\" <room-1@confroom.example.test>")
+        );
+        assert_eq!(t.fill_person(&v, &Person::default()), None);
+        assert!(
+            Template::<CliValue>::parse("Calendar")
+                .unwrap()
+                .is_literal()
+        );
+        for bad in ["{attr:}", "{attr:c n}", "{attr:cn", "{dn}"] {
+            assert!(Template::<CliValue>::parse(bad).is_err(), "{bad}");
+        }
+        let e = Template::<AccountFilter>::parse("(cn={attr:cn})").unwrap_err();
+        assert!(e.to_string().contains("no directory attributes"), "{e}");
     }
 }
