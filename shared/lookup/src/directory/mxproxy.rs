@@ -14,6 +14,7 @@
 
 use super::{Account, Backend, BoxFuture, By, DirectoryError, Person, Verdict};
 use crate::http::{self, BodyError};
+use cgp_runtime::config::Secret;
 use cgp_runtime::sync;
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ pub struct MxProxyConfig {
     pub base_url: Url,
     pub client_id: String,
     /// The application's secret (HTTP Basic on `POST /auth`); never logged.
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// What the grant's `username` is: the whole address or its user part.
     #[serde(default)]
     pub login: Login,
@@ -36,7 +37,7 @@ pub struct MxProxyConfig {
     #[serde(default)]
     pub service_username: Option<String>,
     #[serde(default)]
-    pub service_password: Option<String>,
+    pub service_password: Option<Secret>,
     /// Bound on one call, body included.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -203,7 +204,10 @@ impl MxProxy {
         let resp = self
             .http
             .post(self.url("auth"))
-            .basic_auth(&self.config.client_id, Some(&self.config.client_secret))
+            .basic_auth(
+                &self.config.client_id,
+                Some(self.config.client_secret.expose()),
+            )
             .form(&form)
             .send()
             .await
@@ -244,7 +248,7 @@ impl MxProxy {
                 }
             }
         }
-        match self.grant(user, password).await? {
+        match self.grant(user, password.expose()).await? {
             Granted::Token(t, life) => {
                 *sync::lock(&self.service) = Some((t.clone(), Instant::now() + life));
                 Ok(Some(t))
