@@ -351,7 +351,10 @@ impl DirectoryConfig {
                 let m = self.mxproxy.as_ref().ok_or_else(|| {
                     DirectoryError::Failed("type = \"mxproxy\" needs [directory.mxproxy]".into())
                 })?;
-                Directory::with_backend(super::mxproxy::MxProxy::new(m)?, &self.cache)
+                Directory::with_backend(
+                    super::mxproxy::MxProxy::new(m, self.cache.max_entries)?,
+                    &self.cache,
+                )
             }
         })
     }
