@@ -5,6 +5,7 @@
 
 use cgp_lookup::directory::{Account, DirectoryConfig, DirectoryError, Verdict};
 use cgp_tests::bin;
+use cgp_tests::fake_cli::FakeCli;
 use cgp_tests::fake_mxproxy::{FakeMxProxy, Mode};
 use cgp_tests::session::Session;
 use std::time::{Duration, Instant};
@@ -223,6 +224,66 @@ async fn an_expired_user_token_is_granted_again_once_and_the_verdict_stands() {
     assert_eq!(dir.verify(&peter, b"78561").await, Ok(Verdict::Ok));
     assert_eq!((f.grants(), f.profile_reads()), (2, 0));
     assert_eq!(dir.find(&peter).await.unwrap().unwrap().first("mx"), None);
+}
+
+#[test]
+fn cgp_auth_new_after_a_login_maps_mx_ext_and_jid() {
+    let f = fake();
+    f.add_user("newbie@xyzrd.com", "pw");
+    f.set_profile("newbie@xyzrd.com", "63023", "3999", "4388485000000001");
+    let cli = FakeCli::start("postmaster", "clipw");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    // No service account: the contact list is not read, the login alone
+    // tells who the user is.
+    let directory = table(f.base_url(), "")
+        .replace("service_username = \"svc@xyzrd.com\"", "")
+        .replace("service_password = \"svc-pw\"", "");
+    cgp_tests::write_config(
+        &path,
+        format!(
+            r#"[runtime]
+deadline = "3s"
+stats_interval = "0s"
+[log]
+journald = false
+{directory}
+[provision]
+enabled = true
+[provision.settings]
+PBXExtension = "ext"
+MXServer = "mx"
+MXJid = "jid"
+[provision.cli]
+address = "{}"
+login = "postmaster"
+password = "clipw"
+"#,
+            cli.address()
+        ),
+    )
+    .unwrap();
+    let mut s = Session::start(&bin("cgp-auth"), &path);
+    assert_eq!(
+        s.ask("NEW newbie@xyzrd.com"),
+        r#"ERROR "no such user in directory""#
+    );
+    assert_eq!(
+        s.ask("VRFY (IMAP [192.0.2.10]) newbie@xyzrd.com \"pw\""),
+        "OK"
+    );
+    assert_eq!(s.ask("NEW newbie@xyzrd.com"), "OK");
+    s.finish();
+    let a = cli.account("newbie@xyzrd.com").expect("account created");
+    let setting = |k: &str| {
+        a.settings
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(setting("PBXExtension").as_deref(), Some("3999"));
+    assert_eq!(setting("MXServer").as_deref(), Some("63023"));
+    assert_eq!(setting("MXJid").as_deref(), Some("4388485000000001"));
 }
 
 #[test]
