@@ -26,6 +26,8 @@ pub enum Mode {
     Ok,
     /// Every answer after 5 s.
     Slow,
+    /// Every answer after this long (a server across a network).
+    Delay(Duration),
     /// `500` to everything.
     Error500,
 }
@@ -137,6 +139,10 @@ async fn fault(f: &Shared) -> Option<Response> {
         Mode::Ok => None,
         Mode::Slow => {
             tokio::time::sleep(Duration::from_secs(5)).await;
+            None
+        }
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
             None
         }
         Mode::Error500 => Some(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
