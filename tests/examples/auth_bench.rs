@@ -296,6 +296,31 @@ trusted_networks = ["10.0.0.0/8"]
 "#
 }
 
+/// cgp-helper-sim's VRFY of user `n % users` with their password.
+fn vrfy_template(users: usize) -> String {
+    format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}")
+}
+
+/// The command line of this tree's cgp-auth on `directory` (its
+/// `[directory]` tables) with the verdict cache off, so that every VRFY
+/// asks the directory.
+fn cold_auth(dir: &Path, directory: &str) -> Vec<String> {
+    let config = dir.join("auth.toml");
+    cgp_tests::write_config(
+        &config,
+        format!(
+            "{}[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n{directory}",
+            common_config()
+        ),
+    )
+    .expect("write config");
+    vec![
+        release_dir().join("cgp-auth").display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
 /// A cgp-auth configuration: `cache_ttl` for verdicts, `dn_ttl` for who a
 /// user is (the DN), `template` for the DN-template fast path.
 #[allow(clippy::too_many_arguments)]
@@ -401,7 +426,7 @@ fn main() {
         .join("examples/null_helper")
         .display()
         .to_string();
-    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    let vrfy = vrfy_template(users);
     let tree = (Shape::Directory, auth.clone(), "");
     let before = base.map(|b| (Shape::Base, b, "base-"));
     let binaries: Vec<_> = std::iter::once(tree).chain(before).collect();
@@ -646,14 +671,10 @@ fn sql_bench(requests: usize, users: usize, in_flight: usize) {
     sql.push_str(";\nANALYZE users;\n");
     let pg = Postgres::start(&sql);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("auth-sql.toml");
-    cgp_tests::write_config(
-        &config,
-        format!(
-            r#"{common}[cache]
-positive_ttl = "0s"
-negative_ttl = "0s"
-[directory]
+    let helper = cold_auth(
+        dir.path(),
+        &format!(
+            r#"[directory]
 type = "sql"
 [directory.sql]
 hosts = ["{host}"]
@@ -662,17 +683,10 @@ user = "{ROLE}"
 password = "{PASSWORD}"
 password_query = "SELECT password_hash AS password, disabled, locked FROM users WHERE email = {{address}}"
 "#,
-            common = common_config(),
             host = pg.host()
         ),
-    )
-    .expect("write config");
-    let helper = vec![
-        release_dir().join("cgp-auth").display().to_string(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
-    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    );
+    let vrfy = vrfy_template(users);
     println!(
         "cgp-auth SQL benchmark: {requests} requests, {users} users, {in_flight} in flight, PostgreSQL {}",
         pg.host()
@@ -811,31 +825,20 @@ fn mxproxy_bench(requests: usize, users: usize, in_flight: usize) {
         fake.add_user(&format!("bench{i}@example.test"), &format!("pw{i}"));
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("auth-mxproxy.toml");
-    cgp_tests::write_config(
-        &config,
-        format!(
-            r#"{common}[cache]
-positive_ttl = "0s"
-negative_ttl = "0s"
-[directory]
+    let helper = cold_auth(
+        dir.path(),
+        &format!(
+            r#"[directory]
 type = "mxproxy"
 [directory.mxproxy]
 base_url = "{base}"
 client_id = "{MX_CLIENT}"
 client_secret = "{MX_SECRET}"
 "#,
-            common = common_config(),
             base = fake.base_url()
         ),
-    )
-    .expect("write config");
-    let helper = vec![
-        release_dir().join("cgp-auth").display().to_string(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
-    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    );
+    let vrfy = vrfy_template(users);
     println!(
         "cgp-auth MX Proxy benchmark: {requests} requests, {users} users, {in_flight} in flight, \
          the fake MX Proxy answering after {delay_ms} ms"

@@ -7,10 +7,10 @@
 //! 2. with the AMI server answering in 5 ms, the AMI actions sent for a
 //!    burst of 1,000 requests for 100 distinct users.
 
-use cgp_tests::banner::{ALICE_IDLE, config, pbx, session, static_user};
+use cgp_tests::banner::{ALICE_IDLE, COMMON, config, pbx, session, static_user};
 use cgp_tests::bin;
 use cgp_tests::fake_ami::{FakeAmi, Fault};
-use cgp_tests::fake_cloudpbx::{DAY, FakeCloudPbx};
+use cgp_tests::fake_cloudpbx::FakeCloudPbx;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -132,22 +132,13 @@ const CLOUD_KEY: &str = "bench-key";
 /// AMI users, whose extension is `AstAccountName`): each extension gets one
 /// missed call and is idle.
 fn cloud_config(dir: &Path, cloud: &FakeCloudPbx, users: &str) -> std::path::PathBuf {
-    for ext in 2000..2100 {
-        cloud.add_raw_record(serde_json::json!({
-            "calldate": format!("{DAY} 09:12:00"), "clid": "", "src": "200", "dst": ext.to_string(),
-            "channel": "", "dstchannel": "", "lastapp": "Dial", "duration": 5, "billsec": 0,
-            "disposition": "NO ANSWER", "uniqueid": format!("1639559520.{ext}"), "cost": "", "zone": ""
-        }));
+    for (i, ext) in (2000..2100).enumerate() {
+        // Distinct times: the record's unique id is made of it.
+        let time = format!("{:02}:{:02}:00", 8 + i / 60, i % 60);
+        cloud.add_record(&ext.to_string(), &time, "NO ANSWER");
     }
     let text = format!(
-        r#"
-[runtime]
-deadline = "2s"
-stats_interval = "0s"
-
-[log]
-journald = false
-
+        r#"{COMMON}
 [attributes]
 extension = "AstAccountName"
 

@@ -229,3 +229,24 @@ fn a_configuration_without_secrets_may_be_read_by_anyone() {
         assert!(ok, "{helper}: {err}");
     }
 }
+
+#[test]
+fn a_reload_of_a_file_opened_up_meanwhile_is_refused_and_the_old_configuration_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("auth.toml");
+    let text = std::fs::read_to_string(example("auth-embedded.toml")).unwrap();
+    write_config(&config, text).unwrap();
+    let mut h = cgp_tests::session::Session::start(&bin("cgp-auth"), &config);
+    chmod(&config, 0o644);
+    h.signal(libc::SIGHUP);
+    let refused = h.info_starting("* configuration reload refused, old configuration kept:");
+    assert!(
+        refused.contains("key `directory.static.users[0].secret` holds a secret")
+            && refused.contains("mode 0644, open to others"),
+        "{refused}"
+    );
+    assert!(!refused.contains("alicesip"), "{refused}");
+    // Still serving, on the old configuration.
+    assert_eq!(h.ask("READPLAIN alice@example.test"), r#"OK "alicesip""#);
+    h.finish();
+}

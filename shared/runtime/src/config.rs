@@ -498,6 +498,21 @@ mod tests {
     struct Db {
         password: Option<Secret>,
         password_file: Option<SecretFile>,
+        links: Vec<Link>,
+    }
+
+    /// A value that holds a secret only sometimes (a URL with a password).
+    #[derive(Clone, Debug, Default)]
+    struct Link;
+
+    impl<'de> Deserialize<'de> for Link {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Link, D::Error> {
+            let u = toml::Spanned::<String>::deserialize(d)?;
+            if u.get_ref().contains('@') {
+                holds_secret(u.span());
+            }
+            Ok(Link)
+        }
     }
 
     impl HelperConfig for WithSecrets {
@@ -559,39 +574,16 @@ mod tests {
 
     #[test]
     fn a_value_that_holds_a_secret_sometimes_says_so() {
-        #[derive(Clone, Debug, Default, Deserialize)]
-        #[serde(default)]
-        struct Urls {
-            runtime: RuntimeConfig,
-            log: LogConfig,
-            urls: Vec<Url>,
-        }
-        #[derive(Clone, Debug, Default)]
-        struct Url;
-        impl<'de> Deserialize<'de> for Url {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
-                let u = toml::Spanned::<String>::deserialize(d)?;
-                if u.get_ref().contains('@') {
-                    holds_secret(u.span());
-                }
-                Ok(Url)
-            }
-        }
-        impl HelperConfig for Urls {
-            fn runtime(&self) -> &RuntimeConfig {
-                &self.runtime
-            }
-            fn log(&self) -> &LogConfig {
-                &self.log
-            }
-        }
-        let f = write("urls = [\"redis://a\", \"redis://:pw@b\"]\n");
+        let f = write("[db]\nlinks = [\"redis://a\", \"redis://:pw@b\"]\n");
         chmod(&f.0, 0o604);
-        let e = load::<Urls>(Some(&f.0)).unwrap_err().to_string();
-        assert!(e.contains("line 1, key `urls[1]` holds a secret"), "{e}");
-        let f = write("urls = [\"redis://a\"]\n");
+        let e = load::<WithSecrets>(Some(&f.0)).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2, key `db.links[1]` holds a secret"),
+            "{e}"
+        );
+        let f = write("[db]\nlinks = [\"redis://a\"]\n");
         chmod(&f.0, 0o604);
-        load::<Urls>(Some(&f.0)).unwrap();
+        load::<WithSecrets>(Some(&f.0)).unwrap();
     }
 
     #[test]
