@@ -17,9 +17,13 @@
 //! and the CPU time per request of the client (or helper) and of slapd in
 //! each, since on a small machine they share the cores.
 //!
-//! With `AUTH_BASE_BIN` set to an earlier cgp-auth binary (one that reads
-//! the configuration shape before `[directory]`), every helper row is run
-//! with it too, in the same run, alternating, and the ratios are printed.
+//! With `AUTH_BASE_BIN` set to an earlier cgp-auth binary (either
+//! configuration shape: `[directory]`, or the one before it), every helper
+//! row is run with it too, in the same run, alternating, and the ratios are
+//! printed. `AUTH_ROUNDS=N` runs everything N times (baselines included)
+//! and prints medians; `AUTH_ROWS=cold,cached` runs only those rows. The
+//! last lines give the three figures issue 14 sets targets for, with the
+//! load average.
 //!
 //! With `AUTH_WRAP` set, this tree's binary runs under that command, with
 //! `{row}` replaced by the row's name, to profile it where it is measured:
@@ -93,6 +97,9 @@ struct Run {
     /// CPU seconds (user + system) of the helper and of slapd.
     helper_cpu: f64,
     slapd_cpu: f64,
+    /// The helper's voluntary context switches (a thread going to sleep,
+    /// to be woken again): the wake-ups a request costs.
+    helper_sleeps: f64,
 }
 
 /// The sim's child (the helper): found once, so that the sampling loop
@@ -129,6 +136,22 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Voluntary context switches of all of a process's threads so far.
+fn sleeps(pid: u32) -> Option<f64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let total: u64 = threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum();
+    Some(total as f64)
+}
+
 fn slapd_cpu(slapd: &Slapd) -> f64 {
     std::fs::read_to_string(slapd.dir().join("slapd.pid"))
         .ok()
@@ -160,7 +183,7 @@ fn sim(
         .spawn()
         .expect("start cgp-helper-sim");
     let pid = child.id();
-    let (mut helper_pid, mut peak, mut helper_cpu) = (None, 0, 0.0);
+    let (mut helper_pid, mut peak, mut helper_cpu, mut helper_sleeps) = (None, 0, 0.0, 0.0);
     while child.try_wait().expect("wait sim").is_none() {
         helper_pid = helper_pid.or_else(|| child_of(pid));
         if let Some(h) = helper_pid {
@@ -168,6 +191,7 @@ fn sim(
             // The last sample before the helper exits: at most one
             // interval short.
             helper_cpu = cpu_seconds(&h.to_string()).unwrap_or(helper_cpu);
+            helper_sleeps = sleeps(h).unwrap_or(helper_sleeps);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -185,6 +209,7 @@ fn sim(
         peak_rss_kib: peak,
         helper_cpu,
         slapd_cpu: server_cpu() - slapd_before,
+        helper_sleeps,
     }
 }
 
@@ -396,6 +421,61 @@ dn_ttl = "{dn_ttl}"
     path.display().to_string()
 }
 
+/// The median of some figures (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One row's runs of one binary, reduced to medians: the rate and the CPU
+/// figures each take their own median, the summary is the median-rate run's.
+fn medians(runs: Vec<Run>) -> Run {
+    let rate = median(runs.iter().map(|r| r.rate).collect());
+    let helper_cpu = median(runs.iter().map(|r| r.helper_cpu).collect());
+    let slapd_cpu = median(runs.iter().map(|r| r.slapd_cpu).collect());
+    let helper_sleeps = median(runs.iter().map(|r| r.helper_sleeps).collect());
+    let peak_rss_kib = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+    let summary = runs
+        .into_iter()
+        .find(|r| r.rate == rate)
+        .map(|r| r.summary)
+        .unwrap_or_default();
+    Run {
+        rate,
+        summary,
+        peak_rss_kib,
+        helper_cpu,
+        slapd_cpu,
+        helper_sleeps,
+    }
+}
+
+/// The configuration shape `bin` reads: this tree's when it accepts a
+/// `[directory]` configuration, else the one before it.
+fn shape_of(bin: &str, dir: &Path, slapd: &Slapd) -> Shape {
+    let probe = config(
+        dir,
+        "shape-probe.toml",
+        slapd,
+        "0s",
+        "0s",
+        false,
+        false,
+        Shape::Directory,
+    );
+    let accepted = Command::new(bin)
+        .args(["--check-config", "--config", &probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if accepted {
+        Shape::Directory
+    } else {
+        Shape::Base
+    }
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match args.first().map(String::as_str) {
@@ -414,6 +494,10 @@ fn main() {
         "mxproxy" => return mxproxy_bench(requests, users, in_flight),
         _ => {}
     }
+    let rounds: usize = std::env::var("AUTH_ROUNDS")
+        .ok()
+        .map_or(1, |r| r.parse().expect("AUTH_ROUNDS: a number"));
+    let only = std::env::var("AUTH_ROWS").ok();
     let dir = tempfile::tempdir().expect("temp dir");
     let ldif_path = dir.path().join("bench.ldif");
     ldif(users, &ldif_path);
@@ -428,20 +512,16 @@ fn main() {
         .to_string();
     let vrfy = vrfy_template(users);
     let tree = (Shape::Directory, auth.clone(), "");
-    let before = base.map(|b| (Shape::Base, b, "base-"));
+    let before = base.map(|b| (shape_of(&b, dir.path(), &slapd), b, "base-"));
     let binaries: Vec<_> = std::iter::once(tree).chain(before).collect();
 
     println!(
-        "cgp-auth benchmark: {requests} requests, {users} users, {in_flight} in flight, slapd {}",
+        "cgp-auth benchmark: {requests} requests, {users} users, {in_flight} in flight, {rounds} round(s), slapd {}",
         slapd.uri()
     );
-    let bind_loop = direct_loop(&slapd, requests, users, in_flight, 0);
-    // The helper's two operations without the helper: 4 search connections,
-    // as the helper's default pool_size.
-    let search_loop = direct_loop(&slapd, requests, users, in_flight, 4);
     let cached_requests = requests * 10;
     // (row, requests, verdict TTL, DN TTL, DN template, store, in flight)
-    let rows = [
+    let rows: Vec<_> = [
         ("cold", requests, "0s", "0s", false, false, in_flight),
         ("template", requests, "0s", "0s", true, false, in_flight),
         ("dn-cache", requests, "0s", "1h", false, false, in_flight),
@@ -455,60 +535,98 @@ fn main() {
             in_flight,
         ),
         ("cold@256", requests, "0s", "0s", false, false, 256),
-    ];
-    // results[row][binary]
-    let mut results: Vec<Vec<Run>> = Vec::new();
-    for (name, n, cache_ttl, dn_ttl, template, store, flight) in rows {
-        let mut per_binary = Vec::new();
-        // Binaries alternate row by row, so that load on the shared
-        // machine falls on both alike.
-        for (shape, bin, prefix) in &binaries {
-            let cfg = config(
-                dir.path(),
-                &format!("{prefix}{name}.toml"),
-                &slapd,
-                cache_ttl,
-                dn_ttl,
-                template,
-                store,
-                *shape,
-            );
-            let mut helper: Vec<String> = match (&wrap, prefix.is_empty()) {
-                (Some(w), true) => w
-                    .replace("{row}", name)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            helper.extend([bin.clone(), "--config".into(), cfg]);
-            if store {
-                // Cached VRFY is measured with the cache filled: one
-                // untimed pass over the users first, then a new helper
-                // process on the same store, whose first look at each user
-                // reads sled.
-                sim(&slapd_cpu_of, users, flight, &vrfy, &helper);
+    ]
+    .into_iter()
+    .filter(|r| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == r.0))
+    })
+    .collect();
+    // runs[row][binary][round]; the baselines and the null helper once per
+    // round, so that every figure is a median over the same rounds.
+    let mut runs: Vec<Vec<Vec<Run>>> = rows
+        .iter()
+        .map(|_| binaries.iter().map(|_| Vec::new()).collect())
+        .collect();
+    let (mut bind_loops, mut search_loops, mut nulls) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        bind_loops.push(direct_loop(&slapd, requests, users, in_flight, 0));
+        // The helper's two operations without the helper: 4 search
+        // connections, as the helper's default pool_size.
+        search_loops.push(direct_loop(&slapd, requests, users, in_flight, 4));
+        for (&(name, n, cache_ttl, dn_ttl, template, store, flight), per_binary) in
+            rows.iter().zip(&mut runs)
+        {
+            // Binaries alternate row by row, so that load on the shared
+            // machine falls on both alike.
+            for ((shape, bin, prefix), binary_runs) in binaries.iter().zip(per_binary.iter_mut()) {
+                let cfg = config(
+                    dir.path(),
+                    &format!("{prefix}{name}.toml"),
+                    &slapd,
+                    cache_ttl,
+                    dn_ttl,
+                    template,
+                    store,
+                    *shape,
+                );
+                let mut helper: Vec<String> = match (&wrap, prefix.is_empty()) {
+                    (Some(w), true) => w
+                        .replace("{row}", name)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                helper.extend([bin.clone(), "--config".into(), cfg]);
+                if store {
+                    // Cached VRFY is measured with the cache filled: one
+                    // untimed pass over the users first, then a new helper
+                    // process on the same store, whose first look at each
+                    // user reads sled.
+                    sim(&slapd_cpu_of, users, flight, &vrfy, &helper);
+                }
+                binary_runs.push(sim(&slapd_cpu_of, n, flight, &vrfy, &helper));
             }
-            per_binary.push(sim(&slapd_cpu_of, n, flight, &vrfy, &helper));
         }
-        results.push(per_binary);
+        if rows.iter().any(|r| r.0 == "cached") {
+            nulls.push(sim(
+                &slapd_cpu_of,
+                cached_requests,
+                in_flight,
+                &vrfy,
+                std::slice::from_ref(&null),
+            ));
+        }
     }
-    let null_run = sim(&slapd_cpu_of, cached_requests, in_flight, &vrfy, &[null]);
-    let row = |name: &str| &results[rows.iter().position(|r| r.0 == name).expect("a row")][0];
-    let (cold, tmpl, dn_cached, cached, big) = (
-        row("cold"),
-        row("template"),
-        row("dn-cache"),
-        row("cached"),
-        row("cold@256"),
-    );
+    let loop_medians = |loops: &[(f64, f64, f64)]| {
+        (
+            median(loops.iter().map(|l| l.0).collect()),
+            median(loops.iter().map(|l| l.1).collect()),
+            median(loops.iter().map(|l| l.2).collect()),
+        )
+    };
+    let (bind_loop, search_loop) = (loop_medians(&bind_loops), loop_medians(&search_loops));
+    let null_run = (!nulls.is_empty()).then(|| medians(nulls));
+    // results[row][binary]
+    let results: Vec<Vec<Run>> = runs
+        .into_iter()
+        .map(|per_binary| per_binary.into_iter().map(medians).collect())
+        .collect();
+    let row = |name: &str| {
+        rows.iter()
+            .position(|r| r.0 == name)
+            .map(|i| (&results[i][0], rows[i].1))
+    };
 
     for ((name, ..), runs) in rows.iter().zip(&results) {
         for (run, (_, _, prefix)) in runs.iter().zip(&binaries) {
             println!("  {:<14} {}", format!("{prefix}{name}"), run.summary);
         }
     }
-    println!("  {:<14} {}", "null", null_run.summary);
+    if let Some(null_run) = &null_run {
+        println!("  {:<14} {}", "null", null_run.summary);
+    }
     // Where the time goes: on two cores the client and slapd share the CPU.
     let per_request = |cpu: f64, n: usize| cpu * 1e6 / n as f64;
     println!("CPU microseconds per request, client (or helper) + slapd:");
@@ -524,19 +642,22 @@ fn main() {
     for ((name, n, ..), runs) in rows.iter().zip(&results) {
         for (run, (_, _, prefix)) in runs.iter().zip(&binaries) {
             println!(
-                "  {:<17} {:>6.1} + {:>6.1}",
+                "  {:<17} {:>6.1} + {:>6.1}   helper sleeps (voluntary context switches) per request {:.2}",
                 format!("{prefix}{name}"),
                 per_request(run.helper_cpu, *n),
-                per_request(run.slapd_cpu, *n)
+                per_request(run.slapd_cpu, *n),
+                run.helper_sleeps / *n as f64
             );
         }
     }
-    println!(
-        "  {:<17} {:>6.1} + {:>6.1}",
-        "null",
-        per_request(null_run.helper_cpu, cached_requests),
-        per_request(null_run.slapd_cpu, cached_requests)
-    );
+    if let Some(null_run) = &null_run {
+        println!(
+            "  {:<17} {:>6.1} + {:>6.1}",
+            "null",
+            per_request(null_run.helper_cpu, cached_requests),
+            per_request(null_run.slapd_cpu, cached_requests)
+        );
+    }
     let baseline = bind_loop.0;
     println!("direct ldap3 bind loop:                {baseline:>9.0} binds/s");
     println!(
@@ -544,38 +665,60 @@ fn main() {
         search_loop.0,
         search_loop.0 / baseline
     );
-    println!(
-        "cold VRFY, search+bind:                {:>9.0} req/s  = {:.2}x the search+bind loop (target >= 0.9x), {:.2}x the bind loop",
-        cold.rate,
-        cold.rate / search_loop.0,
-        cold.rate / baseline
-    );
-    println!(
-        "cold VRFY, DN template (bind only):    {:>9.0} req/s  = {:.2}x the bind loop",
-        tmpl.rate,
-        tmpl.rate / baseline
-    );
-    println!(
-        "cold VRFY, search+bind, DNs kept 1h:   {:>9.0} req/s  = {:.2}x the bind loop ({:.0}% of DNs kept)",
-        dn_cached.rate,
-        dn_cached.rate / baseline,
-        100.0 * requests.saturating_sub(users) as f64 / requests as f64
-    );
-    println!(
-        "cached VRFY (cache warmed):            {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
-        cached.rate,
-        cached.rate / null_run.rate,
-        null_run.rate
-    );
-    println!(
-        "helper CPU per cold login: {:.1} us (target <= 50); per cached VRFY: {:.1} us (target <= 3)",
-        per_request(cold.helper_cpu, requests),
-        per_request(cached.helper_cpu, cached_requests)
-    );
-    println!(
-        "peak RSS of cgp-auth at 256 in flight: {:.1} MiB (target < 64 MiB)",
-        big.peak_rss_kib as f64 / 1024.0
-    );
+    if let Some((cold, _)) = row("cold") {
+        println!(
+            "cold VRFY, search+bind:                {:>9.0} req/s  = {:.2}x the search+bind loop, {:.2}x the bind loop",
+            cold.rate,
+            cold.rate / search_loop.0,
+            cold.rate / baseline
+        );
+    }
+    if let Some((tmpl, _)) = row("template") {
+        println!(
+            "cold VRFY, DN template (bind only):    {:>9.0} req/s  = {:.2}x the bind loop",
+            tmpl.rate,
+            tmpl.rate / baseline
+        );
+    }
+    if let Some((dn_cached, _)) = row("dn-cache") {
+        println!(
+            "cold VRFY, search+bind, DNs kept 1h:   {:>9.0} req/s  = {:.2}x the bind loop ({:.0}% of DNs kept)",
+            dn_cached.rate,
+            dn_cached.rate / baseline,
+            100.0 * requests.saturating_sub(users) as f64 / requests as f64
+        );
+    }
+    if let (Some((cached, _)), Some(null_run)) = (row("cached"), &null_run) {
+        println!(
+            "cached VRFY (cache warmed):            {:>9.0} req/s  = {:.2}x the null helper ({:.0} req/s, target >= 0.5x)",
+            cached.rate,
+            cached.rate / null_run.rate,
+            null_run.rate
+        );
+    }
+    if let Some((big, _)) = row("cold@256") {
+        println!(
+            "peak RSS of cgp-auth at 256 in flight: {:.1} MiB (target < 64 MiB)",
+            big.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    // The three figures issue 14 sets targets for, plainly.
+    println!("issue 14 targets (this tree's cgp-auth; load {}):", load());
+    if let Some((cold, _)) = row("cold") {
+        println!(
+            "  cold VRFY / direct search+bind loop:  {:.2}x   (target >= 0.9x)",
+            cold.rate / search_loop.0
+        );
+    }
+    for (name, what) in [("cold", "cold login"), ("cached", "cached VRFY")] {
+        if let Some((run, n)) = row(name) {
+            let target = if name == "cold" { 50 } else { 3 };
+            println!(
+                "  helper CPU per {what:<12} {:>6.1} us (target <= {target} us)",
+                per_request(run.helper_cpu, n)
+            );
+        }
+    }
     if binaries.len() > 1 {
         println!(
             "against AUTH_BASE_BIN, same run (rate ratio, helper CPU per request now / before):"
@@ -589,6 +732,14 @@ fn main() {
             );
         }
     }
+}
+
+/// The load averages, as `uptime` shows them, for the record beside the
+/// figures.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The helper's password query, as the SQL rows run it.

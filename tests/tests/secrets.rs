@@ -127,6 +127,12 @@ const CASES: &[Case] = &[
     },
     Case {
         helper: "cgp-banner",
+        example: "banner-cluster.toml",
+        edits: &[(REDIS_FILE, "password_file = \"@FILE@\"")],
+        key: "store.redis.password_file",
+    },
+    Case {
+        helper: "cgp-banner",
         example: "banner-cloudpbx.toml",
         edits: &[],
         key: "cloudpbx[0].api_key",

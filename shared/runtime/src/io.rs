@@ -1,12 +1,14 @@
-//! The two threads at the edges of a helper: the stdin reader and the single
+//! The two threads at the edges of a helper: the stdin reader and the
 //! stdout writer.
 //!
 //! stdin is read on a plain thread, not with `tokio::io::stdin`, whose
 //! blocking read cannot be cancelled and can hang runtime shutdown: here the
 //! process simply exits while the thread is still blocked.
 
+use crate::sync;
 use cgp_wire::request::{MAX_SEQ_LEN, Reply};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// CGP's limit for any line a helper writes, end-of-line included.
@@ -164,27 +166,59 @@ enum Out {
     Close,
 }
 
-/// The only path to stdout. Cheap to clone; every line goes through one
-/// bounded queue to the one writer thread, which writes it whole, in one
-/// write, and flushes.
+/// stdout, one line at a time under its lock; `None` once closed, or after
+/// a write error (CGP closed the pipe): lines are dropped from then on,
+/// nobody is left to read them.
+type Output = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// Writes one whole line in one write and flushes it; the caller holds the
+/// output's lock.
+fn write_line(out: &mut Option<Box<dyn Write + Send>>, line: &[u8]) {
+    if let Some(w) = out.as_mut() {
+        if w.write_all(line).and_then(|()| w.flush()).is_err() {
+            *out = None;
+        }
+    }
+}
+
+/// The only path to stdout. Cheap to clone. Lines from the stdin reader go
+/// through one bounded queue to the writer thread, so that the reader reads
+/// on while its replies are written (a cache hit's reply costs the reader
+/// no write). A reply that waited is written by the thread that finished
+/// it ([`Writer::write_now`]): handing it to the writer thread cost a
+/// cross-thread wake-up per request, the largest cost of a request that
+/// only waits for its back end. Either way each line is written whole, in
+/// one write, and flushed, one at a time.
 #[derive(Clone)]
 pub struct Writer {
     tx: std::sync::mpsc::SyncSender<Out>,
+    out: Output,
 }
 
 impl Writer {
-    /// Sends a reply line. The caller has already made sure it fits.
+    /// Queues a reply line. The caller has already made sure it fits.
     pub fn reply(&self, seq: &[u8], reply: &Reply) {
         debug_assert!(reply.line_len(seq) <= MAX_REPLY_LINE);
         self.line(reply.line(seq));
     }
 
-    /// Sends a whole reply line, end of line included. The caller has
-    /// already made sure it fits. After [`WriterThread::close`] lines are
-    /// dropped: the process is about to exit and nobody reads them.
+    /// Queues a whole line, end of line included. The caller has already
+    /// made sure it fits. After [`WriterThread::close`] lines are dropped:
+    /// the process is about to exit and nobody reads them.
     pub fn line(&self, line: Vec<u8>) {
         debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
         let _ = self.tx.send(Out::Line(line));
+    }
+
+    /// Writes a whole line on this thread, after running `first`, both
+    /// under the output's lock: nothing else is written between the two.
+    /// For a thread whose next job can wait for one write (an async worker,
+    /// a compute thread), never the reader.
+    pub fn write_now(&self, line: &[u8], first: impl FnOnce()) {
+        debug_assert!(line.len() <= MAX_REPLY_LINE && line.ends_with(b"\n"));
+        let mut out = sync::lock(&self.out);
+        first();
+        write_line(&mut out, line);
     }
 
     /// Sends a `* ` information line, which CGP copies to its log. Control
@@ -219,7 +253,8 @@ pub struct WriterThread {
 }
 
 impl WriterThread {
-    /// Writes what was queued before this call, then ends the thread.
+    /// Writes what was queued before this call, then ends the thread; lines
+    /// written or queued later are dropped.
     pub fn close(self) {
         let _ = self.closer.tx.send(Out::Close);
         let _ = self.thread.join();
@@ -230,21 +265,22 @@ impl WriterThread {
 /// CGP stops reading, senders wait instead of piling up replies in memory.
 pub fn spawn_writer<W: Write + Send + 'static>(out: W, queue: usize) -> (Writer, WriterThread) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Out>(queue);
+    let out: Output = Arc::new(Mutex::new(Some(Box::new(out))));
+    let thread_out = out.clone();
     let thread = std::thread::Builder::new()
         .name("stdout-writer".into())
         .spawn(move || {
-            let mut out = out;
+            // After a write error lines are received and dropped, so that
+            // senders never wait on a dead pipe.
             while let Ok(Out::Line(line)) = rx.recv() {
-                // After a write error (CGP closed the pipe) lines are
-                // dropped: nobody is left to read them.
-                if out.write_all(&line).and_then(|()| out.flush()).is_err() {
-                    while let Ok(Out::Line(_)) = rx.recv() {}
-                    return;
-                }
+                write_line(&mut sync::lock(&thread_out), &line);
             }
+            // Closed: nothing is written after the last line queued (QUIT's
+            // reply), not even by the threads that write at once.
+            *sync::lock(&thread_out) = None;
         })
         .expect("spawning the stdout writer thread");
-    let writer = Writer { tx };
+    let writer = Writer { tx, out };
     let closer = writer.clone();
     (writer, WriterThread { closer, thread })
 }
@@ -368,10 +404,40 @@ mod tests {
         let kept = w.clone();
         w.reply(b"01", &Reply::ok());
         w.info("hi");
+        // Both paths write whole lines; `first` runs before the line.
+        let mut ran = false;
+        w.write_now(b"02 OK\n", || ran = true);
+        assert!(ran);
         // A clone still alive elsewhere (the stdin reader's) does not keep
         // the thread from ending.
         h.close();
         kept.info("too late");
-        assert_eq!(&*buf.lock().unwrap(), b"01 OK\n* hi\n");
+        kept.write_now(b"03 OK\n", || {});
+        // The line written at once comes anywhere between the queued
+        // ones, which keep their order.
+        let written = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.matches("02 OK\n").count(), 1, "{written:?}");
+        assert_eq!(written.replace("02 OK\n", ""), "01 OK\n* hi\n");
+    }
+
+    #[test]
+    fn after_a_write_error_lines_are_dropped() {
+        struct Failing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Write for Failing {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (w, h) = spawn_writer(Failing(tries.clone()), 4);
+        w.write_now(b"01 OK\n", || {});
+        w.info("two");
+        w.write_now(b"03 OK\n", || {});
+        h.close();
+        assert_eq!(tries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

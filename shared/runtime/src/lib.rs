@@ -13,11 +13,13 @@
 //!
 //! Every request takes one path: the stdin reader thread reads it, admits
 //! it under the in-flight bound (one permit, held until its reply is
-//! queued), polls its handler once right there (a request that is ready,
-//! such as a cache hit, is answered without a task or a timer), and hands
-//! what must wait to the async workers as a task under its deadline; the
-//! one writer thread writes every line. CPU-heavy handler work goes through
-//! [`compute`]. Signals, reloads and the drain run on the main thread.
+//! written or queued), polls its handler once right there (a request that
+//! is ready, such as a cache hit, is answered without a task or a timer),
+//! and hands what must wait to the async workers as a task under its
+//! deadline. The reader's own replies go to the one writer thread; a reply
+//! that waited is written by the thread that finished it; one line at a
+//! time either way. CPU-heavy handler work goes through [`compute`].
+//! Signals, reloads and the drain run on the main thread.
 
 mod compute;
 pub mod config;
@@ -254,7 +256,7 @@ struct Shared<H> {
     helper: RwLock<Arc<H>>,
     runtime: RwLock<RuntimeConfig>,
     intf: Arc<AtomicU32>,
-    /// Tokens of requests whose replies are not queued yet. A request
+    /// Tokens of requests whose replies are not written yet. A request
     /// answered by its first poll never enters it: the reader, the only
     /// one to look, is busy with it until its reply is queued.
     in_flight: Mutex<HashSet<SeqKey>>,
@@ -378,7 +380,7 @@ async fn serve<H: Helper>(
     // the drain counts what is in flight.
     drop(sync::write(&shared.dispatching));
     // Drain: every request in flight holds a permit until its reply is
-    // queued, and each is bounded by its deadline.
+    // written or queued, and each is bounded by its deadline.
     let drain_limit = current(&shared.runtime).deadline + Duration::from_secs(2);
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain_limit, shared.permits.acquire_many(all))
@@ -399,7 +401,8 @@ async fn serve<H: Helper>(
     }
     tracing::info!("stopped");
     // Closed explicitly: the reader thread keeps its clone of the writer
-    // while it waits on a stdin that CGP may keep open.
+    // while it waits on a stdin that CGP may keep open. A request still
+    // running past the drain limit writes nothing after QUIT's reply.
     writer_thread.close();
     0
 }
@@ -657,11 +660,17 @@ fn start<H: Helper>(
         line.extend_from_slice(reply.body());
         line.push(b'\n');
         if task_spawned.load(Ordering::Relaxed) {
-            // Queued and taken out of the set in one step: the reader sees
-            // the token either in flight or answered, never neither.
-            let mut in_flight = sync::lock(&shared.in_flight);
-            shared.writer.line(line);
-            in_flight.remove(&key);
+            // A reply that waited is written here, on the thread that
+            // finished it (a worker or a compute thread), not handed to the
+            // writer thread: that hand-over was a wake-up per request.
+            // Taken out of the set under the output's lock, just before the
+            // line is written: the reader sees the token either in flight
+            // or answered, never neither, and a duplicate admitted as soon
+            // as it is out is answered after this reply. The set's own lock
+            // is never held across a write.
+            shared.writer.write_now(&line, || {
+                sync::lock(&shared.in_flight).remove(&key);
+            });
         } else {
             shared.writer.line(line);
         }

@@ -5,8 +5,10 @@
 //! --generate` with a random size and in-flight depth, on a mix of valid and
 //! malformed requests (`tests/soak/requests/<helper>.txt`). Every helper
 //! restarts each round on the same store directory, as CGP's Auto-Restart
-//! does. Meanwhile a chaos thread freezes (SIGSTOP) and restarts slapd and
-//! HAProxy, and kills helpers with SIGKILL or SIGTERM mid-round.
+//! does. A second cgp-auth and cgp-banner run as members of a Dynamic
+//! Cluster, with `store.backend = "redis"` on the soak's redis-server.
+//! Meanwhile a chaos thread freezes (SIGSTOP) and restarts slapd, HAProxy
+//! and redis-server, and kills helpers with SIGKILL or SIGTERM mid-round.
 //!
 //! A killed round proves nothing about the protocol (CGP itself re-sends
 //! what a killed helper left unanswered), so it is only counted. Every other
@@ -16,6 +18,7 @@
 
 use cgp_tests::fake_ami::FakeAmi;
 use cgp_tests::haproxy::Haproxy;
+use cgp_tests::redis::Redis;
 use cgp_tests::slapd::{self, Slapd};
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -45,15 +48,19 @@ struct Args {
     seed: Option<u64>,
 }
 
-/// The helpers under test, by binary and short name (config, requests).
 /// The backend behind the HAProxy fixture's frontend.
 const BACKEND: &str = "cgp";
 
-const HELPERS: [(&str, &str); 4] = [
-    ("cgp-auth", "auth"),
-    ("cgp-filter", "filter"),
-    ("cgp-banner", "banner"),
-    ("cgp-balancer", "balancer"),
+/// The helpers under test: the name in the report, the binary, its
+/// configuration (`config/<c>.toml`) and requests (`requests/<r>.txt`). The
+/// `-redis` ones keep their shared state in the soak's redis-server.
+const HELPERS: [(&str, &str, &str, &str); 6] = [
+    ("cgp-auth", "cgp-auth", "auth", "auth"),
+    ("cgp-filter", "cgp-filter", "filter", "filter"),
+    ("cgp-banner", "cgp-banner", "banner", "banner"),
+    ("cgp-balancer", "cgp-balancer", "balancer", "balancer"),
+    ("cgp-auth-redis", "cgp-auth", "auth-redis", "auth"),
+    ("cgp-banner-redis", "cgp-banner", "banner-redis", "banner"),
 ];
 
 /// What one helper's rounds added up to.
@@ -75,12 +82,18 @@ struct Slot {
     killed: bool,
 }
 
+/// Faults injected into one back end.
+#[derive(Default)]
+struct Faults {
+    frozen: u64,
+    restarted: u64,
+}
+
 #[derive(Default)]
 struct Chaos {
-    slapd_freezes: u64,
-    slapd_restarts: u64,
-    haproxy_freezes: u64,
-    haproxy_restarts: u64,
+    slapd: Faults,
+    haproxy: Faults,
+    redis: Faults,
     helper_kills: u64,
     helper_terms: u64,
 }
@@ -142,6 +155,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         "backend {BACKEND}\n    server-template cgp 1-8 127.0.0.1:1 disabled\n"
     ));
     let ami = FakeAmi::start("cgp", "amisecret", true);
+    let redis = Redis::start();
     ami.set_mailbox("1001@default", 2, 5);
     let values = [
         ("@LDAP_URI@", slapd.uri()),
@@ -152,6 +166,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         ("@HAPROXY_BACKEND@", BACKEND.to_string()),
         ("@HAPROXY_PORT@", haproxy.port().to_string()),
         ("@AMI_PORT@", ami.port().to_string()),
+        ("@REDIS_URL@", redis.url()),
         ("@WORK@", work.display().to_string()),
     ];
     let fill = |text: &str| {
@@ -167,21 +182,25 @@ fn soak(args: &Args) -> Result<bool, String> {
         work.display()
     );
     let mut plans = Vec::new();
-    for (name, short) in HELPERS {
-        let helper = bin_dir.join(name);
+    for (name, binary, short, requests) in HELPERS {
+        let helper = bin_dir.join(binary);
         let sim = bin_dir.join("cgp-helper-sim");
         for b in [&helper, &sim] {
             if !b.exists() {
                 return Err(format!("{} is not built", b.display()));
             }
         }
-        let templates: Vec<String> = read(&soak_dir.join(format!("requests/{short}.txt")))?
+        let templates: Vec<String> = read(&soak_dir.join(format!("requests/{requests}.txt")))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(fill)
             .collect();
         let (config, note) = soak_config(&helper, &soak_dir, &work, short, &fill)?;
+        // On built-in defaults a cluster member would not use Redis at all.
+        if config.is_none() && name.ends_with("-redis") {
+            return Err(format!("{name}: {note}"));
+        }
         println!(
             "{name}: {} request templates, config: {note}",
             templates.len()
@@ -221,17 +240,19 @@ fn soak(args: &Args) -> Result<bool, String> {
     let chaos_done = done.clone();
     let every = args.chaos_every;
     let chaos = std::thread::spawn(move || {
-        let mut slapd = slapd;
-        let mut haproxy = haproxy;
+        let mut peers = Peers {
+            slapd,
+            haproxy,
+            redis,
+        };
         let counts = chaos(
-            &mut slapd,
-            &mut haproxy,
+            &mut peers,
             &chaos_slots,
             every,
             &chaos_done,
             fastrand::Rng::with_seed(seed),
         );
-        (counts, slapd, haproxy)
+        (counts, peers)
     });
 
     let results: Vec<(&str, Totals)> = workers
@@ -239,8 +260,8 @@ fn soak(args: &Args) -> Result<bool, String> {
         .map(|w| w.join().expect("a soak worker panicked"))
         .collect();
     done.store(true, Ordering::SeqCst);
-    let (counts, slapd, haproxy) = chaos.join().map_err(|_| "the chaos thread panicked")?;
-    drop((slapd, haproxy, ami));
+    let (counts, peers) = chaos.join().map_err(|_| "the chaos thread panicked")?;
+    drop((peers, ami));
 
     let pass = report(&results, &counts, &work);
     if !pass {
@@ -434,10 +455,53 @@ fn pause(rng: &mut fastrand::Rng, min_ms: u64, max_ms: u64) {
     std::thread::sleep(Duration::from_millis(rng.u64(min_ms..=max_ms)));
 }
 
+/// The back ends the chaos thread injects faults into.
+struct Peers {
+    slapd: Slapd,
+    haproxy: Haproxy,
+    redis: Redis,
+}
+
+/// A back end that can be frozen and restarted.
+trait Peer {
+    fn freeze(&self);
+    fn thaw(&self);
+    fn stop(&mut self);
+    fn start_again(&mut self);
+}
+
+macro_rules! peer {
+    ($($t:ty),*) => {$(
+        impl Peer for $t {
+            fn freeze(&self) { <$t>::freeze(self) }
+            fn thaw(&self) { <$t>::thaw(self) }
+            fn stop(&mut self) { <$t>::stop(self) }
+            fn start_again(&mut self) { <$t>::start_again(self) }
+        }
+    )*};
+}
+peer!(Slapd, Haproxy, Redis);
+
+/// Freezes `peer` (SIGSTOP) for 1–8 s, or stops it and starts it again
+/// after 0.5–3 s (a restarted HAProxy comes back with empty slots, a
+/// restarted redis-server empty, as without persistence).
+fn fault(peer: &mut dyn Peer, restart: bool, count: &mut Faults, rng: &mut fastrand::Rng) {
+    if restart {
+        peer.stop();
+        pause(rng, 500, 3000);
+        peer.start_again();
+        count.restarted += 1;
+    } else {
+        peer.freeze();
+        pause(rng, 1000, 8000);
+        peer.thaw();
+        count.frozen += 1;
+    }
+}
+
 /// Injects faults until `done`.
 fn chaos(
-    slapd: &mut Slapd,
-    haproxy: &mut Haproxy,
+    peers: &mut Peers,
     slots: &[Arc<Mutex<Slot>>],
     every: Duration,
     done: &AtomicBool,
@@ -450,34 +514,15 @@ fn chaos(
         if done.load(Ordering::SeqCst) {
             break;
         }
-        match rng.u8(0..6) {
-            0 => {
-                slapd.freeze();
-                pause(&mut rng, 1000, 8000);
-                slapd.thaw();
-                c.slapd_freezes += 1;
-            }
-            1 => {
-                slapd.stop();
-                pause(&mut rng, 500, 3000);
-                slapd.start_again();
-                c.slapd_restarts += 1;
-            }
-            2 => {
-                haproxy.freeze();
-                pause(&mut rng, 1000, 8000);
-                haproxy.thaw();
-                c.haproxy_freezes += 1;
-            }
-            3 => {
-                haproxy.stop();
-                pause(&mut rng, 500, 3000);
-                haproxy.start_again();
-                c.haproxy_restarts += 1;
-            }
-            k => {
+        let k = rng.u8(0..8);
+        let restart = k % 2 == 1;
+        match k {
+            0 | 1 => fault(&mut peers.slapd, restart, &mut c.slapd, &mut rng),
+            2 | 3 => fault(&mut peers.haproxy, restart, &mut c.haproxy, &mut rng),
+            4 | 5 => fault(&mut peers.redis, restart, &mut c.redis, &mut rng),
+            _ => {
                 let slot = &slots[rng.usize(..slots.len())];
-                let (sig, count) = if k == 4 {
+                let (sig, count) = if k == 6 {
                     (libc::SIGKILL, &mut c.helper_kills)
                 } else {
                     (libc::SIGTERM, &mut c.helper_terms)
@@ -510,11 +555,13 @@ fn report(results: &[(&str, Totals)], c: &Chaos, work: &Path) -> bool {
         println!("{name}: config {}", t.config);
     }
     println!(
-        "chaos: slapd frozen {} restarted {}; haproxy frozen {} restarted {}; helpers killed (SIGKILL) {} terminated (SIGTERM) {}",
-        c.slapd_freezes,
-        c.slapd_restarts,
-        c.haproxy_freezes,
-        c.haproxy_restarts,
+        "chaos: slapd frozen {} restarted {}; haproxy frozen {} restarted {}; redis frozen {} restarted {}; helpers killed (SIGKILL) {} terminated (SIGTERM) {}",
+        c.slapd.frozen,
+        c.slapd.restarted,
+        c.haproxy.frozen,
+        c.haproxy.restarted,
+        c.redis.frozen,
+        c.redis.restarted,
         c.helper_kills,
         c.helper_terms
     );
