@@ -35,7 +35,16 @@
 //! password query and checking the hash, against cold VRFY through
 //! cgp-helper-sim at IN_FLIGHT (the default pool: 4 pipelined connections).
 //!
-//! Usage: auth_bench [sql] [REQUESTS] [USERS] [IN_FLIGHT]
+//! With `mxproxy` first, the MX Proxy directory instead
+//! (`bench/auth-mxproxy.sh`): the fake MX Proxy of the tests, answering
+//! after DELAY_MS (`MXPROXY_DELAY_MS`, default 5, a server across a
+//! network), with USERS users; a direct client loop (reqwest, IN_FLIGHT
+//! tasks) doing what cgp-auth does per VRFY (the password grant, and
+//! `GET /auth` the first time a user logs in) against cold VRFY through
+//! cgp-helper-sim at IN_FLIGHT, alternating, three rounds: the latency
+//! cgp-auth adds over the server's own.
+//!
+//! Usage: auth_bench [sql|mxproxy] [REQUESTS] [USERS] [IN_FLIGHT]
 
 use base64::Engine;
 use cgp_lookup::directory::password::{self, Stored};
@@ -312,6 +321,31 @@ trusted_networks = ["10.0.0.0/8"]
 "#
 }
 
+/// cgp-helper-sim's VRFY of user `n % users` with their password.
+fn vrfy_template(users: usize) -> String {
+    format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}")
+}
+
+/// The command line of this tree's cgp-auth on `directory` (its
+/// `[directory]` tables) with the verdict cache off, so that every VRFY
+/// asks the directory.
+fn cold_auth(dir: &Path, directory: &str) -> Vec<String> {
+    let config = dir.join("auth.toml");
+    cgp_tests::write_config(
+        &config,
+        format!(
+            "{}[cache]\npositive_ttl = \"0s\"\nnegative_ttl = \"0s\"\n{directory}",
+            common_config()
+        ),
+    )
+    .expect("write config");
+    vec![
+        release_dir().join("cgp-auth").display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
 /// A cgp-auth configuration: `cache_ttl` for verdicts, `dn_ttl` for who a
 /// user is (the DN), `template` for the DN-template fast path.
 #[allow(clippy::too_many_arguments)]
@@ -383,7 +417,7 @@ dn_ttl = "{dn_ttl}"
         ),
     };
     let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
+    cgp_tests::write_config(&path, text).expect("write config");
     path.display().to_string()
 }
 
@@ -444,16 +478,21 @@ fn shape_of(bin: &str, dir: &Path, slapd: &Slapd) -> Shape {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let sql = args.first().is_some_and(|a| a == "sql");
-    if sql {
+    let mode = match args.first().map(String::as_str) {
+        Some(m @ ("sql" | "mxproxy")) => m.to_string(),
+        _ => String::new(),
+    };
+    if !mode.is_empty() {
         args.remove(0);
     }
     let args: Vec<usize> = args.iter().map(|a| a.parse().expect("numbers")).collect();
     let requests = args.first().copied().unwrap_or(20_000);
     let users = args.get(1).copied().unwrap_or(2_000);
     let in_flight = args.get(2).copied().unwrap_or(32);
-    if sql {
-        return sql_bench(requests, users, in_flight);
+    match mode.as_str() {
+        "sql" => return sql_bench(requests, users, in_flight),
+        "mxproxy" => return mxproxy_bench(requests, users, in_flight),
+        _ => {}
     }
     let rounds: usize = std::env::var("AUTH_ROUNDS")
         .ok()
@@ -471,7 +510,7 @@ fn main() {
         .join("examples/null_helper")
         .display()
         .to_string();
-    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    let vrfy = vrfy_template(users);
     let tree = (Shape::Directory, auth.clone(), "");
     let before = base.map(|b| (shape_of(&b, dir.path(), &slapd), b, "base-"));
     let binaries: Vec<_> = std::iter::once(tree).chain(before).collect();
@@ -783,14 +822,10 @@ fn sql_bench(requests: usize, users: usize, in_flight: usize) {
     sql.push_str(";\nANALYZE users;\n");
     let pg = Postgres::start(&sql);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("auth-sql.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{common}[cache]
-positive_ttl = "0s"
-negative_ttl = "0s"
-[directory]
+    let helper = cold_auth(
+        dir.path(),
+        &format!(
+            r#"[directory]
 type = "sql"
 [directory.sql]
 hosts = ["{host}"]
@@ -799,17 +834,10 @@ user = "{ROLE}"
 password = "{PASSWORD}"
 password_query = "SELECT password_hash AS password, disabled, locked FROM users WHERE email = {{address}}"
 "#,
-            common = common_config(),
             host = pg.host()
         ),
-    )
-    .expect("write config");
-    let helper = vec![
-        release_dir().join("cgp-auth").display().to_string(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
-    let vrfy = format!("VRFY (IMAP [10.0.0.1]) bench{{n%{users}}}@example.test pw{{n%{users}}}");
+    );
+    let vrfy = vrfy_template(users);
     println!(
         "cgp-auth SQL benchmark: {requests} requests, {users} users, {in_flight} in flight, PostgreSQL {}",
         pg.host()
@@ -841,5 +869,159 @@ password_query = "SELECT password_hash AS password, disabled, locked FROM users 
     println!(
         "cold VRFY over the direct loop, a connection per task (4 pipelined): {}",
         ratios.join(", ")
+    );
+}
+
+const MX_CLIENT: &str = "bench-client";
+const MX_SECRET: &str = "bench-secret";
+
+/// What the direct loop measured: requests per second and the latency
+/// percentiles, in ms.
+struct Latency {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// `in_flight` tasks on one reqwest client (as cgp-auth has one), each
+/// logging users in as cgp-auth does for a VRFY: the password grant, then
+/// `GET /auth` with the token the first time the user logs in.
+fn mxproxy_direct_loop(base: &str, requests: usize, users: usize, in_flight: usize) -> Latency {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|t| {
+                let (client, base) = (client.clone(), base.to_string());
+                tokio::spawn(async move {
+                    let mut took = Vec::new();
+                    for n in (t..requests).step_by(in_flight) {
+                        let i = n % users;
+                        let at = Instant::now();
+                        let (user, pw) = (format!("bench{i}@example.test"), format!("pw{i}"));
+                        let form = [
+                            ("username", user.as_str()),
+                            ("password", pw.as_str()),
+                            ("grant_type", "password"),
+                        ];
+                        let grant: serde_json::Value = client
+                            .post(format!("{base}auth"))
+                            .basic_auth(MX_CLIENT, Some(MX_SECRET))
+                            .form(&form)
+                            .send()
+                            .await
+                            .and_then(|r| r.error_for_status())
+                            .expect("grant")
+                            .json()
+                            .await
+                            .expect("grant JSON");
+                        if n < users {
+                            let token = grant["access_token"].as_str().expect("token");
+                            client
+                                .get(format!("{base}auth"))
+                                .bearer_auth(token)
+                                .send()
+                                .await
+                                .and_then(|r| r.error_for_status())
+                                .expect("GET /auth")
+                                .bytes()
+                                .await
+                                .expect("GET /auth body");
+                        }
+                        took.push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    took
+                })
+            })
+            .collect();
+        let mut took = Vec::new();
+        for t in tasks {
+            took.extend(t.await.expect("login task"));
+        }
+        let rate = requests as f64 / started.elapsed().as_secs_f64();
+        took.sort_by(f64::total_cmp);
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+        Latency {
+            rate,
+            p50: at(0.5),
+            p99: at(0.99),
+        }
+    })
+}
+
+/// `p50=…ms` and `p99=…ms` of a cgp-helper-sim summary.
+fn sim_latency(summary: &str) -> (f64, f64) {
+    let ms = |key: &str| {
+        summary
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_suffix("ms")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {summary}"))
+    };
+    (ms("p50="), ms("p99="))
+}
+
+fn mxproxy_bench(requests: usize, users: usize, in_flight: usize) {
+    use cgp_tests::fake_mxproxy::{FakeMxProxy, Mode};
+    let delay_ms: u64 = std::env::var("MXPROXY_DELAY_MS")
+        .ok()
+        .map_or(5, |d| d.parse().expect("MXPROXY_DELAY_MS: a number"));
+    let fake = FakeMxProxy::start(MX_CLIENT, MX_SECRET);
+    fake.set_mode(Mode::Delay(Duration::from_millis(delay_ms)));
+    for i in 0..users {
+        fake.add_user(&format!("bench{i}@example.test"), &format!("pw{i}"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let helper = cold_auth(
+        dir.path(),
+        &format!(
+            r#"[directory]
+type = "mxproxy"
+[directory.mxproxy]
+base_url = "{base}"
+client_id = "{MX_CLIENT}"
+client_secret = "{MX_SECRET}"
+"#,
+            base = fake.base_url()
+        ),
+    );
+    let vrfy = vrfy_template(users);
+    println!(
+        "cgp-auth MX Proxy benchmark: {requests} requests, {users} users, {in_flight} in flight, \
+         the fake MX Proxy answering after {delay_ms} ms"
+    );
+    let no_server_cpu = || 0.0;
+    let (mut added50, mut added99) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        let direct = mxproxy_direct_loop(fake.base_url(), requests, users, in_flight);
+        let cold = sim(&no_server_cpu, requests, in_flight, &vrfy, &helper);
+        let (p50, p99) = sim_latency(&cold.summary);
+        println!("  round {round}: {}", cold.summary);
+        println!(
+            "  round {round}: direct loop {:.0}/s p50={:.3}ms p99={:.3}ms; cgp-auth {:.0}/s p50={p50:.3}ms p99={p99:.3}ms; added p50 {:+.3} ms, p99 {:+.3} ms",
+            direct.rate,
+            direct.p50,
+            direct.p99,
+            cold.rate,
+            p50 - direct.p50,
+            p99 - direct.p99
+        );
+        added50.push(p50 - direct.p50);
+        added99.push(p99 - direct.p99);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "latency cgp-auth adds over the fake MX Proxy's own at {in_flight} in flight (median of 3 rounds): p50 {:+.3} ms (target <= 1 ms), p99 {:+.3} ms; grants {}, GET /auth {}",
+        median(added50),
+        median(added99),
+        fake.grants(),
+        fake.profile_reads()
     );
 }

@@ -63,17 +63,20 @@ template = "{real_name}{real_name}{real_name}{real_name}{real_name}{real_name}{r
 default = "<i>short</i>"
 "#;
 
-/// Writes a configuration for a helper using the PBX on `port`.
-pub fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
+/// The `[runtime]` and `[log]` tables of the banners under test.
+pub const COMMON: &str = r#"
 [runtime]
 deadline = "2s"
 stats_interval = "0s"
 
 [log]
 journald = false
+"#;
 
+/// Writes a configuration for a helper using the PBX on `port`.
+pub fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"{COMMON}
 [store]
 path = "{store}"
 spool_poll = "100ms"
@@ -98,7 +101,7 @@ secret = "s3cret"
         store = dir.join("state").display()
     );
     let path = dir.join("banner.toml");
-    std::fs::write(&path, text).unwrap();
+    crate::write_config(&path, text).unwrap();
     path
 }
 

@@ -46,7 +46,7 @@ template = "{{announcements}}"
         refresh = REFRESH.as_millis()
     );
     let path = dir.join("banner.toml");
-    std::fs::write(&path, text).unwrap();
+    cgp_tests::write_config(&path, text).unwrap();
     path
 }
 

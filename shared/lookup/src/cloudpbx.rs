@@ -27,6 +27,7 @@ use crate::pbx::{
     ExtState, ExtensionId, MissedCalls, PbxBackend, PbxError, PbxEvent, PbxFuture, Voicemail,
 };
 use asterisk_rs_core::config::ReconnectPolicy;
+use cgp_runtime::config::Secret;
 use cgp_runtime::sync;
 use futures_util::StreamExt;
 use jiff::tz::TimeZone;
@@ -50,7 +51,7 @@ pub struct CloudPbxConfig {
     /// API hosts, tried in this order (the first that answers is kept).
     pub base_urls: Vec<Url>,
     /// The API key, sent as `Authorization: Bearer` and as `pbxkey`.
-    pub api_key: String,
+    pub api_key: Secret,
     /// Time zone of the exchange's clock (`calldate`, the day the records
     /// are read for); unset: the system's.
     #[serde(default)]
@@ -315,7 +316,7 @@ impl Rest {
         let resp = self
             .http
             .get(url)
-            .bearer_auth(&self.config.api_key)
+            .bearer_auth(self.config.api_key.expose())
             .send()
             .await
             .map_err(|e| http_error(name, e))?;
@@ -524,7 +525,7 @@ async fn open(rest: &Rest) -> Result<Stream, String> {
         .max_frame_size(Some(c.max_response_bytes));
     let mut errors = Vec::new();
     for base in &c.base_urls {
-        let url = stream_url(base, &c.name, &c.api_key);
+        let url = stream_url(base, &c.name, c.api_key.expose());
         let connect =
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
         match tokio::time::timeout(c.timeout, connect).await {
