@@ -4,13 +4,11 @@
 
 use cgp_lookup::cgp_cli::CliConfig;
 use cgp_lookup::directory::DirectoryConfig;
-use cgp_lookup::store::Backend;
-use cgp_lookup::store::remote::RedisConfig;
+use cgp_lookup::store::StoreConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -31,6 +29,8 @@ pub struct AuthConfig {
     pub cache: CacheConfig,
     pub throttle: ThrottleConfig,
     pub provision: ProvisionConfig,
+    /// The sled directory holds the verdict cache and, with the Redis back
+    /// end, the throttling counters while Redis is down.
     pub store: StoreConfig,
 }
 
@@ -114,18 +114,6 @@ impl Default for ProvisionConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// The sled directory for the cache and throttling state; without it
-    /// both live in memory only. With the Redis back end it holds the
-    /// cache, and the throttling counters while Redis is down.
-    pub path: Option<PathBuf>,
-    /// `redis`: throttling counters shared by every member of a cluster.
-    pub backend: Backend,
-    pub redis: RedisConfig,
-}
-
 impl HelperConfig for AuthConfig {
     fn runtime(&self) -> &RuntimeConfig {
         &self.runtime
@@ -144,12 +132,9 @@ impl HelperConfig for AuthConfig {
                 "needs 0 < initial_delay <= max_delay",
             ));
         }
-        if self.store.backend == Backend::Redis {
-            self.store
-                .redis
-                .validate("store.redis")
-                .map_err(|e| KeyError::new(e.key, e.message))?;
-        }
+        self.store
+            .validate("store")
+            .map_err(|e| KeyError::new(e.key, e.message))?;
         if self.provision.enabled {
             let c = &self.provision.cli;
             if c.password.is_none() == c.password_file.is_none() {
