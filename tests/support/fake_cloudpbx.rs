@@ -1,16 +1,17 @@
 //! A fake CloudPBX API written from the API document: `GET /cdr` (Bearer
-//! key, `datestart`/`datestop`) and the WebSocket `/ws/pbx_<name>?pbxkey=`,
-//! on a local port, served by its own thread, with fault modes.
+//! key, `datestart`/`datestop`), `POST /sendSMS` (form fields `to`, `body`,
+//! `test`) and the WebSocket `/ws/pbx_<name>?pbxkey=`, on a local port,
+//! served by its own thread, with fault modes.
 //!
 //! The records start as the document's example (`testdata/cloudpbx/cdr.json`);
 //! the day [`DAY`] in the records becomes the day the client asks for, so
 //! that records are "today" for the client.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ struct Shared {
     cdr_calls: AtomicUsize,
     streams: AtomicUsize,
     push: broadcast::Sender<Push>,
+    sms_mode: Mutex<Mode>,
+    sms: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 /// The fake; it serves until the test process ends.
@@ -72,10 +75,13 @@ impl FakeCloudPbx {
             cdr_calls: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             push: broadcast::channel(64).0,
+            sms_mode: Mutex::new(Mode::Ok),
+            sms: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/cdr", get(cdr))
             .route("/ws/{channel}", get(stream))
+            .route("/sendSMS", post(send_sms))
             .with_state(shared.clone());
         let base = crate::serve::serve(app);
         FakeCloudPbx { shared, base }
@@ -120,6 +126,17 @@ impl FakeCloudPbx {
         let _ = self.shared.push.send(Push::Drop);
     }
 
+    /// How `/sendSMS` answers (`Slow`: after 5 s).
+    pub fn set_sms_mode(&self, mode: Mode) {
+        *self.shared.sms_mode.lock().unwrap() = mode;
+    }
+
+    /// The form fields of every `/sendSMS` request that carried the right
+    /// key, in arrival order (recorded when it arrives, before any fault).
+    pub fn sms(&self) -> Vec<Vec<(String, String)>> {
+        self.shared.sms.lock().unwrap().clone()
+    }
+
     /// `/cdr` requests that carried the right key.
     pub fn cdr_calls(&self) -> usize {
         self.shared.cdr_calls.load(Ordering::SeqCst)
@@ -159,6 +176,45 @@ async fn cdr(
     }
     let body = serde_json::to_string(&*f.records.lock().unwrap()).unwrap();
     body.replace(DAY, start).into_response()
+}
+
+async fn send_sms(
+    State(f): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let bearer = format!("Bearer {}", f.key);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let n = {
+        let mut sms = f.sms.lock().unwrap();
+        sms.push(fields.clone());
+        sms.len()
+    };
+    let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let to_ok = field("to").is_some_and(|t| t.len() == 9 && t.bytes().all(|b| b.is_ascii_digit()));
+    let body_ok = field("body").is_some_and(|b| !b.is_empty() && b.chars().count() <= 1024);
+    if !to_ok || !body_ok {
+        return (StatusCode::BAD_REQUEST, "Parameter is missing").into_response();
+    }
+    let mode = *f.sms_mode.lock().unwrap();
+    match mode {
+        Mode::Error500 => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response();
+        }
+        Mode::Malformed => return "{\"responseId\": ".into_response(),
+        Mode::Huge => return " ".repeat(1 << 20).into_response(),
+        Mode::Slow => tokio::time::sleep(Duration::from_secs(5)).await,
+        Mode::Ok => {}
+    }
+    serde_json::json!({
+        "responseId": format!("34217560129632584{n:02}"),
+        "responseStatus": "QUEUE",
+        "responseErrorMessage": null
+    })
+    .to_string()
+    .into_response()
 }
 
 async fn stream(
