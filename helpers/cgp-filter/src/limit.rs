@@ -70,10 +70,25 @@ impl Counter {
                     health: o.health,
                 }
             }
-            Counter::Local { tree, .. } => Counted {
-                result: count_local(tree, &format!("{window_ms}:{user}"), queue_id, rate),
-                health: None,
-            },
+            Counter::Local { tree, .. } => {
+                let (tree, key, id) = (
+                    tree.clone(),
+                    format!("{window_ms}:{user}"),
+                    queue_id.to_string(),
+                );
+                // On disk before the verdict: a message filtered again after
+                // a restart must find its count. Blocking, so on the pool.
+                let result = cgp_runtime::compute(move || {
+                    let n = count_local(&tree, &key, &id, rate)?;
+                    tree.flush().map_err(|e| format!("store: {e}"))?;
+                    Ok(n)
+                })
+                .await;
+                Counted {
+                    result,
+                    health: None,
+                }
+            }
         }
     }
 }
