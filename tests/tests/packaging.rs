@@ -422,3 +422,19 @@ fn subcommands(help: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// The filter's examples of a text-message rule and of the cluster-wide
+/// sender limit are valid configurations.
+#[test]
+fn filter_sms_and_cluster_examples_pass_check_config() {
+    for example in ["filter-sms.toml", "filter-cluster.toml"] {
+        let path = workspace().join("packaging/examples").join(example);
+        let out = stdout(
+            Command::new(bin("cgp-filter"))
+                .arg("--check-config")
+                .arg("--config")
+                .arg(&path),
+        );
+        assert!(out.contains("configuration is valid"), "{example}: {out}");
+    }
+}
