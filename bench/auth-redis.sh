@@ -45,7 +45,7 @@ for round in $(seq "$rounds"); do
     line=$(target/release/cgp-helper-sim --in-flight "$k" --generate "$n" \
       --request 'VRFY (IMAP [192.0.2.{n%200}]) alice@example.test alicepw' \
       -- target/release/cgp-auth --config "$dir/$backend.toml")
-    echo "round $round $backend: $line"
+    echo "round $round $backend: $line (load $(cut -d' ' -f1 /proc/loadavg))"
     p99s[$backend]+="$(sed -E 's/.* p99=([0-9.]+)ms.*/\1/' <<<"$line") "
   done
 done

@@ -335,6 +335,34 @@ fn installs_reconfigures_removes_and_purges_in_a_temporary_root() {
     assert_eq!(root.status(), None, "purged from the package database");
 }
 
+#[test]
+fn every_example_configuration_passes_check_config() {
+    let examples = files_ending("packaging/examples", ".toml");
+    // The cluster examples (Redis) among them, by name.
+    for cluster in ["auth-cluster.toml", "banner-cluster.toml"] {
+        assert!(examples.iter().any(|e| e == cluster), "{cluster} missing");
+    }
+    for example in examples {
+        // `auth-ldap.toml` is cgp-auth's, `banner.toml` cgp-banner's.
+        let helper = format!(
+            "cgp-{}",
+            example.split(['-', '.']).next().unwrap_or_default()
+        );
+        assert!(
+            HELPERS.contains(&helper.as_str()),
+            "{example}: no helper {helper}"
+        );
+        let path = workspace().join("packaging/examples").join(&example);
+        let text = stdout(
+            Command::new(bin(&helper))
+                .arg("--check-config")
+                .arg("--config")
+                .arg(&path),
+        );
+        assert!(text.contains("configuration is valid"), "{example}: {text}");
+    }
+}
+
 /// The options of a page as `--help` prints them, without roff escapes.
 fn long_options(help: &str) -> Vec<String> {
     let mut opts: Vec<String> = help

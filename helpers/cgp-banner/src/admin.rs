@@ -1,12 +1,14 @@
 //! `cgp-banner announce …`: an administrator's command, not the protocol
-//! loop, so it prints to stdout/stderr. Every change goes through the spool
-//! (see `announce.rs`); when no helper holds the store the command imports
-//! the spool itself, so the change is in the store before it returns.
+//! loop, so it prints to stdout/stderr. On the local store every change goes
+//! through the spool (see `announce.rs`); when no helper holds the store the
+//! command imports the spool itself, so the change is in the store before it
+//! returns. With `store.backend = "redis"` it writes Redis directly.
 
-use crate::announce::{Announcement, Op, Spool, Target, new_id, now};
+use crate::announce::{Announcement, Op, Spool, Target, decode, new_id, now, shared_key};
 use crate::cli::AnnounceCmd;
 use crate::config::BannerConfig;
-use cgp_lookup::store::Store;
+use cgp_lookup::store::remote::{Health, Outcome, RedisConfig, RedisStore};
+use cgp_lookup::store::{Backend, Store};
 use cgp_runtime::CommonArgs;
 use cgp_runtime::config::load;
 use std::process::ExitCode;
@@ -28,12 +30,7 @@ pub fn announce(common: &CommonArgs, cmd: AnnounceCmd) -> ExitCode {
 
 fn run(common: &CommonArgs, cmd: AnnounceCmd) -> Result<(), String> {
     let config: BannerConfig = load(common.config.as_deref()).map_err(|e| e.to_string())?;
-    let (Some(path), Some(spool_dir)) = (config.store.path.clone(), config.store.spool_dir())
-    else {
-        return Err("store.path is not set in the configuration".into());
-    };
-    let spool = Spool::new(&spool_dir);
-    let list_all = match cmd {
+    let (op, list_all) = match cmd {
         AnnounceCmd::Add {
             text,
             target,
@@ -41,36 +38,24 @@ fn run(common: &CommonArgs, cmd: AnnounceCmd) -> Result<(), String> {
             until,
             duration,
             types,
-        } => {
-            let a = announcement(text, target, from, until, duration, types)?;
-            spool
-                .push(&Op::Add(a.clone()))
-                .map_err(|e| format!("cannot queue: {e}"))?;
-            println!("{}", a.id);
-            None
-        }
-        AnnounceCmd::Remove { id } => {
-            spool
-                .push(&Op::Remove { id })
-                .map_err(|e| format!("cannot queue: {e}"))?;
-            None
-        }
-        AnnounceCmd::List { all } => Some(all),
+        } => (
+            Some(Op::Add(announcement(
+                text, target, from, until, duration, types,
+            )?)),
+            None,
+        ),
+        AnnounceCmd::Remove { id } => (Some(Op::Remove { id }), None),
+        AnnounceCmd::List { all } => (None, Some(all)),
     };
-    let applied = match Store::open(&path, LOCK_WAIT) {
-        Ok((store, _)) => Some(spool.import(&store)?),
-        Err(reason) => {
-            let waiting = spool.pending().len();
-            eprintln!(
-                "store not opened ({reason}); {waiting} change(s) queued for the running helper, \
-                 applied within {}",
-                humantime::format_duration(config.store.spool_poll)
-            );
-            None
-        }
+    let shown = match config.store.backend {
+        Backend::Sled => local(&config, op.as_ref())?,
+        Backend::Redis => shared(&config, op.as_ref(), list_all.is_some())?,
     };
+    if let Some(Op::Add(a)) = &op {
+        println!("{}", a.id);
+    }
     if let Some(all) = list_all {
-        let mut shown = applied.unwrap_or_else(|| spool.snapshot());
+        let mut shown = shown;
         shown.sort_by(|a, b| (a.from, &a.id).cmp(&(b.from, &b.id)));
         let t = now();
         for a in shown.iter().filter(|a| all || a.until > t) {
@@ -78,6 +63,96 @@ fn run(common: &CommonArgs, cmd: AnnounceCmd) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Queues `op` in the spool and imports it when no helper holds the
+/// store; the announcements as stored, or as the running helper last wrote
+/// them.
+fn local(config: &BannerConfig, op: Option<&Op>) -> Result<Vec<Announcement>, String> {
+    let (Some(path), Some(spool_dir)) = (config.store.path.clone(), config.store.spool_dir())
+    else {
+        return Err("store.path is not set in the configuration".into());
+    };
+    let spool = Spool::new(&spool_dir);
+    if let Some(op) = op {
+        spool.push(op).map_err(|e| format!("cannot queue: {e}"))?;
+    }
+    match Store::open(&path, LOCK_WAIT) {
+        Ok((store, _)) => spool.import(&store),
+        Err(reason) => {
+            let waiting = spool.pending().len();
+            eprintln!(
+                "store not opened ({reason}); {waiting} change(s) queued for the running helper, \
+                 applied within {}",
+                humantime::format_duration(config.store.spool_poll)
+            );
+            Ok(spool.snapshot())
+        }
+    }
+}
+
+/// Applies `op` in Redis, on the first of `store.redis.urls` that answers,
+/// and reads the announcements there when `list`. Every member shows the
+/// change within `store.refresh`.
+fn shared(config: &BannerConfig, op: Option<&Op>, list: bool) -> Result<Vec<Announcement>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    runtime.block_on(async {
+        let mut unreachable = Vec::new();
+        for url in &config.store.redis.urls {
+            let one = RedisConfig {
+                urls: vec![url.clone()],
+                ..config.store.redis.clone()
+            };
+            let redis = RedisStore::new(&one).map_err(|e| e.to_string())?;
+            match apply(&redis, op, list).await {
+                Ok(shown) => return shown,
+                Err(why) => unreachable.push(why),
+            }
+        }
+        Err(format!(
+            "Redis unreachable, nothing changed: {}",
+            unreachable.join("; ")
+        ))
+    })
+}
+
+/// One server's attempt: the outer `Err` says it could not be had (the
+/// next URL is tried), the inner one that it refused the change.
+async fn apply(
+    redis: &RedisStore,
+    op: Option<&Op>,
+    list: bool,
+) -> Result<Result<Vec<Announcement>, String>, String> {
+    let key = shared_key(redis);
+    match op {
+        Some(Op::Add(a)) => {
+            let json = serde_json::to_vec(a).map_err(|e| e.to_string())?;
+            had(redis.hash_set(&key, &a.id, &json).await)?;
+        }
+        Some(Op::Remove { id }) => {
+            if !had(redis.hash_remove(&key, id).await)? {
+                return Ok(Err(format!("no announcement has the id {id:?}")));
+            }
+        }
+        None => {}
+    }
+    if !list {
+        return Ok(Ok(Vec::new()));
+    }
+    Ok(Ok(decode(had(redis.hash_all(&key).await)?)))
+}
+
+/// The value of an operation, or why the server could not be had (the
+/// server's URL, without its password, and the cause).
+fn had<T>(o: Outcome<T>) -> Result<T, String> {
+    match (o.result, o.health) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(Health::Lost(why))) => Err(why),
+        (Err(e), _) => Err(e.to_string()),
+    }
 }
 
 fn announcement(

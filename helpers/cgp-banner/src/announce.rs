@@ -1,6 +1,8 @@
 //! Administrators' announcements: kept in the local store (sled), changed
 //! through a spool directory so that `cgp-banner announce …` works while the
-//! helper runs.
+//! helper runs; or, with `store.backend = "redis"`, in one Redis hash shared
+//! by every member of a cluster, which the command writes directly and each
+//! helper reads every `store.refresh`.
 //!
 //! sled locks its store for one process, and the running helper holds it. So
 //! the subcommand never writes the store of a running helper: it drops one
@@ -11,11 +13,14 @@
 //! moment). After each import the holder writes `snapshot.json` next to the
 //! spool files, which is what `announce list` shows while a helper runs.
 
+use cgp_lookup::store::remote::{RedisConfig, RedisStore};
 use cgp_lookup::store::{LOCK_WAIT, Opened, Store};
 use cgp_runtime::sync;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -299,30 +304,61 @@ impl Spool {
     }
 }
 
-/// The announcements the running helper shows: the store's, read at start
-/// and after each spool import, kept in memory for requests.
+/// Where the running helper's announcements come from.
+enum Source {
+    /// The local store, fed by the spool; `None` until it can be opened.
+    Local {
+        path: PathBuf,
+        store: Mutex<Option<Store>>,
+        spool: Spool,
+    },
+    /// One Redis hash shared by the members of a cluster, read whole at
+    /// each refresh.
+    Shared { redis: RedisStore, key: String },
+}
+
+/// The announcements the running helper shows, kept in memory for
+/// requests: from the local store, read at start and after each spool
+/// import; or from Redis, read at start and every `store.refresh`.
 ///
 /// Like every user of the store (see `cgp_lookup::store`), the helper serves
 /// without it when it cannot be opened, typically because the process CGP
 /// is replacing still holds its lock; the poller keeps trying, so stored
-/// announcements come back as soon as the lock is free.
+/// announcements come back as soon as the lock is free. Redis down, slow or
+/// frozen costs requests nothing: they read the last copy, and only the
+/// poller waits for Redis (at most `store.redis.timeout`).
 pub struct Announcements {
-    path: PathBuf,
-    store: Mutex<Option<Store>>,
-    spool: Spool,
+    source: Source,
     current: RwLock<Arc<Vec<Announcement>>>,
+    /// `*` lines about the shared store's health waiting for the next
+    /// request to send them: the poller has no way to the CGP log of its
+    /// own. `pending` spares requests the lock while there are none.
+    notices: Mutex<Vec<String>>,
+    pending: AtomicBool,
 }
 
+/// At most this many health lines wait for a request (a flapping Redis
+/// while no request comes keeps the latest).
+const MAX_NOTICES: usize = 4;
+
 impl Announcements {
-    /// Opens the store (waiting up to `LOCK_WAIT` for a lock), imports the
-    /// spool and starts the poller.
-    pub async fn start(path: PathBuf, spool_dir: PathBuf, poll: Duration) -> Arc<Announcements> {
-        let a = Arc::new(Announcements {
+    fn new(source: Source) -> Announcements {
+        Announcements {
+            source,
+            current: RwLock::new(Arc::new(Vec::new())),
+            notices: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the local store (waiting up to `LOCK_WAIT` for a lock),
+    /// imports the spool and starts the poller.
+    pub async fn start(path: PathBuf, spool_dir: PathBuf, every: Duration) -> Arc<Announcements> {
+        let a = Arc::new(Announcements::new(Source::Local {
             path,
             store: Mutex::new(None),
             spool: Spool::new(&spool_dir),
-            current: RwLock::new(Arc::new(Vec::new())),
-        });
+        }));
         let first = a.clone();
         match tokio::task::spawn_blocking(move || first.refresh(LOCK_WAIT)).await {
             Ok(Ok(())) => {}
@@ -331,39 +367,118 @@ impl Announcements {
             }
             Err(e) => tracing::error!(error = %e, "announcement store task failed"),
         }
-        tokio::spawn(poll_spool(Arc::downgrade(&a), poll));
+        tokio::spawn(poll(Arc::downgrade(&a), every));
         a
+    }
+
+    /// Reads the announcements from Redis once (within its timeout) and
+    /// starts the poller. `Err` only for what no retry mends (an
+    /// unreadable password file).
+    pub async fn start_shared(
+        cfg: &RedisConfig,
+        refresh: Duration,
+    ) -> Result<Arc<Announcements>, String> {
+        let redis = RedisStore::new(cfg).map_err(|e| e.to_string())?;
+        let key = shared_key(&redis);
+        let a = Arc::new(Announcements::new(Source::Shared { redis, key }));
+        a.fetch().await;
+        tokio::spawn(poll(Arc::downgrade(&a), refresh));
+        Ok(a)
     }
 
     pub fn current(&self) -> Arc<Vec<Announcement>> {
         sync::read(&self.current).clone()
     }
 
-    /// Opens the store if it is not open yet, then imports the spool.
+    /// The `*` lines waiting to be sent, emptied.
+    pub fn take_notices(&self) -> Vec<String> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *sync::lock(&self.notices))
+    }
+
+    fn notify(&self, line: &str) {
+        let mut notices = sync::lock(&self.notices);
+        if notices.len() == MAX_NOTICES {
+            notices.remove(0);
+        }
+        notices.push(line.to_string());
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Opens the local store if it is not open yet, then imports the spool.
     fn refresh(&self, lock_wait: Duration) -> Result<(), String> {
-        let mut store = sync::lock(&self.store);
+        let Source::Local { path, store, spool } = &self.source else {
+            return Ok(());
+        };
+        let mut store = sync::lock(store);
         if store.is_none() {
-            let (opened, how) = Store::open(&self.path, lock_wait)?;
+            let (opened, how) = Store::open(path, lock_wait)?;
             if let Opened::Replaced { moved_to } = how {
                 tracing::error!(moved_to = %moved_to.display(), "unreadable store replaced; announcements must be added again");
             }
-            tracing::info!(path = %self.path.display(), "announcement store open");
+            tracing::info!(path = %path.display(), "announcement store open");
             *store = Some(opened);
         }
         let Some(open) = store.as_ref() else {
             return Ok(());
         };
-        let all = self.spool.import(open)?;
+        let all = spool.import(open)?;
         *sync::write(&self.current) = Arc::new(all);
         Ok(())
     }
+
+    /// Replaces the copy with Redis's, or keeps it when Redis cannot be
+    /// had; a lost or regained Redis is logged once.
+    async fn fetch(&self) {
+        let Source::Shared { redis, key } = &self.source else {
+            return;
+        };
+        let fields = redis.hash_all(key).await.reported(
+            &|line| self.notify(line),
+            "cgp-banner",
+            "showing the last announcements",
+            "announcements shared again",
+        );
+        if let Some(fields) = fields {
+            *sync::write(&self.current) = Arc::new(decode(fields));
+        }
+    }
 }
 
-/// Imports the spool every `every` for as long as the announcements live.
-async fn poll_spool(a: Weak<Announcements>, every: Duration) {
+/// The Redis hash of announcements: one field per id, its JSON as value.
+pub fn shared_key(redis: &RedisStore) -> String {
+    redis.key(&["banner", "announcements"])
+}
+
+/// The announcements of the Redis hash, in the order of their ids (the
+/// order they were added, as in the local store); a value that is not a
+/// valid announcement is left out.
+pub fn decode(fields: HashMap<String, Vec<u8>>) -> Vec<Announcement> {
+    let mut all: Vec<Announcement> = fields
+        .into_iter()
+        .filter_map(|(id, v)| match serde_json::from_slice(&v) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::debug!(id, error = %e, "invalid announcement in Redis left out");
+                None
+            }
+        })
+        .collect();
+    all.sort_by(|a: &Announcement, b| a.id.cmp(&b.id));
+    all
+}
+
+/// Refreshes the announcements every `every` for as long as they live.
+async fn poll(a: Weak<Announcements>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(a) = a.upgrade() else { return };
+        if matches!(a.source, Source::Shared { .. }) {
+            a.fetch().await;
+            continue;
+        }
         // One attempt per round: the lock of a store held elsewhere is not
         // waited for here.
         match tokio::task::spawn_blocking(move || a.refresh(Duration::ZERO)).await {
@@ -444,5 +559,36 @@ mod tests {
                 .join("bad-op-0-broken.json")
                 .exists()
         );
+    }
+
+    #[test]
+    fn redis_values_decode_in_id_order_and_bad_ones_are_left_out() {
+        let json = |a: &Announcement| serde_json::to_vec(a).unwrap();
+        let (a, b) = (ann("a", Target::All), ann("b", Target::All));
+        let mut window = ann("w", Target::All);
+        window.until = window.from;
+        let fields = HashMap::from([
+            ("b".to_string(), json(&b)),
+            ("a".to_string(), json(&a)),
+            ("x".to_string(), b"{not json".to_vec()),
+            // A window nobody can show is refused here as everywhere.
+            ("w".to_string(), json(&window)),
+        ]);
+        assert_eq!(decode(fields), vec![a, b]);
+    }
+
+    #[test]
+    fn health_lines_wait_for_a_request_and_stay_few() {
+        let a = Announcements::new(Source::Local {
+            path: PathBuf::new(),
+            store: Mutex::new(None),
+            spool: Spool::new(Path::new("/nonexistent")),
+        });
+        assert!(a.take_notices().is_empty());
+        for i in 0..10 {
+            a.notify(&format!("line {i}"));
+        }
+        assert_eq!(a.take_notices(), ["line 6", "line 7", "line 8", "line 9"]);
+        assert!(a.take_notices().is_empty());
     }
 }

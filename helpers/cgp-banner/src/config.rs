@@ -6,6 +6,8 @@ use crate::template::{Format, Template};
 use cgp_lookup::ami::AmiConfig;
 use cgp_lookup::cloudpbx::CloudPbxConfig;
 use cgp_lookup::directory::DirectoryConfig;
+use cgp_lookup::store::Backend;
+use cgp_lookup::store::remote::RedisConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use regex::Regex;
 use serde::Deserialize;
@@ -89,13 +91,22 @@ impl<'de> Deserialize<'de> for Rfc3339 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The sled store of announcements. Unset: announcements are off.
+    /// The sled store of announcements. Unset: announcements are off
+    /// (unless `backend` is `redis`).
     pub path: Option<PathBuf>,
     /// Where `cgp-banner announce` queues changes; `<path>.spool` when unset.
     pub spool: Option<PathBuf>,
     /// How often the running helper imports the spool.
     #[serde(with = "humantime_serde")]
     pub spool_poll: Duration,
+    /// `redis`: announcements shared by every member of a cluster, in
+    /// `[store.redis]` instead of `path`.
+    pub backend: Backend,
+    pub redis: RedisConfig,
+    /// How often the running helper reads the announcements from Redis: a
+    /// change made on any member shows on this one within it.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
 }
 
 impl Default for StoreConfig {
@@ -104,6 +115,9 @@ impl Default for StoreConfig {
             path: None,
             spool: None,
             spool_poll: Duration::from_secs(2),
+            backend: Backend::Sled,
+            redis: RedisConfig::default(),
+            refresh: Duration::from_secs(5),
         }
     }
 }
@@ -224,6 +238,21 @@ impl HelperConfig for BannerConfig {
         if self.store.spool.is_some() && self.store.path.is_none() {
             return Err(KeyError::new("store.spool", "needs store.path"));
         }
+        if self.store.backend == Backend::Redis {
+            self.store
+                .redis
+                .validate("store.redis")
+                .map_err(|e| KeyError::new(e.key, e.message))?;
+            if self.store.path.is_some() {
+                return Err(KeyError::new(
+                    "store.path",
+                    "announcements live in [store.redis] with backend = \"redis\"; remove store.path",
+                ));
+            }
+            if self.store.refresh.is_zero() {
+                return Err(KeyError::new("store.refresh", "must be more than 0s"));
+            }
+        }
         for (i, a) in self.announcements.iter().enumerate() {
             let a = a.to_announcement(i);
             Announcement::check(a.from, a.until)
@@ -325,6 +354,13 @@ mod tests {
         assert!(e.contains("{user}"), "{e}");
         let e = parse("[store]\nspool = \"/tmp/x\"\n").unwrap_err();
         assert!(e.starts_with("store.spool"), "{e}");
+        let e = parse("[store]\nbackend = \"redis\"\n").unwrap_err();
+        assert!(e.starts_with("store.redis.urls"), "{e}");
+        let e = parse(
+            "[store]\nbackend = \"redis\"\npath = \"/tmp/x\"\n[store.redis]\nurls = [\"redis://127.0.0.1\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("store.path"), "{e}");
         let e = parse(
             "[[announcement]]\ntext = \"x\"\nfrom = \"2030-01-02T00:00:00Z\"\nuntil = \"2030-01-01T00:00:00Z\"\n",
         )

@@ -12,6 +12,7 @@ use cgp_lookup::ami::Ami;
 use cgp_lookup::cloudpbx::CloudPbx;
 use cgp_lookup::directory::{Account, Directory, DirectoryError, Person};
 use cgp_lookup::pbx::{ExtState, ExtensionId, MissedCalls, Pbx, PbxBackend};
+use cgp_lookup::store::Backend;
 use cgp_runtime::metrics::{self, Event};
 use cgp_runtime::{Ctx, Helper};
 use cgp_wire::data::encode_quoted;
@@ -52,23 +53,34 @@ impl Helper for Banner {
             Some(p) => p.pbx.clone(),
             None => start_pbx(&config)?,
         };
-        // The running helper holds the store's lock: opening the same path
-        // again would wait for itself.
-        let announcements = match previous
-            .as_ref()
-            .filter(|p| p.config.store.path == config.store.path)
-        {
+        let keep_store = |p: &&Arc<Banner>| match config.store.backend {
+            // The running helper holds the store's lock: opening the same
+            // path again would wait for itself.
+            Backend::Sled => {
+                p.config.store.backend == Backend::Sled && p.config.store.path == config.store.path
+            }
+            // Nothing exclusive: a changed `[store.redis]` applies at once.
+            Backend::Redis => p.config.store == config.store,
+        };
+        let announcements = match previous.as_ref().filter(keep_store) {
             Some(p) => {
                 if p.config.store != config.store {
                     tracing::warn!("store.spool and store.spool_poll take effect after a restart");
                 }
                 p.announcements.clone()
             }
-            None => match (config.store.path.clone(), config.store.spool_dir()) {
-                (Some(path), Some(spool)) => {
-                    Some(Announcements::start(path, spool, config.store.spool_poll).await)
+            None => match (
+                &config.store.backend,
+                &config.store.path,
+                config.store.spool_dir(),
+            ) {
+                (Backend::Redis, _, _) => Some(
+                    Announcements::start_shared(&config.store.redis, config.store.refresh).await?,
+                ),
+                (Backend::Sled, Some(path), Some(spool)) => {
+                    Some(Announcements::start(path.clone(), spool, config.store.spool_poll).await)
                 }
-                _ => None,
+                (Backend::Sled, _, _) => None,
             },
         };
         Ok(Banner {
@@ -92,6 +104,11 @@ impl Helper for Banner {
     }
 
     async fn handle(self: Arc<Self>, ctx: Ctx, req: Request) -> Reply {
+        if let Some(a) = &self.announcements {
+            for line in a.take_notices() {
+                ctx.info(&line);
+            }
+        }
         let br = match wire::parse(&req) {
             Ok(b) => b,
             Err(Refused::UnknownShape) => {

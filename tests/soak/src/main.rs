@@ -5,8 +5,10 @@
 //! --generate` with a random size and in-flight depth, on a mix of valid and
 //! malformed requests (`tests/soak/requests/<helper>.txt`). Every helper
 //! restarts each round on the same store directory, as CGP's Auto-Restart
-//! does. Meanwhile a chaos thread freezes (SIGSTOP) and restarts slapd and
-//! HAProxy, and kills helpers with SIGKILL or SIGTERM mid-round.
+//! does. A second cgp-auth and cgp-banner run as members of a Dynamic
+//! Cluster, with `store.backend = "redis"` on the soak's redis-server.
+//! Meanwhile a chaos thread freezes (SIGSTOP) and restarts slapd, HAProxy
+//! and redis-server, and kills helpers with SIGKILL or SIGTERM mid-round.
 //!
 //! A killed round proves nothing about the protocol (CGP itself re-sends
 //! what a killed helper left unanswered), so it is only counted. Every other
@@ -16,6 +18,7 @@
 
 use cgp_tests::fake_ami::FakeAmi;
 use cgp_tests::haproxy::Haproxy;
+use cgp_tests::redis::Redis;
 use cgp_tests::slapd::{self, Slapd};
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -45,15 +48,19 @@ struct Args {
     seed: Option<u64>,
 }
 
-/// The helpers under test, by binary and short name (config, requests).
 /// The backend behind the HAProxy fixture's frontend.
 const BACKEND: &str = "cgp";
 
-const HELPERS: [(&str, &str); 4] = [
-    ("cgp-auth", "auth"),
-    ("cgp-filter", "filter"),
-    ("cgp-banner", "banner"),
-    ("cgp-balancer", "balancer"),
+/// The helpers under test: the name in the report, the binary, its
+/// configuration (`config/<c>.toml`) and requests (`requests/<r>.txt`). The
+/// `-redis` ones keep their shared state in the soak's redis-server.
+const HELPERS: [(&str, &str, &str, &str); 6] = [
+    ("cgp-auth", "cgp-auth", "auth", "auth"),
+    ("cgp-filter", "cgp-filter", "filter", "filter"),
+    ("cgp-banner", "cgp-banner", "banner", "banner"),
+    ("cgp-balancer", "cgp-balancer", "balancer", "balancer"),
+    ("cgp-auth-redis", "cgp-auth", "auth-redis", "auth"),
+    ("cgp-banner-redis", "cgp-banner", "banner-redis", "banner"),
 ];
 
 /// What one helper's rounds added up to.
@@ -81,6 +88,8 @@ struct Chaos {
     slapd_restarts: u64,
     haproxy_freezes: u64,
     haproxy_restarts: u64,
+    redis_freezes: u64,
+    redis_restarts: u64,
     helper_kills: u64,
     helper_terms: u64,
 }
@@ -142,6 +151,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         "backend {BACKEND}\n    server-template cgp 1-8 127.0.0.1:1 disabled\n"
     ));
     let ami = FakeAmi::start("cgp", "amisecret", true);
+    let redis = Redis::start();
     ami.set_mailbox("1001@default", 2, 5);
     let values = [
         ("@LDAP_URI@", slapd.uri()),
@@ -152,6 +162,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         ("@HAPROXY_BACKEND@", BACKEND.to_string()),
         ("@HAPROXY_PORT@", haproxy.port().to_string()),
         ("@AMI_PORT@", ami.port().to_string()),
+        ("@REDIS_URL@", redis.url()),
         ("@WORK@", work.display().to_string()),
     ];
     let fill = |text: &str| {
@@ -167,21 +178,25 @@ fn soak(args: &Args) -> Result<bool, String> {
         work.display()
     );
     let mut plans = Vec::new();
-    for (name, short) in HELPERS {
-        let helper = bin_dir.join(name);
+    for (name, binary, short, requests) in HELPERS {
+        let helper = bin_dir.join(binary);
         let sim = bin_dir.join("cgp-helper-sim");
         for b in [&helper, &sim] {
             if !b.exists() {
                 return Err(format!("{} is not built", b.display()));
             }
         }
-        let templates: Vec<String> = read(&soak_dir.join(format!("requests/{short}.txt")))?
+        let templates: Vec<String> = read(&soak_dir.join(format!("requests/{requests}.txt")))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(fill)
             .collect();
         let (config, note) = soak_config(&helper, &soak_dir, &work, short, &fill)?;
+        // On built-in defaults a cluster member would not use Redis at all.
+        if config.is_none() && name.ends_with("-redis") {
+            return Err(format!("{name}: {note}"));
+        }
         println!(
             "{name}: {} request templates, config: {note}",
             templates.len()
@@ -221,17 +236,19 @@ fn soak(args: &Args) -> Result<bool, String> {
     let chaos_done = done.clone();
     let every = args.chaos_every;
     let chaos = std::thread::spawn(move || {
-        let mut slapd = slapd;
-        let mut haproxy = haproxy;
+        let mut peers = Peers {
+            slapd,
+            haproxy,
+            redis,
+        };
         let counts = chaos(
-            &mut slapd,
-            &mut haproxy,
+            &mut peers,
             &chaos_slots,
             every,
             &chaos_done,
             fastrand::Rng::with_seed(seed),
         );
-        (counts, slapd, haproxy)
+        (counts, peers)
     });
 
     let results: Vec<(&str, Totals)> = workers
@@ -239,8 +256,8 @@ fn soak(args: &Args) -> Result<bool, String> {
         .map(|w| w.join().expect("a soak worker panicked"))
         .collect();
     done.store(true, Ordering::SeqCst);
-    let (counts, slapd, haproxy) = chaos.join().map_err(|_| "the chaos thread panicked")?;
-    drop((slapd, haproxy, ami));
+    let (counts, peers) = chaos.join().map_err(|_| "the chaos thread panicked")?;
+    drop((peers, ami));
 
     let pass = report(&results, &counts, &work);
     if !pass {
@@ -434,10 +451,16 @@ fn pause(rng: &mut fastrand::Rng, min_ms: u64, max_ms: u64) {
     std::thread::sleep(Duration::from_millis(rng.u64(min_ms..=max_ms)));
 }
 
+/// The back ends the chaos thread injects faults into.
+struct Peers {
+    slapd: Slapd,
+    haproxy: Haproxy,
+    redis: Redis,
+}
+
 /// Injects faults until `done`.
 fn chaos(
-    slapd: &mut Slapd,
-    haproxy: &mut Haproxy,
+    peers: &mut Peers,
     slots: &[Arc<Mutex<Slot>>],
     every: Duration,
     done: &AtomicBool,
@@ -450,34 +473,47 @@ fn chaos(
         if done.load(Ordering::SeqCst) {
             break;
         }
-        match rng.u8(0..6) {
+        match rng.u8(0..8) {
             0 => {
-                slapd.freeze();
+                peers.slapd.freeze();
                 pause(&mut rng, 1000, 8000);
-                slapd.thaw();
+                peers.slapd.thaw();
                 c.slapd_freezes += 1;
             }
             1 => {
-                slapd.stop();
+                peers.slapd.stop();
                 pause(&mut rng, 500, 3000);
-                slapd.start_again();
+                peers.slapd.start_again();
                 c.slapd_restarts += 1;
             }
             2 => {
-                haproxy.freeze();
+                peers.haproxy.freeze();
                 pause(&mut rng, 1000, 8000);
-                haproxy.thaw();
+                peers.haproxy.thaw();
                 c.haproxy_freezes += 1;
             }
             3 => {
-                haproxy.stop();
+                peers.haproxy.stop();
                 pause(&mut rng, 500, 3000);
-                haproxy.start_again();
+                peers.haproxy.start_again();
                 c.haproxy_restarts += 1;
+            }
+            4 => {
+                peers.redis.freeze();
+                pause(&mut rng, 1000, 8000);
+                peers.redis.thaw();
+                c.redis_freezes += 1;
+            }
+            5 => {
+                // Restarted empty, as a server without persistence.
+                peers.redis.stop();
+                pause(&mut rng, 500, 3000);
+                peers.redis.start_again();
+                c.redis_restarts += 1;
             }
             k => {
                 let slot = &slots[rng.usize(..slots.len())];
-                let (sig, count) = if k == 4 {
+                let (sig, count) = if k == 6 {
                     (libc::SIGKILL, &mut c.helper_kills)
                 } else {
                     (libc::SIGTERM, &mut c.helper_terms)
@@ -510,11 +546,13 @@ fn report(results: &[(&str, Totals)], c: &Chaos, work: &Path) -> bool {
         println!("{name}: config {}", t.config);
     }
     println!(
-        "chaos: slapd frozen {} restarted {}; haproxy frozen {} restarted {}; helpers killed (SIGKILL) {} terminated (SIGTERM) {}",
+        "chaos: slapd frozen {} restarted {}; haproxy frozen {} restarted {}; redis frozen {} restarted {}; helpers killed (SIGKILL) {} terminated (SIGTERM) {}",
         c.slapd_freezes,
         c.slapd_restarts,
         c.haproxy_freezes,
         c.haproxy_restarts,
+        c.redis_freezes,
+        c.redis_restarts,
         c.helper_kills,
         c.helper_terms
     );

@@ -4,7 +4,7 @@
 use super::records::{self, Tag};
 use super::{Fingerprint, RECENT, State, delay_for, exempt};
 use crate::config::ThrottleConfig;
-use cgp_lookup::store::remote::{Health, Outcome, RedisStore};
+use cgp_lookup::store::remote::{Outcome, RedisStore};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -107,18 +107,10 @@ fn names(shared: &RedisStore, keys: Vec<[String; 4]>) -> Vec<String> {
 /// Logs a change of the shared store's health, once per change, and gives
 /// the value if there is one.
 fn report<T>(info: &(dyn Fn(&str) + Sync), outcome: Outcome<T>) -> Option<T> {
-    match outcome.health {
-        Some(Health::Lost(why)) => {
-            tracing::warn!(error = %why, "shared store unavailable; throttling on the local store until it is back");
-            info(&format!(
-                "cgp-auth: shared store unavailable ({why}); throttling on the local store"
-            ));
-        }
-        Some(Health::Recovered) => {
-            tracing::warn!("shared store back; throttling shared again");
-            info("cgp-auth: shared store back; throttling shared again");
-        }
-        None => {}
-    }
-    outcome.result.ok()
+    outcome.reported(
+        info,
+        "cgp-auth",
+        "throttling on the local store",
+        "throttling shared again",
+    )
 }

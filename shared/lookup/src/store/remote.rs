@@ -16,8 +16,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod hash;
+
 /// The shared store's configuration (`[store.redis]`).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port/db` or `rediss://` (TLS); several for failover,
@@ -168,6 +170,35 @@ pub enum Health {
 pub struct Outcome<T> {
     pub result: Result<T, StoreError>,
     pub health: Option<Health>,
+}
+
+impl<T> Outcome<T> {
+    /// Logs a change of the store's health once, at warn and as a `*` line
+    /// through `info` (the CGP log), in every helper's words: `helper` is
+    /// the binary, `meanwhile` what it does while the store is down, `again`
+    /// what comes back with it. Gives the value, if there is one.
+    pub fn reported(
+        self,
+        info: &(dyn Fn(&str) + Sync),
+        helper: &str,
+        meanwhile: &str,
+        again: &str,
+    ) -> Option<T> {
+        match self.health {
+            Some(Health::Lost(why)) => {
+                tracing::warn!(error = %why, "shared store unavailable; {meanwhile} until it is back");
+                info(&format!(
+                    "{helper}: shared store unavailable ({why}); {meanwhile}"
+                ));
+            }
+            Some(Health::Recovered) => {
+                tracing::warn!("shared store back; {again}");
+                info(&format!("{helper}: shared store back; {again}"));
+            }
+            None => {}
+        }
+        self.result.ok()
+    }
 }
 
 pub struct RedisStore {
