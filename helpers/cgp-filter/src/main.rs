@@ -2,7 +2,7 @@
 //! (`ExternalFilter`), with directory facts about the sender.
 
 use cgp_lookup::cloudpbx::sms::SmsGateway;
-use cgp_lookup::store::remote::Health;
+use cgp_lookup::store::remote::Outcome;
 use cgp_runtime::{Ctx, Helper, HelperInfo, run};
 use cgp_wire::{Reply, Request};
 use clap::Parser;
@@ -81,16 +81,17 @@ impl Helper for FilterHelper {
         if notes.dropped_modifiers && !self.warned_modifiers.swap(true, Ordering::Relaxed) {
             ctx.info("MIRRORTO/ADDROUTE rules matched but the server speaks INTF 3 or lower: they are left out (set filter.dialect = \"v4\" if the server takes them)");
         }
-        match notes.store {
-            Some(Health::Lost(why)) => {
-                tracing::warn!(error = %why, "shared store unavailable; sender limits follow failure.store_down until it is back");
-                ctx.info(&format!("cgp-filter: shared store unavailable ({why}); sender limits follow failure.store_down"));
-            }
-            Some(Health::Recovered) => {
-                tracing::warn!("shared store back; sender limits counted again");
-                ctx.info("cgp-filter: shared store back; sender limits counted again");
-            }
-            None => {}
+        if let Some(health) = notes.store {
+            let outcome = Outcome::<()> {
+                result: Ok(()),
+                health: Some(health),
+            };
+            outcome.reported(
+                &|text| ctx.info(text),
+                "cgp-filter",
+                "sender limits follow failure.store_down",
+                "sender limits counted again",
+            );
         }
         if let Some(path) = notes.refused {
             ctx.info(&format!(

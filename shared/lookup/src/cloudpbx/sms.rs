@@ -271,8 +271,8 @@ impl SmsGateway {
 }
 
 fn receipt(body: &[u8]) -> Result<SmsReceipt, PbxError> {
-    let r: Response = serde_json::from_slice(body)
-        .map_err(|e| PbxError::Protocol(format!("sendSMS: {e}")))?;
+    let r: Response =
+        serde_json::from_slice(body).map_err(|e| PbxError::Protocol(format!("sendSMS: {e}")))?;
     match r.response_error_message {
         Some(m) => Err(PbxError::Refused(m)),
         None => Ok(SmsReceipt {
