@@ -4,7 +4,7 @@
 //!
 //! The runtime counts requests, replies by kind and their latency; a
 //! helper counts what only it sees with [`count`]: cache hits, back-end
-//! errors, throttled requests. The text is made by `prometheus-client`;
+//! errors, throttled requests, dropped notifications. The text is made by `prometheus-client`;
 //! the file is replaced whole (a temporary file, then a rename), so the
 //! collector never reads half of it. It holds counts only, never a name
 //! or a request, and is made readable by all (0644) for the collector.
