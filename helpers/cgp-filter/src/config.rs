@@ -124,6 +124,10 @@ impl HelperConfig for FilterConfig {
             if sms.queue == 0 {
                 return Err(KeyError::new("sms.queue", "must be more than 0"));
             }
+            // The rate table keeps a time per message sent, per number.
+            if sms.per_number.count > 100 {
+                return Err(KeyError::new("sms.per_number", "at most 100 messages"));
+            }
         }
         match &self.rules {
             Ok(_) => Ok(()),

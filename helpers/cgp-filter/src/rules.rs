@@ -144,6 +144,11 @@ struct SmsAction {
     text: Template,
 }
 
+/// The largest count of a `sender_limit`: a sender's window holds an entry
+/// per message up to it, rewritten whole at each message in the local
+/// store.
+const MAX_SENDER_LIMIT: u64 = 10_000;
+
 /// Recipients whose numbers one notification looks up, at most.
 const SMS_RECIPIENTS: usize = 64;
 
@@ -444,6 +449,15 @@ fn compile_rule(
         return Err(CompileError::new(
             format!("{key}.action"),
             "a rule with sender_limit must bounce or reject",
+        ));
+    }
+    if r.when
+        .sender_limit
+        .is_some_and(|rate| rate.count > MAX_SENDER_LIMIT)
+    {
+        return Err(CompileError::new(
+            format!("{key}.when.sender_limit"),
+            format!("at most {MAX_SENDER_LIMIT} messages: the window keeps one entry per message"),
         ));
     }
     let sms = r
@@ -1481,6 +1495,11 @@ action = "bounce"
                 "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"5 per 1m\" }\n",
                 "rule[0].action",
                 "bounce or reject",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"10001 per 1h\" }\naction = \"reject\"\n",
+                "rule[0].when.sender_limit",
+                "at most 10000",
             ),
             (
                 "[[rule]]\nname = \"a\"\nsms = { to = [\"600100200\"], text = \"x\" }\n",
