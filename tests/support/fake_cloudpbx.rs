@@ -153,8 +153,7 @@ async fn cdr(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let bearer = format!("Bearer {}", f.key);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    if !f.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     f.cdr_calls.fetch_add(1, Ordering::SeqCst);
@@ -165,17 +164,34 @@ async fn cdr(
         return (StatusCode::BAD_REQUEST, "one day is asked for").into_response();
     }
     let mode = *f.mode.lock().unwrap();
-    match mode {
-        Mode::Error500 => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response();
-        }
-        Mode::Malformed => return "[{\"calldate\": \"2021-".into_response(),
-        Mode::Huge => return format!("[{}]", " ".repeat(1 << 20)).into_response(),
-        Mode::Slow => tokio::time::sleep(Duration::from_secs(5)).await,
-        Mode::Ok => {}
+    if let Some(fault) = fault(mode, "[{\"calldate\": \"2021-").await {
+        return fault;
     }
     let body = serde_json::to_string(&*f.records.lock().unwrap()).unwrap();
     body.replace(DAY, start).into_response()
+}
+
+impl Shared {
+    /// The request carries `Authorization: Bearer <key>`.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let bearer = format!("Bearer {}", self.key);
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(bearer.as_str())
+    }
+}
+
+/// The answer of a fault mode (`malformed`: a JSON text cut short), or
+/// `None` to answer normally (after 5 s when `Slow`).
+async fn fault(mode: Mode, malformed: &'static str) -> Option<Response> {
+    match mode {
+        Mode::Error500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response()),
+        Mode::Malformed => Some(malformed.into_response()),
+        Mode::Huge => Some(format!("[{}]", " ".repeat(1 << 20)).into_response()),
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            None
+        }
+        Mode::Ok => None,
+    }
 }
 
 async fn send_sms(
@@ -183,8 +199,7 @@ async fn send_sms(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let bearer = format!("Bearer {}", f.key);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    if !f.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let n = {
@@ -199,14 +214,8 @@ async fn send_sms(
         return (StatusCode::BAD_REQUEST, "Parameter is missing").into_response();
     }
     let mode = *f.sms_mode.lock().unwrap();
-    match mode {
-        Mode::Error500 => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response();
-        }
-        Mode::Malformed => return "{\"responseId\": ".into_response(),
-        Mode::Huge => return " ".repeat(1 << 20).into_response(),
-        Mode::Slow => tokio::time::sleep(Duration::from_secs(5)).await,
-        Mode::Ok => {}
+    if let Some(fault) = fault(mode, "{\"responseId\": ").await {
+        return fault;
     }
     serde_json::json!({
         "responseId": format!("34217560129632584{n:02}"),

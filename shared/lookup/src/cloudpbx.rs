@@ -111,17 +111,7 @@ impl CloudPbxConfig {
         if self.name.is_empty() {
             return Err((key("name"), "must not be empty".into()));
         }
-        if self.base_urls.is_empty() {
-            return Err((key("base_urls"), "needs at least one URL".into()));
-        }
-        for (i, u) in self.base_urls.iter().enumerate() {
-            if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
-                return Err((
-                    format!("{at}.base_urls[{i}]"),
-                    "must be an http:// or https:// URL".into(),
-                ));
-            }
-        }
+        check_base_urls(&self.base_urls, at)?;
         if self.api_key.is_empty() {
             return Err((key("api_key"), "must not be empty".into()));
         }
@@ -153,6 +143,23 @@ impl CloudPbxConfig {
             Some(name) => TimeZone::get(name).map_err(|e| format!("unknown time zone: {e}")),
         }
     }
+}
+
+/// Checks `base_urls` of the table at `at`: at least one, each an
+/// http(s) URL that can take a path.
+fn check_base_urls(urls: &[Url], at: &str) -> Result<(), (String, String)> {
+    if urls.is_empty() {
+        return Err((format!("{at}.base_urls"), "needs at least one URL".into()));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
+            return Err((
+                format!("{at}.base_urls[{i}]"),
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The event stream's URL on `base`: `ws(s)://host/ws/pbx_<name>?pbxkey=<key>`.

@@ -8,7 +8,7 @@
 //! connected: a host that took the request and then failed or fell silent
 //! may have sent the message, and asking the other host could send it twice.
 
-use super::{Failed, exchange, host};
+use super::{Failed, check_base_urls, exchange, host};
 use crate::http::endpoint;
 use crate::pbx::PbxError;
 use cgp_runtime::sync;
@@ -70,17 +70,7 @@ impl SmsConfig {
     /// table's key (`sms.cloudpbx`).
     pub fn check(&self, at: &str) -> Result<(), (String, String)> {
         let key = |k: &str| format!("{at}.{k}");
-        if self.base_urls.is_empty() {
-            return Err((key("base_urls"), "needs at least one URL".into()));
-        }
-        for (i, u) in self.base_urls.iter().enumerate() {
-            if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
-                return Err((
-                    format!("{at}.base_urls[{i}]"),
-                    "must be an http:// or https:// URL".into(),
-                ));
-            }
-        }
+        check_base_urls(&self.base_urls, at)?;
         match (&self.api_key, &self.api_key_file) {
             (Some(k), None) if k.is_empty() => {
                 return Err((key("api_key"), "must not be empty".into()));
