@@ -133,7 +133,8 @@ async fn apply(
             had(redis.hash_set(&key, &a.id, &json).await)?;
         }
         Some(Op::Remove { id }) => {
-            if !had(redis.hash_remove(&key, id).await)? {
+            let removed = had(redis.hash_remove(&key, id).await)?;
+            if !removed {
                 return Ok(Err(format!("no announcement has the id {id:?}")));
             }
         }

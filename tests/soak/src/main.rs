@@ -82,14 +82,18 @@ struct Slot {
     killed: bool,
 }
 
+/// Faults injected into one back end.
+#[derive(Default)]
+struct Faults {
+    frozen: u64,
+    restarted: u64,
+}
+
 #[derive(Default)]
 struct Chaos {
-    slapd_freezes: u64,
-    slapd_restarts: u64,
-    haproxy_freezes: u64,
-    haproxy_restarts: u64,
-    redis_freezes: u64,
-    redis_restarts: u64,
+    slapd: Faults,
+    haproxy: Faults,
+    redis: Faults,
     helper_kills: u64,
     helper_terms: u64,
 }
@@ -458,6 +462,43 @@ struct Peers {
     redis: Redis,
 }
 
+/// A back end that can be frozen and restarted.
+trait Peer {
+    fn freeze(&self);
+    fn thaw(&self);
+    fn stop(&mut self);
+    fn start_again(&mut self);
+}
+
+macro_rules! peer {
+    ($($t:ty),*) => {$(
+        impl Peer for $t {
+            fn freeze(&self) { <$t>::freeze(self) }
+            fn thaw(&self) { <$t>::thaw(self) }
+            fn stop(&mut self) { <$t>::stop(self) }
+            fn start_again(&mut self) { <$t>::start_again(self) }
+        }
+    )*};
+}
+peer!(Slapd, Haproxy, Redis);
+
+/// Freezes `peer` (SIGSTOP) for 1–8 s, or stops it and starts it again
+/// after 0.5–3 s (a restarted HAProxy comes back with empty slots, a
+/// restarted redis-server empty, as without persistence).
+fn fault(peer: &mut dyn Peer, restart: bool, count: &mut Faults, rng: &mut fastrand::Rng) {
+    if restart {
+        peer.stop();
+        pause(rng, 500, 3000);
+        peer.start_again();
+        count.restarted += 1;
+    } else {
+        peer.freeze();
+        pause(rng, 1000, 8000);
+        peer.thaw();
+        count.frozen += 1;
+    }
+}
+
 /// Injects faults until `done`.
 fn chaos(
     peers: &mut Peers,
@@ -473,45 +514,13 @@ fn chaos(
         if done.load(Ordering::SeqCst) {
             break;
         }
-        match rng.u8(0..8) {
-            0 => {
-                peers.slapd.freeze();
-                pause(&mut rng, 1000, 8000);
-                peers.slapd.thaw();
-                c.slapd_freezes += 1;
-            }
-            1 => {
-                peers.slapd.stop();
-                pause(&mut rng, 500, 3000);
-                peers.slapd.start_again();
-                c.slapd_restarts += 1;
-            }
-            2 => {
-                peers.haproxy.freeze();
-                pause(&mut rng, 1000, 8000);
-                peers.haproxy.thaw();
-                c.haproxy_freezes += 1;
-            }
-            3 => {
-                peers.haproxy.stop();
-                pause(&mut rng, 500, 3000);
-                peers.haproxy.start_again();
-                c.haproxy_restarts += 1;
-            }
-            4 => {
-                peers.redis.freeze();
-                pause(&mut rng, 1000, 8000);
-                peers.redis.thaw();
-                c.redis_freezes += 1;
-            }
-            5 => {
-                // Restarted empty, as a server without persistence.
-                peers.redis.stop();
-                pause(&mut rng, 500, 3000);
-                peers.redis.start_again();
-                c.redis_restarts += 1;
-            }
-            k => {
+        let k = rng.u8(0..8);
+        let restart = k % 2 == 1;
+        match k {
+            0 | 1 => fault(&mut peers.slapd, restart, &mut c.slapd, &mut rng),
+            2 | 3 => fault(&mut peers.haproxy, restart, &mut c.haproxy, &mut rng),
+            4 | 5 => fault(&mut peers.redis, restart, &mut c.redis, &mut rng),
+            _ => {
                 let slot = &slots[rng.usize(..slots.len())];
                 let (sig, count) = if k == 6 {
                     (libc::SIGKILL, &mut c.helper_kills)
@@ -547,12 +556,12 @@ fn report(results: &[(&str, Totals)], c: &Chaos, work: &Path) -> bool {
     }
     println!(
         "chaos: slapd frozen {} restarted {}; haproxy frozen {} restarted {}; redis frozen {} restarted {}; helpers killed (SIGKILL) {} terminated (SIGTERM) {}",
-        c.slapd_freezes,
-        c.slapd_restarts,
-        c.haproxy_freezes,
-        c.haproxy_restarts,
-        c.redis_freezes,
-        c.redis_restarts,
+        c.slapd.frozen,
+        c.slapd.restarted,
+        c.haproxy.frozen,
+        c.haproxy.restarted,
+        c.redis.frozen,
+        c.redis.restarted,
         c.helper_kills,
         c.helper_terms
     );
