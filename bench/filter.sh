@@ -117,6 +117,9 @@ done
 
 # --- 50 rules ------------------------------------------------------------------
 cfg=$work/filter.toml
+# Created 0600 before the bind password goes in: the helpers refuse a
+# secret-holding configuration that group or others can read.
+install -m 600 /dev/null "$cfg"
 {
   cat <<EOF
 [runtime]
@@ -179,6 +182,7 @@ rules=$(grep -c '^\[\[rule\]\]' "$cfg")
 # parsing a queue file and answering cost on their own, the floor under any
 # rule set.
 norules=$work/norules.toml
+install -m 600 /dev/null "$norules"
 sed '/^\[\[rule\]\]/,$d' "$cfg" >"$norules"
 
 run_sim() { # name, command...

@@ -358,7 +358,7 @@ dn_ttl = "{dn_ttl}"
         ),
     };
     let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
+    cgp_tests::write_config(&path, text).expect("write config");
     path.display().to_string()
 }
 
@@ -633,7 +633,7 @@ fn sql_bench(requests: usize, users: usize, in_flight: usize) {
     let pg = Postgres::start(&sql);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("auth-sql.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &config,
         format!(
             r#"{common}[cache]

@@ -98,7 +98,7 @@ secret = "s3cret"
         store = dir.join("state").display()
     );
     let path = dir.join("banner.toml");
-    std::fs::write(&path, text).unwrap();
+    crate::write_config(&path, text).unwrap();
     path
 }
 

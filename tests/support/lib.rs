@@ -49,9 +49,50 @@ pub fn bin(name: &str) -> PathBuf {
     )
 }
 
-/// The testdata directory of one helper.
+/// The testdata directory of one helper, its configuration files closed
+/// to group and others (see [`close_config`]).
 pub fn testdata(dir: &str) -> PathBuf {
-    workspace().join("testdata").join(dir)
+    let path = workspace().join("testdata").join(dir);
+    for entry in std::fs::read_dir(&path).expect("testdata directory") {
+        let file = entry.expect("testdata entry").path();
+        if file.extension().is_some_and(|e| e == "toml") {
+            close_config(&file);
+        }
+    }
+    path
+}
+
+/// An example configuration of `packaging/examples/`, closed to group and
+/// others (see [`close_config`]).
+pub fn example(name: &str) -> PathBuf {
+    let path = workspace().join("packaging/examples").join(name);
+    close_config(&path);
+    path
+}
+
+/// Writes a helper's configuration file the way an administrator must:
+/// mode 0600, since the helpers refuse one that holds a secret when group
+/// or others may read it.
+pub fn write_config(path: impl AsRef<Path>, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path.as_ref())?;
+    // An existing file keeps its mode through `open`: close it first.
+    close_config(path.as_ref());
+    file.write_all(text.as_ref())
+}
+
+/// Sets a checked-in configuration file (testdata, packaging/examples) to
+/// mode 0600: git keeps no modes, and a checkout is readable by everyone.
+pub fn close_config(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", path.display()));
 }
 
 /// A `[log]` section writing warnings to `<dir>/helper.log`, and that path.

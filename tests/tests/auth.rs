@@ -29,7 +29,7 @@ const PASSWORDS: &[&str] = &[
 /// cgp-auth started with `config` written to `dir/auth.toml`, past INTF.
 fn start(dir: &Path, config: &str) -> Session {
     let path = dir.join("auth.toml");
-    std::fs::write(&path, config).unwrap();
+    cgp_tests::write_config(&path, config).unwrap();
     Session::start(&bin("cgp-auth"), &path)
 }
 
@@ -600,7 +600,10 @@ fn the_readme_demo_runs() {
         &bin("cgp-auth"),
         &[
             "--config".into(),
-            "packaging/examples/auth-embedded.toml".into(),
+            cgp_tests::example("auth-embedded.toml")
+                .into_os_string()
+                .into_string()
+                .unwrap(),
         ],
         &workspace(),
         &input,
@@ -626,7 +629,7 @@ fn check_config_reports_errors_with_keys() {
     let dir = tempdir();
     let run = |text: &str| {
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, text).unwrap();
+        cgp_tests::write_config(&p, text).unwrap();
         let o = Command::new(bin("cgp-auth"))
             .arg("--check-config")
             .arg("--config")
@@ -639,13 +642,7 @@ fn check_config_reports_errors_with_keys() {
         )
     };
     assert!(run("").0);
-    assert!(
-        run(
-            &std::fs::read_to_string(workspace().join("packaging/examples/auth-embedded.toml"))
-                .unwrap()
-        )
-        .0
-    );
+    assert!(run(&std::fs::read_to_string(cgp_tests::example("auth-embedded.toml")).unwrap()).0);
     let (ok, err) = run("[directory]\ntype = \"ldap\"\n");
     assert!(!ok && err.contains("directory.search.base"), "{err}");
     let (ok, err) = run("[[directory.static.users]]\nname = \"a@b\"\npassword = \"plain\"\n");
@@ -724,7 +721,7 @@ fn sighup_reloads_users_and_keeps_the_state() {
         h.vrfy("bob@example.test", "alicepw"),
         r#"ERROR "invalid credentials""#
     );
-    std::fs::write(
+    cgp_tests::write_config(
         dir.path().join("auth.toml"),
         format!(
             "{base}{}{}",

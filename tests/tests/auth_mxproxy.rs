@@ -40,8 +40,16 @@ timeout = "300ms"
 }
 
 fn directory(base: &str) -> cgp_lookup::directory::Directory {
-    let top: toml::Table = toml::from_str(&table(base, "")).unwrap();
-    let config: DirectoryConfig = top["directory"].clone().try_into().unwrap();
+    directory_with(&table(base, ""))
+}
+
+fn directory_with(text: &str) -> cgp_lookup::directory::Directory {
+    // From the text, as the loader reads it: secrets carry where they are.
+    #[derive(serde::Deserialize)]
+    struct Top {
+        directory: DirectoryConfig,
+    }
+    let config = toml::from_str::<Top>(text).unwrap().directory;
     config.validate("directory").unwrap();
     config.open(&[]).unwrap()
 }
@@ -138,13 +146,92 @@ async fn contacts_are_people_by_mail_and_by_extension_and_an_expired_token_is_re
     );
 }
 
+#[tokio::test]
+async fn a_good_password_learns_mx_ext_and_jid_and_find_gives_them() {
+    let f = fake();
+    let dir = directory(f.base_url());
+    let peter = who("peterh@xyzrd.com");
+    assert_eq!(dir.verify(&peter, b"wrong").await, Ok(Verdict::Invalid));
+    assert_eq!(f.profile_reads(), 0, "only a good password asks");
+    assert_eq!(dir.find(&peter).await.unwrap().unwrap().first("mx"), None);
+    assert_eq!(dir.verify(&peter, b"78561").await, Ok(Verdict::Ok));
+    assert_eq!(f.profile_reads(), 1);
+    let p = dir.find(&peter).await.unwrap().unwrap();
+    // The contact (by mail), with what the login told added.
+    assert_eq!(p.first("cn"), Some("Peter Hyde"));
+    assert_eq!(p.first("mx"), Some("63022"));
+    assert_eq!(p.first("ext"), Some("3044"));
+    assert_eq!(p.first("jid"), Some("43884851428118509"));
+    assert!(
+        p.attributes
+            .iter()
+            .all(|(_, v)| v.iter().all(|v| !v.contains("EqNe45"))),
+        "the soft phone password is never kept: {p:?}"
+    );
+    assert_eq!(dir.verify(&peter, b"78561").await, Ok(Verdict::Ok));
+    assert_eq!(f.profile_reads(), 1, "kept for profile_ttl");
+}
+
+#[tokio::test]
+async fn without_contacts_the_login_alone_makes_the_person() {
+    let f = fake();
+    f.add_user("newbie@xyzrd.com", "pw");
+    f.set_profile("newbie@xyzrd.com", "63023", "3999", "4388485000000001");
+    let text = table(f.base_url(), "")
+        .replace("service_username = \"svc@xyzrd.com\"", "")
+        .replace("service_password = \"svc-pw\"", "");
+    let dir = directory_with(&text);
+    let newbie = who("Newbie@xyzrd.com");
+    assert_eq!(dir.find(&newbie).await, Ok(None));
+    assert_eq!(dir.verify(&newbie, b"pw").await, Ok(Verdict::Ok));
+    let p = dir.find(&newbie).await.unwrap().unwrap();
+    assert_eq!(p.first("mx"), Some("63023"));
+    assert_eq!(p.first("ext"), Some("3999"));
+    assert_eq!(p.first("telephoneNumber"), Some("3999"));
+    assert_eq!(p.id, "4388485000000001");
+    assert_eq!(dir.find(&who("other@xyzrd.com")).await, Ok(None));
+    // profile_ttl = "0s": GET /auth is not asked.
+    let f = fake();
+    let dir = directory_with(&table(f.base_url(), "profile_ttl = \"0s\""));
+    assert_eq!(
+        dir.verify(&who("peterh@xyzrd.com"), b"78561").await,
+        Ok(Verdict::Ok)
+    );
+    assert_eq!(f.profile_reads(), 0);
+}
+
+#[tokio::test]
+async fn an_expired_user_token_is_granted_again_once_and_the_verdict_stands() {
+    let f = fake();
+    let dir = directory(f.base_url());
+    let peter = who("peterh@xyzrd.com");
+    f.expire_profile_reads(1);
+    assert_eq!(dir.verify(&peter, b"78561").await, Ok(Verdict::Ok));
+    assert_eq!(
+        (f.grants(), f.profile_reads()),
+        (2, 1),
+        "granted again once"
+    );
+    assert_eq!(
+        dir.find(&peter).await.unwrap().unwrap().first("mx"),
+        Some("63022")
+    );
+    // Refused twice: the password was right, the attributes stay unknown.
+    let f = fake();
+    let dir = directory(f.base_url());
+    f.expire_profile_reads(2);
+    assert_eq!(dir.verify(&peter, b"78561").await, Ok(Verdict::Ok));
+    assert_eq!((f.grants(), f.profile_reads()), (2, 0));
+    assert_eq!(dir.find(&peter).await.unwrap().unwrap().first("mx"), None);
+}
+
 #[test]
 fn cgp_auth_answers_vrfy_from_mx_proxy() {
     let f = fake();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("auth.log");
     let path = dir.path().join("auth.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &path,
         format!(
             "[runtime]\ndeadline = \"3s\"\nstats_interval = \"0s\"\n[log]\njournald = false\nlevel = \"debug\"\nfile = {log:?}\n{}",
@@ -172,7 +259,7 @@ fn cgp_auth_answers_vrfy_from_mx_proxy() {
 
 #[test]
 fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
-    let example = cgp_tests::workspace().join("packaging/examples/auth-mxproxy.toml");
+    let example = cgp_tests::example("auth-mxproxy.toml");
     let check = |path: &std::path::Path| {
         let out = std::process::Command::new(bin("cgp-auth"))
             .arg("--check-config")
@@ -190,7 +277,7 @@ fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(&example).unwrap();
-    std::fs::write(
+    cgp_tests::write_config(
         &bad,
         text.replace("service_password = \"change-me-too\"", ""),
     )
@@ -201,7 +288,7 @@ fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
         "{err}"
     );
     assert!(!err.contains("change-me"), "{err}");
-    std::fs::write(
+    cgp_tests::write_config(
         &bad,
         text.replace("[directory.mxproxy]", "[directory.other]"),
     )

@@ -1,9 +1,9 @@
 //! `cgp-auth` members of one cluster sharing their throttling counters in a
 //! real redis-server, and what they do when it stops, freezes and returns.
 
+use cgp_tests::bin;
 use cgp_tests::redis::Redis;
 use cgp_tests::session::Session;
-use cgp_tests::{bin, workspace};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ password = "{{SSHA}}X2W8QR6LP+CsG3vDkc6H+BFqXBKaduqD"
         dir = dir.display()
     );
     let path = dir.join("auth.toml");
-    std::fs::write(&path, config).unwrap();
+    cgp_tests::write_config(&path, config).unwrap();
     Session::start(&bin("cgp-auth"), &path)
 }
 
@@ -187,7 +187,7 @@ fn the_cluster_example_validates_and_a_bad_store_names_its_key() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (ok, text) = check(&workspace().join("packaging/examples/auth-cluster.toml"));
+    let (ok, text) = check(&cgp_tests::example("auth-cluster.toml"));
     assert!(ok, "{text}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("auth.toml");
@@ -199,7 +199,7 @@ fn the_cluster_example_validates_and_a_bad_store_names_its_key() {
         ),
         ("[store]\nbackend = \"memcached\"\n", "line 2"),
     ] {
-        std::fs::write(&bad, config).unwrap();
+        cgp_tests::write_config(&bad, config).unwrap();
         let (ok, text) = check(&bad);
         assert!(!ok && text.contains(key), "{config}: {text}");
         assert!(!text.contains("s3cret"), "{text}");

@@ -14,7 +14,7 @@ fn vip_hook_brings_vips_up_and_down_once() {
     let work = tempfile::tempdir().unwrap();
     let d = work.path().display();
     let cfg = work.path().join("hook.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &cfg,
         format!(
             "state_path = \"{d}/state\"\nreconcile_interval = \"0s\"\n\
@@ -66,7 +66,7 @@ fn unknown_request_shapes_are_refused_and_logged_once_without_values() {
     let work = tempfile::tempdir().unwrap();
     let (log_section, log) = cgp_tests::warn_log(work.path());
     let cfg = work.path().join("shapes.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &cfg,
         format!(
             "reconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\

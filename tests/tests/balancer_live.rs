@@ -32,7 +32,7 @@ fn config(dir: &Path, socket: &str, backend: &str, grace: &str, interval: &str) 
         // A static balancing algorithm (the template backend) takes no weights.
         weight = if backend == "tpl" { "" } else { "weight = 5\n" },
     );
-    std::fs::write(&path, text).expect("write config");
+    cgp_tests::write_config(&path, text).expect("write config");
     path
 }
 
@@ -305,7 +305,7 @@ fn ipvs_for_real_in_a_network_namespace() {
     eprintln!("IPVS real test RUN (network namespace, kernel ip_vs)");
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("ipvs.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &cfg,
         format!(
             "drain_grace = \"1s\"\nreconcile_interval = \"0s\"\n[runtime]\nstats_interval = \"0s\"\n\

@@ -399,7 +399,7 @@ fn sighup_reloads_rules_and_keeps_pbx_links_and_the_store() {
     let mut s = session(&cfg);
     s.ask_until("BANNER Phone alice@example.com", ALICE_IDLE);
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
+    cgp_tests::write_config(
         &cfg,
         text.replace("phone {ext_state}\"", "phone {ext_state} (v2)\"")
             .replace("spool_poll = \"100ms\"", "spool_poll = \"150ms\""),
@@ -458,7 +458,7 @@ fn unknown_request_shapes_get_no_banner_and_are_logged_once_without_values() {
     let dir = tempfile::tempdir().unwrap();
     let (log_section, log) = cgp_tests::warn_log(dir.path());
     let cfg = dir.path().join("banner.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &cfg,
         format!(
             "default_banner = \"Welcome\"\n[runtime]\nstats_interval = \"0s\"\n{log_section}\

@@ -272,7 +272,7 @@ fn the_banner_shows_missed_calls_and_phone_state_and_its_default_when_the_pbx_is
     f.add_record("105", "10:30:00", "NO ANSWER");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("banner.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &path,
         format!(
             r#"
@@ -349,7 +349,7 @@ default = "PBX unavailable"
 
 #[test]
 fn the_cloudpbx_example_passes_check_config_and_errors_name_their_key() {
-    let example = cgp_tests::workspace().join("packaging/examples/banner-cloudpbx.toml");
+    let example = cgp_tests::example("banner-cloudpbx.toml");
     let out = std::process::Command::new(cgp_tests::bin("cgp-banner"))
         .arg("--config")
         .arg(&example)
@@ -381,7 +381,7 @@ fn the_cloudpbx_example_passes_check_config_and_errors_name_their_key() {
         ),
     ] {
         let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, text.replace(from, to)).unwrap();
+        cgp_tests::write_config(&bad, text.replace(from, to)).unwrap();
         let out = std::process::Command::new(cgp_tests::bin("cgp-banner"))
             .arg("--config")
             .arg(&bad)

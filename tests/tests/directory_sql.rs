@@ -305,7 +305,7 @@ enabled = false
         store = dir.join("store").display(),
     );
     let path = dir.join("auth.toml");
-    std::fs::write(&path, config).unwrap();
+    cgp_tests::write_config(&path, config).unwrap();
     Session::start(&bin("cgp-auth"), &path)
 }
 
@@ -403,7 +403,7 @@ fn cgp_auth_verdicts_faults_and_recovery() {
 
 #[test]
 fn the_sql_example_passes_check_config_and_a_spliced_value_does_not() {
-    let example = cgp_tests::workspace().join("packaging/examples/auth-sql.toml");
+    let example = cgp_tests::example("auth-sql.toml");
     let check = |path: &Path| {
         std::process::Command::new(bin("cgp-auth"))
             .arg("--check-config")
@@ -424,7 +424,7 @@ fn the_sql_example_passes_check_config_and_a_spliced_value_does_not() {
         "locked FROM users WHERE email = {address}",
         "locked FROM users WHERE email = '{address}'",
     );
-    std::fs::write(&bad, text).unwrap();
+    cgp_tests::write_config(&bad, text).unwrap();
     let out = check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -4,7 +4,7 @@
 
 use cgp_tests::slapd::{SERVICE_PASSWORD, Slapd};
 use cgp_tests::transcript::{Outcome, check_contract, run};
-use cgp_tests::{bin, testdata, workspace};
+use cgp_tests::{bin, testdata};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ impl Base {
 
     fn config(&self, text: &str) -> PathBuf {
         let p = self.path().join("filter.toml");
-        std::fs::write(&p, text).expect("config");
+        cgp_tests::write_config(&p, text).expect("config");
         p
     }
 
@@ -87,7 +87,7 @@ fn message(source: &str, sender: &str, rcpts: &[&str], header: &str) -> String {
 
 /// The shipped example configuration, pointed at the test slapd.
 fn example_config(slapd: &Slapd, log: &Path) -> String {
-    let text = std::fs::read_to_string(workspace().join("packaging/examples/filter.toml"))
+    let text = std::fs::read_to_string(cgp_tests::example("filter.toml"))
         .expect("packaging/examples/filter.toml");
     let replaced = text
         .replace("ldap://127.0.0.1:389", &slapd.uri())
@@ -111,7 +111,7 @@ const REFUSED: &str = "is not allowed to send mail outside the organisation; ask
 fn example_configuration_is_valid() {
     let out = std::process::Command::new(bin("cgp-filter"))
         .args(["--check-config", "--config"])
-        .arg(workspace().join("packaging/examples/filter.toml"))
+        .arg(cgp_tests::example("filter.toml"))
         .output()
         .expect("run cgp-filter");
     assert!(

@@ -67,7 +67,7 @@ name = "notify"
             url = self.fake.base_url(),
         );
         let path = self.dir.path().join("filter.toml");
-        std::fs::write(&path, config).expect("config");
+        cgp_tests::write_config(&path, config).expect("config");
         Session::start(&bin("cgp-filter"), &path)
     }
 

@@ -55,7 +55,7 @@ fn the_metrics_file_appears_parses_counts_and_is_replaced_whole() {
     let dir = tempfile::tempdir().unwrap();
     let prom = dir.path().join("probe.prom");
     let config = dir.path().join("probe.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &config,
         format!(
             "[runtime]\nstats_interval = \"200ms\"\n[runtime.metrics]\nfile = \"{}\"\n",
@@ -140,7 +140,7 @@ fn a_helper_counts_its_cache_hits() {
         text, base,
         "the test config has no stats_interval line to replace"
     );
-    std::fs::write(&config, text).unwrap();
+    cgp_tests::write_config(&config, text).unwrap();
     let mut h = Session::start(&bin("cgp-auth"), &config);
     assert_eq!(h.ask("VRFY alice@example.test alicepw"), "OK");
     assert_eq!(h.ask("VRFY alice@example.test alicepw"), "OK");

@@ -358,7 +358,7 @@ fn every_example_configuration_passes_check_config() {
             HELPERS.contains(&helper.as_str()),
             "{example}: no helper {helper}"
         );
-        let path = workspace().join("packaging/examples").join(&example);
+        let path = cgp_tests::example(&example);
         let text = stdout(
             Command::new(bin(&helper))
                 .arg("--check-config")

@@ -18,7 +18,7 @@ fn probe(config: &std::path::Path, extra: &[&str]) -> Session {
 
 fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let p = dir.path().join("probe.toml");
-    std::fs::write(&p, text).unwrap();
+    cgp_tests::write_config(&p, text).unwrap();
     p
 }
 
@@ -256,7 +256,7 @@ fn sighup_reloads_and_a_bad_file_keeps_the_old_configuration() {
     h.send_line("2 SLEEP 1000");
     h.send_line("3 ECHO x");
     assert_eq!(h.line(false), "3 OK (x)");
-    std::fs::write(&path, "[runtime]\ndeadline = \"300ms\"\n").unwrap();
+    cgp_tests::write_config(&path, "[runtime]\ndeadline = \"300ms\"\n").unwrap();
     h.signal(libc::SIGHUP);
     h.info_starting("* configuration reloaded");
     assert_eq!(h.line(false), "2 OK");
@@ -264,7 +264,7 @@ fn sighup_reloads_and_a_bad_file_keeps_the_old_configuration() {
     h.send_line("30 HANG");
     assert_eq!(h.line(false), "30 FAILURE \"timeout\"");
     // A broken file is refused, naming the problem without its text.
-    std::fs::write(&path, "[runtime]\ndeadline = \"secret-ish\"\n").unwrap();
+    cgp_tests::write_config(&path, "[runtime]\ndeadline = \"secret-ish\"\n").unwrap();
     h.signal(libc::SIGHUP);
     let refused = h.info_starting("* configuration reload refused, old configuration kept:");
     assert!(refused.contains("line 2"), "{refused}");
@@ -336,7 +336,7 @@ fn check_config_names_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
+    cgp_tests::write_config(
         &bad,
         "[runtime]\nmax_in_flight = 8\n[log]\nlevl = \"info\"\n",
     )

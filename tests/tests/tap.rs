@@ -392,7 +392,7 @@ fn a_capture_that_stops_taking_bytes_does_not_hold_the_helper() {
 fn signals_reach_the_helper_and_its_end_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("probe.toml");
-    std::fs::write(&config, "").unwrap();
+    cgp_tests::write_config(&config, "").unwrap();
     let start = || {
         let mut cmd = Command::new(bin("cgp-helper-sim"));
         cmd.args(tap_args(&dir.path().join("cap")))

@@ -26,6 +26,7 @@ use asterisk_rs_ami::action::{
 use asterisk_rs_ami::{AmiClient, AmiEvent, AmiResponse};
 use asterisk_rs_core::config::{ConnectionState, ReconnectPolicy};
 use asterisk_rs_core::event::EventReceive;
+use cgp_runtime::config::Secret;
 use cgp_runtime::sync;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -80,7 +81,7 @@ pub struct AmiServer {
     #[serde(default = "default_port")]
     pub port: u16,
     pub username: String,
-    pub secret: String,
+    pub secret: Secret,
     /// Refuse to log in when the server offers no MD5 challenge, instead of
     /// falling back to a plain-text `Secret`.
     #[serde(default)]
@@ -414,7 +415,7 @@ async fn supervise(
         let built = AmiClient::builder()
             .host(&server.host)
             .port(server.port)
-            .credentials(&server.username, &server.secret)
+            .credentials(&server.username, server.secret.expose())
             .require_challenge(server.require_md5)
             .timeout(config.action_timeout)
             .connect_timeout(config.connect_timeout)

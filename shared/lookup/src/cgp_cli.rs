@@ -8,10 +8,10 @@
 //! every step has a timeout, and a broken session is reopened on the next
 //! command.
 
+use cgp_runtime::config::{Secret, SecretFile};
 use cgp_wire::data::{Value, parse_value};
 use serde::Deserialize;
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -30,9 +30,9 @@ pub struct CliConfig {
     /// A CGP account with the rights the commands need (e.g. postmaster).
     pub login: String,
     /// Its password; never logged.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Or a file holding the password (first line).
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<SecretFile>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// One command, from sending it to its reply.
@@ -129,25 +129,20 @@ impl CliClient {
     pub fn new(cfg: &CliConfig) -> Result<CliClient, String> {
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), None) => p.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("password_file {}: {e}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            (None, Some(path)) => path.read().map_err(|e| format!("password_file {e}"))?,
             (Some(_), Some(_)) => return Err("give password or password_file, not both".into()),
             (None, None) => return Err("the CLI needs password or password_file".into()),
         };
         if cfg.login.is_empty() || cfg.login.contains(['\r', '\n', ' ']) {
             return Err("the CLI login must be one word".into());
         }
-        if password.contains(['\r', '\n']) {
+        if password.expose().contains(['\r', '\n']) {
             return Err("the CLI password cannot contain line breaks".into());
         }
         Ok(CliClient {
             address: cfg.address.clone(),
             login: cfg.login.clone(),
-            password,
+            password: password.expose().to_string(),
             connect_timeout: cfg.connect_timeout,
             op_timeout: cfg.op_timeout,
             session: Mutex::new(None),

@@ -27,6 +27,7 @@ use crate::pbx::{
     ExtState, ExtensionId, MissedCalls, PbxBackend, PbxError, PbxEvent, PbxFuture, Voicemail,
 };
 use asterisk_rs_core::config::ReconnectPolicy;
+use cgp_runtime::config::Secret;
 use cgp_runtime::sync;
 use futures_util::StreamExt;
 use jiff::tz::TimeZone;
@@ -52,7 +53,7 @@ pub struct CloudPbxConfig {
     /// API hosts, tried in this order (the first that answers is kept).
     pub base_urls: Vec<Url>,
     /// The API key, sent as `Authorization: Bearer` and as `pbxkey`.
-    pub api_key: String,
+    pub api_key: Secret,
     /// Time zone of the exchange's clock (`calldate`, the day the records
     /// are read for); unset: the system's.
     #[serde(default)]
@@ -321,7 +322,7 @@ impl Rest {
 
     async fn get_one(&self, url: Url) -> Result<Vec<u8>, PbxError> {
         let c = &self.config;
-        let req = self.http.get(url).bearer_auth(&c.api_key);
+        let req = self.http.get(url).bearer_auth(c.api_key.expose());
         exchange(req, &c.name, c.max_response_bytes)
             .await
             .map_err(|f| f.error)
@@ -559,7 +560,7 @@ async fn open(rest: &Rest) -> Result<Stream, String> {
         .max_frame_size(Some(c.max_response_bytes));
     let mut errors = Vec::new();
     for base in &c.base_urls {
-        let url = stream_url(base, &c.name, &c.api_key);
+        let url = stream_url(base, &c.name, c.api_key.expose());
         let connect =
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
         match tokio::time::timeout(c.timeout, connect).await {

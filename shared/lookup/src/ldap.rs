@@ -12,6 +12,7 @@ pub(crate) mod conn;
 mod ppolicy;
 
 use cgp_runtime::KeyError;
+use cgp_runtime::config::{Secret, SecretFile};
 use conn::{Pools, Purpose};
 use serde::{Deserialize, Deserializer};
 use std::collections::HashMap;
@@ -33,9 +34,9 @@ pub struct LdapConfig {
     /// The service account for searches; anonymous when absent.
     pub bind_dn: Option<String>,
     /// The service account's password; never logged.
-    pub bind_password: Option<String>,
+    pub bind_password: Option<Secret>,
     /// A file holding the service account's password (first line).
-    pub bind_password_file: Option<PathBuf>,
+    pub bind_password_file: Option<SecretFile>,
     /// TCP connect plus TLS plus the service bind, per server tried.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,

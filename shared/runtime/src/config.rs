@@ -7,6 +7,9 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod secret;
+pub use secret::{Exposure, Secret, SecretError, SecretFile, either, holds_secret, judge};
+
 /// Settings of the runtime itself, the `[runtime]` table of every helper.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -183,7 +186,8 @@ pub fn load<C: HelperConfig>(path: Option<&Path>) -> Result<C, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-    let config: C = toml::from_str(&text).map_err(|e| {
+    let (parsed, held) = secret::collect(|| toml::from_str::<C>(&text));
+    let config: C = parsed.map_err(|e| {
         let location = e
             .span()
             .map(|s| {
@@ -198,6 +202,15 @@ pub fn load<C: HelperConfig>(path: Option<&Path>) -> Result<C, ConfigError> {
         ))
     })?;
     check_common(&config, path, &text)?;
+    if let Some((i, e)) = secret::check(path, &held) {
+        let start = held[i].span.start;
+        let key = key_at(&text, start).unwrap_or_default();
+        return Err(ConfigError(format!(
+            "{}: line {}, key `{key}` holds a secret: {e}",
+            path.display(),
+            line_col(&text, start).0,
+        )));
+    }
     Ok(config)
 }
 
@@ -283,6 +296,37 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
     let segments: Vec<&str> = key.split('.').collect();
     let start = key_span(root.get_ref(), &segments)?;
     Some(line_col(text, start).0)
+}
+
+/// The dotted key (`store.redis.urls[1]`) whose value is at `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    value_key(root.get_ref(), offset)
+}
+
+fn value_key(table: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+    table.iter().find_map(|(k, v)| {
+        let name = k.get_ref().as_ref();
+        let inner = match v.get_ref() {
+            toml::de::DeValue::Table(t) => value_key(t, offset)?,
+            toml::de::DeValue::Array(a) => a.iter().enumerate().find_map(|(i, item)| {
+                let at = format!("[{i}]");
+                match item.get_ref() {
+                    toml::de::DeValue::Table(t) => Some(format!("{at}.{}", value_key(t, offset)?)),
+                    _ => item.span().contains(&offset).then_some(at),
+                }
+            })?,
+            _ => return v.span().contains(&offset).then(|| name.to_string()),
+        };
+        Some(format!(
+            "{name}{}",
+            if inner.starts_with('[') {
+                inner
+            } else {
+                format!(".{inner}")
+            }
+        ))
+    })
 }
 
 /// Where the key `segments` names starts in a table.
@@ -438,6 +482,127 @@ mod tests {
             write("[runtime]\nstats_interval = \"0s\"\n[runtime.metrics]\nfile = \"/m/a.prom\"\n");
         let e = load::<BasicConfig>(Some(&f.0)).unwrap_err().to_string();
         assert!(e.contains("line 2, key `runtime.stats_interval`"), "{e}");
+    }
+
+    /// A helper's configuration with secrets in it.
+    #[derive(Clone, Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct WithSecrets {
+        runtime: RuntimeConfig,
+        log: LogConfig,
+        db: Db,
+    }
+
+    #[derive(Clone, Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Db {
+        password: Option<Secret>,
+        password_file: Option<SecretFile>,
+    }
+
+    impl HelperConfig for WithSecrets {
+        fn runtime(&self) -> &RuntimeConfig {
+            &self.runtime
+        }
+        fn log(&self) -> &LogConfig {
+            &self.log
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_in_an_open_file_is_refused_naming_file_key_mode_and_fix() {
+        let f = write("[log]\nlevel = \"info\"\n[db]\npassword = \"hunter2\"\n");
+        chmod(&f.0, 0o644);
+        let e = load::<WithSecrets>(Some(&f.0)).unwrap_err().to_string();
+        let name = f.0.display().to_string();
+        assert!(
+            e.starts_with(&format!("{name}: line 4, key `db.password` holds a secret: {name}: mode 0644, open to others")),
+            "{e}"
+        );
+        assert!(e.contains(&format!("run `chmod 600 {name}`")), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        chmod(&f.0, 0o600);
+        let c = load::<WithSecrets>(Some(&f.0)).unwrap();
+        assert_eq!(c.db.password.unwrap().expose(), "hunter2");
+        // The same file without a secret may be read by anyone.
+        let f = write("[log]\nlevel = \"info\"\n");
+        chmod(&f.0, 0o644);
+        load::<WithSecrets>(Some(&f.0)).unwrap();
+    }
+
+    #[test]
+    fn an_open_secret_file_is_refused_and_a_missing_one_left_to_its_reader() {
+        let secret = write("s3cret\n");
+        chmod(&secret.0, 0o640);
+        let f = write(&format!(
+            "[db]\n\npassword_file = \"{}\"\n",
+            secret.0.display()
+        ));
+        chmod(&f.0, 0o644);
+        let e = load::<WithSecrets>(Some(&f.0)).unwrap_err().to_string();
+        let name = secret.0.display().to_string();
+        assert!(
+            e.contains(&format!("line 3, key `db.password_file` holds a secret: {name}: mode 0640, readable by its group")),
+            "{e}"
+        );
+        assert!(e.contains(&format!("run `chmod 600 {name}`")), "{e}");
+        chmod(&secret.0, 0o600);
+        load::<WithSecrets>(Some(&f.0)).unwrap();
+        let f = write("[db]\npassword_file = \"/nonexistent/pw\"\n");
+        load::<WithSecrets>(Some(&f.0)).unwrap();
+    }
+
+    #[test]
+    fn a_value_that_holds_a_secret_sometimes_says_so() {
+        #[derive(Clone, Debug, Default, Deserialize)]
+        #[serde(default)]
+        struct Urls {
+            runtime: RuntimeConfig,
+            log: LogConfig,
+            urls: Vec<Url>,
+        }
+        #[derive(Clone, Debug, Default)]
+        struct Url;
+        impl<'de> Deserialize<'de> for Url {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+                let u = toml::Spanned::<String>::deserialize(d)?;
+                if u.get_ref().contains('@') {
+                    holds_secret(u.span());
+                }
+                Ok(Url)
+            }
+        }
+        impl HelperConfig for Urls {
+            fn runtime(&self) -> &RuntimeConfig {
+                &self.runtime
+            }
+            fn log(&self) -> &LogConfig {
+                &self.log
+            }
+        }
+        let f = write("urls = [\"redis://a\", \"redis://:pw@b\"]\n");
+        chmod(&f.0, 0o604);
+        let e = load::<Urls>(Some(&f.0)).unwrap_err().to_string();
+        assert!(e.contains("line 1, key `urls[1]` holds a secret"), "{e}");
+        let f = write("urls = [\"redis://a\"]\n");
+        chmod(&f.0, 0o604);
+        load::<Urls>(Some(&f.0)).unwrap();
+    }
+
+    #[test]
+    fn keys_of_values_are_found_in_tables_and_arrays_of_tables() {
+        let text =
+            "a = 1\n[x.y]\np = \"s\"\n[[u]]\nn = \"1\"\n[[u]]\nn = \"2\"\nl = [\"q\", \"r\"]\n";
+        let at = |needle: &str| key_at(text, text.find(needle).unwrap());
+        assert_eq!(at("\"s\"").as_deref(), Some("x.y.p"));
+        assert_eq!(at("\"2\"").as_deref(), Some("u[1].n"));
+        assert_eq!(at("\"r\"").as_deref(), Some("u[1].l[1]"));
+        assert_eq!(at("1\n").as_deref(), Some("a"));
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn soak_config(
 ) -> Result<(Option<PathBuf>, String), String> {
     let template = soak_dir.join(format!("config/{short}.toml"));
     let path = work.join(format!("config/{short}.toml"));
-    std::fs::write(&path, fill(&read(&template)?)).map_err(|e| e.to_string())?;
+    cgp_tests::write_config(&path, fill(&read(&template)?)).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(work.join(format!("state/{short}"))).map_err(|e| e.to_string())?;
     let check = Command::new(helper)
         .arg("--config")

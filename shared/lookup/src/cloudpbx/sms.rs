@@ -11,9 +11,9 @@
 use super::{Failed, check_base_urls, exchange, host};
 use crate::http::endpoint;
 use crate::pbx::PbxError;
+use cgp_runtime::config::{Secret, SecretFile, either};
 use cgp_runtime::sync;
 use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 use url::Url;
@@ -22,17 +22,19 @@ use url::Url;
 pub const MAX_BODY_CHARS: usize = 1024;
 
 /// The SMS gateway of a CloudPBX exchange (`[sms.cloudpbx]` of cgp-filter).
-#[derive(Clone, Deserialize, PartialEq)]
+/// The key is a secret: its file, or the configuration file holding it,
+/// must be closed to group and others (checked at load).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
     /// API hosts, tried in this order while they cannot be connected to.
     pub base_urls: Vec<Url>,
     /// The API key, sent as `Authorization: Bearer`; or `api_key_file`.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// A file whose first line is the API key.
     #[serde(default)]
-    pub api_key_file: Option<PathBuf>,
+    pub api_key_file: Option<SecretFile>,
     /// Bound on one request, body included.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -50,19 +52,6 @@ fn default_timeout() -> Duration {
 }
 fn default_max_response_bytes() -> usize {
     64 << 10
-}
-
-/// Keeps the API key out of logs and error texts.
-impl std::fmt::Debug for SmsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmsConfig")
-            .field("base_urls", &self.base_urls)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
-            .field("api_key_file", &self.api_key_file)
-            .field("timeout", &self.timeout)
-            .field("test", &self.test)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SmsConfig {
@@ -92,15 +81,12 @@ impl SmsConfig {
         Ok(())
     }
 
-    /// The API key, read from `api_key_file` when given there.
-    fn key(&self) -> Result<String, String> {
-        match (&self.api_key, &self.api_key_file) {
-            (Some(k), _) => Ok(k.clone()),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|e| format!("api_key_file {}: {e}", f.display()))
-                .map(|t| t.lines().next().unwrap_or_default().trim().to_string()),
-            (None, None) => Err("no api_key".into()),
-        }
+    /// The API key, read from `api_key_file` when given there (its mode
+    /// checked again).
+    fn key(&self) -> Result<Secret, String> {
+        either(self.api_key.as_ref(), self.api_key_file.as_ref())
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no api_key".into())
     }
 }
 
@@ -200,7 +186,7 @@ fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 pub struct SmsGateway {
     http: reqwest::Client,
     config: SmsConfig,
-    key: String,
+    key: Secret,
     /// The host that took the last request.
     preferred: Mutex<usize>,
 }
@@ -239,7 +225,7 @@ impl SmsGateway {
             let req = self
                 .http
                 .post(endpoint(&bases[i], &["sendSMS"], &[]))
-                .bearer_auth(&self.key)
+                .bearer_auth(self.key.expose())
                 .form(&form);
             match exchange(req, NAME, self.config.max_response_bytes).await {
                 Ok(body) => {
@@ -328,7 +314,7 @@ mod tests {
     fn the_key_stays_out_of_debug_and_one_key_is_needed() {
         let cfg = SmsConfig {
             base_urls: vec!["https://api.example/".parse().unwrap()],
-            api_key: Some("s3cret".into()),
+            api_key: Some(Secret::from("s3cret")),
             api_key_file: None,
             timeout: default_timeout(),
             max_response_bytes: 10,

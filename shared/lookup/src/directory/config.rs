@@ -10,6 +10,7 @@ use super::template::{AccountDn, AccountFilter, EntryFilter, Template};
 use super::{Account, CacheConfig, Directory, DirectoryError, GroupRef};
 use crate::ldap::{LdapConfig, Scope};
 use cgp_runtime::KeyError;
+use cgp_runtime::config::Secret;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 
@@ -173,7 +174,7 @@ pub struct StaticUser {
     #[serde(default)]
     pub disabled: bool,
     /// The secret READPLAIN returns (e.g. a SIP password).
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Further mail addresses the person is found by (the name always is).
     #[serde(default)]
     pub mail: Vec<Account>,
@@ -199,12 +200,15 @@ impl<'de> Deserialize<'de> for Account {
 }
 
 /// Clear text is parsed here and refused in `validate` unless
-/// `allow_plaintext` (a sibling key) allows it.
+/// `allow_plaintext` (a sibling key) allows it; it makes the file a
+/// secret-holding one.
 fn de_stored<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stored>, D::Error> {
-    let s = String::deserialize(d)?;
-    Stored::parse(&s, true)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    let s = toml::Spanned::<String>::deserialize(d)?;
+    let stored = Stored::parse(s.get_ref(), true).map_err(serde::de::Error::custom)?;
+    if matches!(stored, Stored::Plain(_)) {
+        cgp_runtime::config::holds_secret(s.span());
+    }
+    Ok(Some(stored))
 }
 
 fn de_scope<'de, D: Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
@@ -347,7 +351,10 @@ impl DirectoryConfig {
                 let m = self.mxproxy.as_ref().ok_or_else(|| {
                     DirectoryError::Failed("type = \"mxproxy\" needs [directory.mxproxy]".into())
                 })?;
-                Directory::with_backend(super::mxproxy::MxProxy::new(m)?, &self.cache)
+                Directory::with_backend(
+                    super::mxproxy::MxProxy::new(m, self.cache.max_entries)?,
+                    &self.cache,
+                )
             }
         })
     }

@@ -11,9 +11,16 @@
 //!   are [`DirectoryError::Unavailable`] within `timeout`.
 //! - The service account's token is held in memory until `expires_in`, and
 //!   granted again when the server says it expired (401).
+//! - After a good password the user's own token asks `GET /auth` who they
+//!   are on the MX server (`mx`, `ext`, `jid`), unless that is known from
+//!   less than `profile_ttl` ago; `find` adds it to the person (contacts
+//!   first), so `NEW` right after a login has it. The answer's
+//!   `softPhonePwd` is never read.
 
-use super::{Account, Backend, BoxFuture, By, DirectoryError, Person, Verdict};
+use super::cache::Cache;
+use super::{Account, Backend, BoxFuture, By, CacheConfig, DirectoryError, Person, Verdict};
 use crate::http::{self, BodyError};
+use cgp_runtime::config::Secret;
 use cgp_runtime::sync;
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
@@ -27,7 +34,7 @@ pub struct MxProxyConfig {
     pub base_url: Url,
     pub client_id: String,
     /// The application's secret (HTTP Basic on `POST /auth`); never logged.
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// What the grant's `username` is: the whole address or its user part.
     #[serde(default)]
     pub login: Login,
@@ -36,13 +43,21 @@ pub struct MxProxyConfig {
     #[serde(default)]
     pub service_username: Option<String>,
     #[serde(default)]
-    pub service_password: Option<String>,
+    pub service_password: Option<Secret>,
     /// Bound on one call, body included.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Largest body taken; larger ones are an error.
     #[serde(default = "default_max")]
     pub max_response_bytes: usize,
+    /// How long what `GET /auth` told of a user (mx, ext, jid) is kept
+    /// after a good password; `0s`: `GET /auth` is not asked.
+    #[serde(default = "default_profile_ttl", with = "humantime_serde")]
+    pub profile_ttl: Duration,
+}
+
+fn default_profile_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_timeout() -> Duration {
@@ -73,6 +88,7 @@ impl std::fmt::Debug for MxProxyConfig {
             .field("service_username", &self.service_username)
             .field("service_password", &"<hidden>")
             .field("timeout", &self.timeout)
+            .field("profile_ttl", &self.profile_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +120,40 @@ struct Grant {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
+}
+
+/// `GET /auth`: the token's owner on the MX server. The answer also holds
+/// the soft phone's password, which is not even read.
+#[derive(Deserialize)]
+struct Me {
+    #[serde(default)]
+    mx: String,
+    #[serde(default)]
+    ext: String,
+    #[serde(default)]
+    jid: String,
+}
+
+impl Me {
+    /// A person with `mx`, `ext` (and `telephoneNumber`, as contacts have
+    /// it) and `jid`.
+    fn person(self) -> Person {
+        let mut p = Person {
+            id: self.jid.clone(),
+            ..Person::default()
+        };
+        for (name, value) in [
+            ("mx", self.mx),
+            ("ext", self.ext.clone()),
+            ("telephoneNumber", self.ext),
+            ("jid", self.jid),
+        ] {
+            if !value.is_empty() {
+                p.push_values(name, [value]);
+            }
+        }
+        p
+    }
 }
 
 #[derive(Deserialize)]
@@ -173,10 +223,18 @@ pub(crate) struct MxProxy {
     config: MxProxyConfig,
     /// The service account's token and when it expires.
     service: Mutex<Option<(String, Instant)>>,
+    /// What `GET /auth` told of users after their good passwords, by
+    /// address; as bounded as the directory's cache.
+    profiles: Cache,
 }
 
 impl MxProxy {
-    pub(crate) fn new(config: &MxProxyConfig) -> Result<MxProxy, DirectoryError> {
+    /// `max_entries`: the directory cache's bound, which the kept profiles
+    /// share.
+    pub(crate) fn new(
+        config: &MxProxyConfig,
+        max_entries: usize,
+    ) -> Result<MxProxy, DirectoryError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -186,6 +244,11 @@ impl MxProxy {
             http,
             config: config.clone(),
             service: Mutex::new(None),
+            profiles: Cache::new(&CacheConfig {
+                ttl: config.profile_ttl,
+                negative_ttl: Duration::ZERO,
+                max_entries,
+            }),
         })
     }
 
@@ -203,7 +266,10 @@ impl MxProxy {
         let resp = self
             .http
             .post(self.url("auth"))
-            .basic_auth(&self.config.client_id, Some(&self.config.client_secret))
+            .basic_auth(
+                &self.config.client_id,
+                Some(self.config.client_secret.expose()),
+            )
             .form(&form)
             .send()
             .await
@@ -244,7 +310,7 @@ impl MxProxy {
                 }
             }
         }
-        match self.grant(user, password).await? {
+        match self.grant(user, password.expose()).await? {
             Granted::Token(t, life) => {
                 *sync::lock(&self.service) = Some((t.clone(), Instant::now() + life));
                 Ok(Some(t))
@@ -255,6 +321,37 @@ impl MxProxy {
         }
     }
 
+    /// `GET <path>` with a Bearer token: the JSON answer, or `None` when
+    /// the server says the token expired (401).
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> Result<Option<T>, DirectoryError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status().as_u16() {
+            200 => {
+                let body = http::read_body(resp, self.config.max_response_bytes)
+                    .await
+                    .map_err(body_error)?;
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| DirectoryError::Failed(format!("MX Proxy /{path}: {e}")))
+            }
+            401 => Ok(None),
+            s @ 500.. => Err(DirectoryError::Unavailable(format!("MX Proxy: HTTP {s}"))),
+            s => Err(DirectoryError::Failed(format!(
+                "MX Proxy: HTTP {s} on /{path}"
+            ))),
+        }
+    }
+
     /// `GET /contacts`, once more with a new token when the server says
     /// the token expired.
     async fn contacts(&self) -> Result<Vec<Contact>, DirectoryError> {
@@ -262,36 +359,43 @@ impl MxProxy {
             let Some(token) = self.service_token(stale).await? else {
                 return Ok(Vec::new());
             };
-            let resp = self
-                .http
-                .get(self.url("contacts"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            match resp.status().as_u16() {
-                200 => {
-                    let body = http::read_body(resp, self.config.max_response_bytes)
-                        .await
-                        .map_err(body_error)?;
-                    let c: Contacts = serde_json::from_slice(&body)
-                        .map_err(|e| DirectoryError::Failed(format!("MX Proxy /contacts: {e}")))?;
-                    return Ok(c.contacts);
-                }
-                401 => continue,
-                s @ 500.. => {
-                    return Err(DirectoryError::Unavailable(format!("MX Proxy: HTTP {s}")));
-                }
-                s => {
-                    return Err(DirectoryError::Failed(format!(
-                        "MX Proxy: HTTP {s} on /contacts"
-                    )));
-                }
+            if let Some(c) = self.get::<Contacts>("contacts", &token).await? {
+                return Ok(c.contacts);
             }
         }
         Err(DirectoryError::Failed(
             "MX Proxy refused a newly granted token".into(),
         ))
+    }
+
+    /// After a good password: who the user is on the MX server, with their
+    /// own `token` (granted once more with `password` if the server says it
+    /// expired), unless known from less than `profile_ttl` ago. A failure
+    /// is logged; the password was right all the same.
+    async fn learn(&self, account: &Account, token: String, password: &str) {
+        if self.config.profile_ttl.is_zero() {
+            return;
+        }
+        let ask = || async {
+            let mut token = token;
+            for stale in [false, true] {
+                if stale {
+                    match self.grant(self.username(account), password).await? {
+                        Granted::Token(t, _) => token = t,
+                        Granted::Refused => break,
+                    }
+                }
+                if let Some(me) = self.get::<Me>("auth", &token).await? {
+                    return Ok(Some(Arc::new(me.person())));
+                }
+            }
+            Err(DirectoryError::Failed(
+                "MX Proxy refused a newly granted token on GET /auth".into(),
+            ))
+        };
+        if let Err(e) = self.profiles.get(account.address(), ask).await {
+            tracing::warn!(account = %account, error = %e, "MX Proxy: GET /auth failed; the user's mx, ext and jid are not known");
+        }
     }
 
     fn username<'a>(&self, account: &'a Account) -> &'a str {
@@ -306,9 +410,13 @@ impl MxProxy {
         let Ok(password) = std::str::from_utf8(password) else {
             return Ok(Verdict::Invalid);
         };
-        // The token proves the password; it is dropped here.
+        // The token proves the password, asks who the user is, and is
+        // dropped.
         Ok(match self.grant(self.username(account), password).await? {
-            Granted::Token(..) => Verdict::Ok,
+            Granted::Token(token, _) => {
+                self.learn(account, token, password).await;
+                Verdict::Ok
+            }
             Granted::Refused => Verdict::Invalid,
         })
     }
@@ -333,7 +441,7 @@ impl Backend for MxProxy {
         Box::pin(async move {
             let account = by.account();
             let contacts = self.contacts().await?;
-            Ok(contacts
+            let mut found: Vec<Person> = contacts
                 .into_iter()
                 .filter(|c| {
                     let mail = c
@@ -343,8 +451,24 @@ impl Backend for MxProxy {
                     let ext = matches!(by, By::Account(_)) && c.ext == account.user();
                     mail || ext
                 })
-                .map(|c| Arc::new(c.person()))
-                .collect())
+                .map(Contact::person)
+                .collect();
+            // What the user's own login told: added to their contact, or
+            // the person when the contact list has none (or is not read).
+            if let Some(me) = self.profiles.peek(account.address()).flatten() {
+                match found.as_mut_slice() {
+                    [] => found.push(Person::clone(&me)),
+                    [one] => {
+                        for (name, values) in &me.attributes {
+                            if one.values(name).is_empty() {
+                                one.push_values(name, values.iter().cloned());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(found.into_iter().map(Arc::new).collect())
         })
     }
 

@@ -11,6 +11,7 @@
 use super::password::{self, Stored};
 use super::template::{self, Field, Part, TemplateError};
 use super::{Account, Backend, BoxFuture, By, DirectoryError, Group, GroupRef, Person, Verdict};
+use cgp_runtime::config::{self as secret, Secret, SecretFile};
 use cgp_runtime::{KeyError, sync};
 use serde::{Deserialize, Deserializer};
 use std::collections::HashMap;
@@ -32,9 +33,9 @@ pub struct SqlConfig {
     pub dbname: String,
     pub user: String,
     /// The database password; never logged.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// A file holding the database password (first line).
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<SecretFile>,
     pub tls: TlsMode,
     /// PEM file with the CA certificates to trust instead of the system ones.
     pub ca_file: Option<PathBuf>,
@@ -455,16 +456,8 @@ impl SqlDirectory {
     /// Builds one pool per server; reads `password_file` and `ca_file`,
     /// opens no connection.
     pub fn new(config: &SqlConfig) -> Result<SqlDirectory, DirectoryError> {
-        let password = match (&config.password, &config.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    DirectoryError::Failed(format!("password_file {}: {e}", path.display()))
-                })?;
-                Some(text.lines().next().unwrap_or_default().to_string())
-            }
-            (None, None) => None,
-        };
+        let password = secret::either(config.password.as_ref(), config.password_file.as_ref())
+            .map_err(|e| DirectoryError::Failed(format!("password_file {e}")))?;
         let tls = match config.tls {
             TlsMode::Disable => Tls::None,
             TlsMode::Require => Tls::Rustls(tls_connector(config).map_err(DirectoryError::Failed)?),
@@ -488,7 +481,7 @@ impl SqlDirectory {
                     config.statement_timeout.as_millis()
                 ));
             if let Some(p) = &password {
-                pg.password(p);
+                pg.password(p.expose());
             }
             servers.push(Server {
                 name: host.to_string(),

@@ -41,7 +41,7 @@ impl StaticDirectory {
                 person: Arc::new(person),
                 stored: u.password.clone(),
                 disabled: u.disabled,
-                secret: u.secret.clone(),
+                secret: u.secret.as_ref().map(|s| s.expose().to_string()),
             });
             users.insert(u.name.address().to_string(), user.clone());
             for address in std::iter::once(&u.name).chain(&u.mail) {

@@ -72,17 +72,13 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(cfg: &LdapConfig) -> Result<Pools, String> {
-        let password = match (&cfg.bind_password, &cfg.bind_password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("bind_password_file {}: {e}", path.display()))?;
-                Some(text.lines().next().unwrap_or_default().to_string())
-            }
-            (None, None) => None,
-        };
+        let password = cgp_runtime::config::either(
+            cfg.bind_password.as_ref(),
+            cfg.bind_password_file.as_ref(),
+        )
+        .map_err(|e| format!("bind_password_file {e}"))?;
         let service_bind = match (&cfg.bind_dn, password) {
-            (Some(dn), Some(pw)) => Some((dn.clone(), pw)),
+            (Some(dn), Some(pw)) => Some((dn.clone(), pw.expose().to_string())),
             (Some(_), None) => return Err("bind_dn needs a bind password".into()),
             (None, _) => None,
         };

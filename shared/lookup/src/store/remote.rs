@@ -8,6 +8,7 @@
 //! Several URLs are tried in turn: each failure moves the next probe to the
 //! next URL.
 
+use cgp_runtime::config::{Secret, SecretFile};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use serde::Deserialize;
@@ -23,15 +24,17 @@ mod hash;
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port/db` or `rediss://` (TLS); several for failover,
-    /// tried in order.
+    /// tried in order. One with a password in it makes the file a
+    /// secret-holding one.
+    #[serde(deserialize_with = "de_urls")]
     pub urls: Vec<String>,
     /// Prefix of every key, so that several sites or suites share a server.
     pub namespace: String,
     /// The ACL user (Redis 6+); none: the `default` user.
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// A file holding the password (first line), instead of `password`.
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<SecretFile>,
     /// PEM file of the CA that signed the server's certificate (`rediss://`);
     /// none: the system's trust store.
     pub ca_file: Option<PathBuf>,
@@ -42,6 +45,20 @@ pub struct RedisConfig {
     /// While the store is down, how often one request tries it again.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+}
+
+fn de_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let urls = Vec::<toml::Spanned<String>>::deserialize(d)?;
+    Ok(urls
+        .into_iter()
+        .map(|u| {
+            let with_password = url::Url::parse(u.get_ref()).is_ok_and(|p| p.password().is_some());
+            if with_password {
+                cgp_runtime::config::holds_secret(u.span());
+            }
+            u.into_inner()
+        })
+        .collect())
 }
 
 impl Default for RedisConfig {
@@ -266,18 +283,9 @@ impl RedisStore {
                 message: m,
             })
         };
-        let password = match (&cfg.password, &cfg.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| bad("password_file", format!("{}: {e}", f.display())))?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        let password =
+            cgp_runtime::config::either(cfg.password.as_ref(), cfg.password_file.as_ref())
+                .map_err(|e| bad("password_file", e.to_string()))?;
         let root_cert = match &cfg.ca_file {
             Some(f) => Some(
                 std::fs::read(f).map_err(|e| bad("ca_file", format!("{}: {e}", f.display())))?,
@@ -302,7 +310,7 @@ impl RedisStore {
                 settings = settings.set_username(u);
             }
             if let Some(p) = &password {
-                settings = settings.set_password(p);
+                settings = settings.set_password(p.expose());
             }
             info = info.set_redis_settings(settings);
             let client = if url.starts_with("rediss://") {
