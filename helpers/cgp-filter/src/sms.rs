@@ -51,13 +51,16 @@ impl Notifier {
 
     /// Queues `notice` without waiting; a full queue drops it.
     pub fn submit(&self, notice: Notice) {
-        if let Err(e) = self.queue.try_send(notice) {
-            let n = match &e {
-                mpsc::error::TrySendError::Full(n) | mpsc::error::TrySendError::Closed(n) => n,
-            };
-            count(Event::NotificationDropped);
-            tracing::warn!(queue_id = %n.queue_id, rule = %n.rule, "SMS queue full; notification dropped");
-        }
+        let (n, why) = match self.queue.try_send(notice) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(n)) => (n, "SMS queue full; notification dropped"),
+            // Only if the sender task panicked.
+            Err(mpsc::error::TrySendError::Closed(n)) => {
+                (n, "SMS sender stopped; notification dropped")
+            }
+        };
+        count(Event::NotificationDropped);
+        tracing::warn!(queue_id = %n.queue_id, rule = %n.rule, "{why}");
     }
 }
 
