@@ -31,7 +31,6 @@ pub struct Filter<D> {
 }
 
 /// What a filter has besides its configuration and directory.
-#[derive(Default)]
 pub struct Parts {
     pub counter: Option<Arc<Counter>>,
     pub notifier: Option<Notifier>,
