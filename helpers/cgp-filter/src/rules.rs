@@ -379,13 +379,7 @@ impl RuleSet {
             if !rule.stop {
                 continue;
             }
-            if facts.must_look_up(&rule.text) {
-                facts.look_up_person()?;
-            }
-            let text = rule
-                .text
-                .expand(|v| Some(facts.var(v, rule).unwrap_or("")))
-                .unwrap_or_default();
+            let text = facts.text(&rule.text, rule)?;
             return Ok(match rule.action {
                 Action::Accept => Verdict::Accept(m),
                 Action::Discard => Verdict::Discard,
@@ -820,15 +814,19 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// The text message of a matching rule's `sms`.
-    fn notice(&mut self, sms: &SmsAction, rule: &Rule) -> Result<Notice, Missing> {
-        if self.must_look_up(&sms.text) {
+    /// The text of `t` for `rule`, a placeholder without a value left
+    /// empty; the sender's entry looked up first if `t` reads it.
+    fn text(&mut self, t: &Template, rule: &Rule) -> Result<String, Missing> {
+        if self.must_look_up(t) {
             self.look_up_person()?;
         }
-        let text = sms
-            .text
-            .expand(|v| Some(self.var(v, rule).unwrap_or("")))
-            .unwrap_or_default();
+        Ok(t.expand(|v| Some(self.var(v, rule).unwrap_or("")))
+            .unwrap_or_default())
+    }
+
+    /// The text message of a matching rule's `sms`.
+    fn notice(&mut self, sms: &SmsAction, rule: &Rule) -> Result<Notice, Missing> {
+        let text = self.text(&sms.text, rule)?;
         let recipients = match &sms.recipient_attribute {
             Some(_) => self
                 .recipients
