@@ -1,16 +1,17 @@
 //! A fake CloudPBX API written from the API document: `GET /cdr` (Bearer
-//! key, `datestart`/`datestop`) and the WebSocket `/ws/pbx_<name>?pbxkey=`,
-//! on a local port, served by its own thread, with fault modes.
+//! key, `datestart`/`datestop`), `POST /sendSMS` (form fields `to`, `body`,
+//! `test`) and the WebSocket `/ws/pbx_<name>?pbxkey=`, on a local port,
+//! served by its own thread, with fault modes.
 //!
 //! The records start as the document's example (`testdata/cloudpbx/cdr.json`);
 //! the day [`DAY`] in the records becomes the day the client asks for, so
 //! that records are "today" for the client.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ struct Shared {
     cdr_calls: AtomicUsize,
     streams: AtomicUsize,
     push: broadcast::Sender<Push>,
+    sms_mode: Mutex<Mode>,
+    sms: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 /// The fake; it serves until the test process ends.
@@ -72,10 +75,13 @@ impl FakeCloudPbx {
             cdr_calls: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             push: broadcast::channel(64).0,
+            sms_mode: Mutex::new(Mode::Ok),
+            sms: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/cdr", get(cdr))
             .route("/ws/{channel}", get(stream))
+            .route("/sendSMS", post(send_sms))
             .with_state(shared.clone());
         let base = crate::serve::serve(app);
         FakeCloudPbx { shared, base }
@@ -120,6 +126,17 @@ impl FakeCloudPbx {
         let _ = self.shared.push.send(Push::Drop);
     }
 
+    /// How `/sendSMS` answers (`Slow`: after 5 s).
+    pub fn set_sms_mode(&self, mode: Mode) {
+        *self.shared.sms_mode.lock().unwrap() = mode;
+    }
+
+    /// The form fields of every `/sendSMS` request that carried the right
+    /// key, in arrival order (recorded when it arrives, before any fault).
+    pub fn sms(&self) -> Vec<Vec<(String, String)>> {
+        self.shared.sms.lock().unwrap().clone()
+    }
+
     /// `/cdr` requests that carried the right key.
     pub fn cdr_calls(&self) -> usize {
         self.shared.cdr_calls.load(Ordering::SeqCst)
@@ -136,8 +153,7 @@ async fn cdr(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let bearer = format!("Bearer {}", f.key);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    if !f.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     f.cdr_calls.fetch_add(1, Ordering::SeqCst);
@@ -148,17 +164,66 @@ async fn cdr(
         return (StatusCode::BAD_REQUEST, "one day is asked for").into_response();
     }
     let mode = *f.mode.lock().unwrap();
-    match mode {
-        Mode::Error500 => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response();
-        }
-        Mode::Malformed => return "[{\"calldate\": \"2021-".into_response(),
-        Mode::Huge => return format!("[{}]", " ".repeat(1 << 20)).into_response(),
-        Mode::Slow => tokio::time::sleep(Duration::from_secs(5)).await,
-        Mode::Ok => {}
+    if let Some(fault) = fault(mode, "[{\"calldate\": \"2021-").await {
+        return fault;
     }
     let body = serde_json::to_string(&*f.records.lock().unwrap()).unwrap();
     body.replace(DAY, start).into_response()
+}
+
+impl Shared {
+    /// The request carries `Authorization: Bearer <key>`.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let bearer = format!("Bearer {}", self.key);
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(bearer.as_str())
+    }
+}
+
+/// The answer of a fault mode (`malformed`: a JSON text cut short), or
+/// `None` to answer normally (after 5 s when `Slow`).
+async fn fault(mode: Mode, malformed: &'static str) -> Option<Response> {
+    match mode {
+        Mode::Error500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "Action Error").into_response()),
+        Mode::Malformed => Some(malformed.into_response()),
+        Mode::Huge => Some(format!("[{}]", " ".repeat(1 << 20)).into_response()),
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            None
+        }
+        Mode::Ok => None,
+    }
+}
+
+async fn send_sms(
+    State(f): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    if !f.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let n = {
+        let mut sms = f.sms.lock().unwrap();
+        sms.push(fields.clone());
+        sms.len()
+    };
+    let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let to_ok = field("to").is_some_and(|t| t.len() == 9 && t.bytes().all(|b| b.is_ascii_digit()));
+    let body_ok = field("body").is_some_and(|b| !b.is_empty() && b.chars().count() <= 1024);
+    if !to_ok || !body_ok {
+        return (StatusCode::BAD_REQUEST, "Parameter is missing").into_response();
+    }
+    let mode = *f.sms_mode.lock().unwrap();
+    if let Some(fault) = fault(mode, "{\"responseId\": ").await {
+        return fault;
+    }
+    serde_json::json!({
+        "responseId": format!("34217560129632584{n:02}"),
+        "responseStatus": "QUEUE",
+        "responseErrorMessage": null
+    })
+    .to_string()
+    .into_response()
 }
 
 async fn stream(

@@ -83,6 +83,7 @@ fn the_metrics_file_appears_parses_counts_and_is_replaced_whole() {
         "cgp_helper_cache_hits_total",
         "cgp_helper_backend_errors_total",
         "cgp_helper_throttled_requests_total",
+        "cgp_helper_notifications_dropped_total",
     ] {
         assert_eq!(counter(&s, name, None), 0.0, "{name}");
     }

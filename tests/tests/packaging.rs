@@ -338,12 +338,14 @@ fn installs_reconfigures_removes_and_purges_in_a_temporary_root() {
 #[test]
 fn every_example_configuration_passes_check_config() {
     let examples = files_ending("packaging/examples", ".toml");
-    // The cluster examples (Redis) and the resource-domain profiles among
-    // them, by name.
+    // The cluster examples (Redis), the resource-domain profiles and the
+    // filter's text messages among them, by name.
     for named in [
         "auth-cluster.toml",
-        "banner-cluster.toml",
         "auth-resources.toml",
+        "banner-cluster.toml",
+        "filter-cluster.toml",
+        "filter-sms.toml",
     ] {
         assert!(examples.iter().any(|e| e == named), "{named} missing");
     }

@@ -23,6 +23,7 @@ const CLI_FILE: &str = "password_file = \"/etc/cgp-helpers/cli.secret\"";
 const SQL_FILE: &str = "password_file = \"/etc/cgp-helpers/sql.secret\"";
 const REDIS_FILE: &str = "password_file = \"/etc/cgp-helpers/redis.secret\"";
 const FILTER_LDAP_FILE: &str = "bind_password_file = \"/etc/cgp-helpers/ldap.secret\"";
+const SMS_FILE: &str = "api_key_file = \"/etc/cgp-helpers/cloudpbx.secret\"";
 
 const CASES: &[Case] = &[
     Case {
@@ -118,6 +119,18 @@ const CASES: &[Case] = &[
         example: "filter.toml",
         edits: &[(FILTER_LDAP_FILE, "bind_password_file = \"@FILE@\"")],
         key: "directory.ldap.bind_password_file",
+    },
+    Case {
+        helper: "cgp-filter",
+        example: "filter-sms.toml",
+        edits: &[(SMS_FILE, "api_key = \"pw\"")],
+        key: "sms.cloudpbx.api_key",
+    },
+    Case {
+        helper: "cgp-filter",
+        example: "filter-sms.toml",
+        edits: &[(SMS_FILE, "api_key_file = \"@FILE@\"")],
+        key: "sms.cloudpbx.api_key_file",
     },
     Case {
         helper: "cgp-banner",

@@ -5,12 +5,10 @@
 use crate::profile::{CompileError, Profiles, ProvisionFile};
 use cgp_lookup::cgp_cli::CliConfig;
 use cgp_lookup::directory::{DirectoryConfig, Kind};
-use cgp_lookup::store::Backend;
-use cgp_lookup::store::remote::RedisConfig;
+use cgp_lookup::store::StoreConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +30,8 @@ pub struct AuthConfig {
     pub cache: CacheConfig,
     pub throttle: ThrottleConfig,
     pub provision: ProvisionConfig,
+    /// The sled directory holds the verdict cache and, with the Redis back
+    /// end, the throttling counters while Redis is down.
     pub store: StoreConfig,
 }
 
@@ -119,18 +119,6 @@ impl Default for ProvisionConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// The sled directory for the cache and throttling state; without it
-    /// both live in memory only. With the Redis back end it holds the
-    /// cache, and the throttling counters while Redis is down.
-    pub path: Option<PathBuf>,
-    /// `redis`: throttling counters shared by every member of a cluster.
-    pub backend: Backend,
-    pub redis: RedisConfig,
-}
-
 impl HelperConfig for AuthConfig {
     fn runtime(&self) -> &RuntimeConfig {
         &self.runtime
@@ -149,12 +137,9 @@ impl HelperConfig for AuthConfig {
                 "needs 0 < initial_delay <= max_delay",
             ));
         }
-        if self.store.backend == Backend::Redis {
-            self.store
-                .redis
-                .validate("store.redis")
-                .map_err(|e| KeyError::new(e.key, e.message))?;
-        }
+        self.store
+            .validate("store")
+            .map_err(|e| KeyError::new(e.key, e.message))?;
         let profiles = match &self.provision.profiles {
             Ok(p) => p,
             Err(e) => return Err(KeyError::new(&e.key, &e.message)),

@@ -12,7 +12,9 @@ use crate::patterns::{AddressPattern, IpPattern, MailAddress, Regex};
 use crate::rules::RuleSet;
 use crate::template::{HeaderTemplate, Template};
 use crate::wire::Dialect;
+use cgp_lookup::cloudpbx::sms::{GsmNumber, SmsConfig};
 use cgp_lookup::directory::DirectoryConfig;
+use cgp_lookup::store::StoreConfig;
 use cgp_runtime::config::{HelperConfig, KeyError, LogConfig, RuntimeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -31,6 +33,10 @@ pub struct ConfigFile {
     pub failure: FailureConfig,
     /// Who the sender is: the suite's one directory configuration.
     pub directory: Option<DirectoryConfig>,
+    /// Where `sender_limit` counts: sled (one server) or Redis (a cluster).
+    pub store: StoreConfig,
+    /// The SMS gateway and queue of the rules' `sms` notifications.
+    pub sms: Option<SmsSettings>,
     /// `[[rule]]` tables, evaluated in order, with where each is written.
     #[serde(rename = "rule")]
     pub rules: Vec<toml::Spanned<RuleConfig>>,
@@ -106,6 +112,22 @@ impl HelperConfig for FilterConfig {
     fn validate(&self) -> Result<(), KeyError> {
         if let Some(d) = &self.file.directory {
             d.validate("directory")?;
+        }
+        self.file
+            .store
+            .validate("store")
+            .map_err(|e| KeyError::new(e.key, e.message))?;
+        if let Some(sms) = &self.file.sms {
+            sms.cloudpbx
+                .check("sms.cloudpbx")
+                .map_err(|(k, m)| KeyError::new(k, m))?;
+            if sms.queue == 0 {
+                return Err(KeyError::new("sms.queue", "must be more than 0"));
+            }
+            // The rate table keeps a time per message sent, per number.
+            if sms.per_number.count > 100 {
+                return Err(KeyError::new("sms.per_number", "at most 100 messages"));
+            }
         }
         match &self.rules {
             Ok(_) => Ok(()),
@@ -200,6 +222,8 @@ pub struct FailureConfig {
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     pub after_max_age: Policy,
+    /// When a `sender_limit` cannot be counted (the store down or slow).
+    pub store_down: Policy,
 }
 
 impl Default for FailureConfig {
@@ -210,6 +234,7 @@ impl Default for FailureConfig {
             text: default_failure_text(),
             max_age: Duration::from_secs(4 * 3600),
             after_max_age: Policy::Pass,
+            store_down: Policy::Rejected,
         }
     }
 }
@@ -256,6 +281,93 @@ pub struct RuleConfig {
     /// Recipients to add (`ADDROUTE`, INTF 4 only).
     #[serde(default)]
     pub add_route: Vec<MailAddress>,
+    /// A text message sent when the rule matches (whatever the reply).
+    pub sms: Option<SmsRule>,
+}
+
+/// The `sms` of a rule: to whom, and what.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsRule {
+    /// Fixed numbers (nine digits; `+48`, spaces and dashes are taken).
+    #[serde(default)]
+    pub to: Vec<Number>,
+    /// The directory attribute holding each recipient's number (e.g.
+    /// `mobile`); recipients not in the directory, or without it, get none.
+    pub recipient_attribute: Option<String>,
+    /// The message; placeholders as in `text`. Cut to 1,024 characters.
+    pub text: Template,
+}
+
+/// A GSM number of the configuration, checked where it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Number(pub GsmNumber);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        GsmNumber::parse(&text)
+            .map(Number)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
+/// The `[sms]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    /// The exchange whose gateway sends the messages.
+    pub cloudpbx: SmsConfig,
+    /// Messages waiting to be sent, at most; further ones are dropped.
+    #[serde(default = "default_sms_queue")]
+    pub queue: usize,
+    /// How many messages one number gets, at most, over a window.
+    #[serde(default = "default_sms_rate")]
+    pub per_number: Rate,
+}
+
+fn default_sms_queue() -> usize {
+    256
+}
+
+fn default_sms_rate() -> Rate {
+    Rate {
+        count: 3,
+        window: Duration::from_secs(600),
+    }
+}
+
+/// `N per DURATION`, e.g. `500 per 1h`: at most N over any window of that
+/// length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub window: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("{s:?} is not `N per DURATION` (e.g. \"500 per 1h\")");
+        let (n, window) = s.split_once(" per ").ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let window = humantime_serde::re::humantime::parse_duration(window.trim())
+            .map_err(|e| format!("{s:?}: {e}"))?;
+        if count == 0 || window.as_millis() == 0 {
+            return Err(format!(
+                "{s:?}: the count and the window must be more than 0"
+            ));
+        }
+        Ok(Rate { count, window })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The conditions of a rule; absent ones are not checked.
@@ -291,4 +403,7 @@ pub struct Conditions {
     pub attribute: BTreeMap<String, Regex>,
     /// Every From address belongs to the authenticated user.
     pub from_is_own: Option<bool>,
+    /// The authenticated sender has sent more than this, this message
+    /// included (counted when a rule reaches the condition).
+    pub sender_limit: Option<Rate>,
 }

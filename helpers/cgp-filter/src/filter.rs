@@ -3,9 +3,12 @@
 
 use crate::config::{ConfigFile, FailureConfig, Policy, Settings};
 use crate::directory::{Directory, DirectoryError, Recall};
+use crate::limit::Counter;
 use crate::queue::{BaseDir, Limits, OpenError, QueueFile};
 use crate::rules::{Known, Missing, RuleSet};
+use crate::sms::Notifier;
 use crate::wire::{self, Verdict};
+use cgp_lookup::store::remote::Health;
 use cgp_runtime::compute;
 use cgp_wire::{Reply, Request};
 use std::ffi::OsStr;
@@ -22,6 +25,15 @@ pub struct Filter<D> {
     failure: FailureConfig,
     base: BaseDir,
     directory: Option<D>,
+    /// Where `sender_limit` counts; present when some rule has one.
+    counter: Option<Arc<Counter>>,
+    notifier: Option<Notifier>,
+}
+
+/// What a filter has besides its configuration and directory.
+pub struct Parts {
+    pub counter: Option<Arc<Counter>>,
+    pub notifier: Option<Notifier>,
 }
 
 /// What the handler reports besides the reply, for `*` lines.
@@ -30,6 +42,8 @@ pub struct Notes {
     pub dropped_modifiers: bool,
     /// A `FILE` path refused because it leads out of the base directory.
     pub refused: Option<String>,
+    /// The shared store was lost or is back (once per change).
+    pub store: Option<Health>,
 }
 
 /// Where a request stands after its file was read and its rules evaluated.
@@ -58,6 +72,7 @@ impl<D: Directory + Recall> Filter<D> {
         cfg: &ConfigFile,
         rules: Arc<RuleSet>,
         directory: Option<D>,
+        parts: Parts,
     ) -> Result<Filter<D>, String> {
         let base = match &cfg.filter.base_dir {
             Some(b) => b.clone(),
@@ -71,7 +86,14 @@ impl<D: Directory + Recall> Filter<D> {
             failure: cfg.failure.clone(),
             base,
             directory,
+            counter: parts.counter,
+            notifier: parts.notifier,
         })
+    }
+
+    /// The counting store, to keep across a reload (sled locks it).
+    pub fn counter(&self) -> Option<&Arc<Counter>> {
+        self.counter.as_ref()
     }
 
     /// Answers one request other than INTF, KEY and QUIT. Opening, reading
@@ -84,6 +106,7 @@ impl<D: Directory + Recall> Filter<D> {
         };
         let this = self.clone();
         let mut step = compute(move || this.first_step(&name)).await;
+        let mut store = None;
         let verdict = loop {
             match step {
                 Step::Decided(v) => break v,
@@ -93,6 +116,25 @@ impl<D: Directory + Recall> Filter<D> {
                         ..Notes::default()
                     };
                     return (Reply::failure("file outside the base directory"), notes);
+                }
+                Step::Asks(Missing::Count { limit, user }, mut waiting) => {
+                    let rate = self.rules.limits[limit];
+                    let Some(counter) = &self.counter else {
+                        // Built with every configuration that has limits.
+                        break self.policy(self.failure.store_down, Some(waiting.age));
+                    };
+                    let counted = counter.count(&user, &waiting.queue_id, rate).await;
+                    store = store.or(counted.health);
+                    match counted.result {
+                        Ok(n) => waiting.known.counted(limit, n),
+                        Err(e) => {
+                            cgp_runtime::metrics::count(cgp_runtime::metrics::Event::BackendError);
+                            tracing::warn!(queue_id = %waiting.queue_id, error = %e, "sender limit not counted");
+                            break self.policy(self.failure.store_down, Some(waiting.age));
+                        }
+                    }
+                    let this = self.clone();
+                    step = compute(move || this.next_step(waiting)).await;
                 }
                 Step::Asks(missing, mut waiting) => {
                     if let Err(e) = self.ask(missing, &mut waiting.known).await {
@@ -111,6 +153,7 @@ impl<D: Directory + Recall> Filter<D> {
         }
         let notes = Notes {
             dropped_modifiers: dropped,
+            store,
             ..Notes::default()
         };
         (reply, notes)
@@ -179,7 +222,8 @@ impl<D: Directory + Recall> Filter<D> {
             tracing::info!(queue_id = %qf.queue_id, limit = self.settings.max_header_bytes, "header longer than the limit; the rest is not looked at");
         }
         let recall = self.directory.as_ref().map(|d| d as &dyn Recall);
-        let verdict = match self.rules.evaluate(&qf, &known, recall) {
+        let mut notices = Vec::new();
+        let verdict = match self.rules.evaluate(&qf, &known, recall, &mut notices) {
             Ok(v) => v,
             Err(missing) => {
                 let waiting = Waiting {
@@ -192,6 +236,11 @@ impl<D: Directory + Recall> Filter<D> {
                 return Step::Asks(missing, waiting);
             }
         };
+        if let Some(n) = &self.notifier {
+            for notice in notices {
+                n.submit(notice);
+            }
+        }
         // The whole envelope, unknown lines included, for whoever turns on
         // debug logging to see why a rule matched or not.
         tracing::debug!(

@@ -13,13 +13,15 @@
 //! keeping only the small [`Known`] facts (not the message) while it waits,
 //! and evaluates again with them.
 
-use crate::config::{Action, CompileError, Conditions, ConfigFile, RuleConfig};
+use crate::config::{Action, CompileError, Conditions, ConfigFile, Rate, RuleConfig};
 use crate::directory::{Directory, DirectoryError, Person, Recall};
 use crate::message::{HeaderParser, Headers};
 use crate::patterns::{Address, AddressLists, AddressListsBuilder, IpSet, lower_case};
 use crate::queue::QueueFile;
+use crate::sms::Notice;
 use crate::template::{HeaderTemplate, Template, Var};
 use crate::wire::{Dialect, Modifiers, Verdict};
+use cgp_lookup::cloudpbx::sms::GsmNumber;
 use cgp_lookup::directory::{GroupLookup, GroupRef, Kind};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -47,6 +49,8 @@ pub struct RuleSet {
     pub needs_body: bool,
     /// Directory attributes some rule or template reads.
     pub attributes: BTreeSet<String>,
+    /// The distinct rates of the `sender_limit` conditions.
+    pub limits: Vec<Rate>,
     /// Attributes holding a person's addresses (`from_is_own`).
     address_attributes: Vec<String>,
     local_by_directory: bool,
@@ -62,6 +66,8 @@ pub struct Known {
     local_upto: usize,
     /// Some recipient is neither local nor in the directory.
     external: bool,
+    /// The sender's count under each `RuleSet::limits` rate asked about.
+    counts: Vec<(usize, u64)>,
 }
 
 /// What the rules need from the directory to go on.
@@ -73,6 +79,9 @@ pub enum Missing {
     /// Whether these recipients (lower case, with their place in the
     /// envelope, in envelope order) are in the directory.
     Recipients(Vec<(usize, String)>),
+    /// The authenticated user's (lower case) count of messages, this one
+    /// included, under the rate `RuleSet::limits[limit]`.
+    Count { limit: usize, user: String },
 }
 
 /// How many recipients one wait asks the directory about, at most: a wait
@@ -81,6 +90,11 @@ pub enum Missing {
 const ASK_AT_ONCE: usize = 64;
 
 impl Known {
+    /// The count `Missing::Count` asked for.
+    pub fn counted(&mut self, limit: usize, n: u64) {
+        self.counts.push((limit, n));
+    }
+
     /// Asks `dir` what `missing` says is missing.
     pub async fn ask<D: Directory>(
         &mut self,
@@ -99,6 +113,9 @@ impl Known {
                     self.local_upto = at + 1;
                 }
             }
+            // Counts are the store's to answer (`counted`), never the
+            // directory's.
+            Missing::Count { .. } => {}
         }
         Ok(())
     }
@@ -115,7 +132,25 @@ struct Rule {
     headers: Vec<HeaderTemplate>,
     mirror_to: Vec<String>,
     add_route: Vec<String>,
+    sms: Option<SmsAction>,
 }
+
+/// The `sms` of a rule, compiled.
+#[derive(Debug)]
+struct SmsAction {
+    to: Vec<GsmNumber>,
+    /// Lower case.
+    recipient_attribute: Option<String>,
+    text: Template,
+}
+
+/// The largest count of a `sender_limit`: a sender's window holds an entry
+/// per message up to it, rewritten whole at each message in the local
+/// store.
+const MAX_SENDER_LIMIT: u64 = 10_000;
+
+/// Recipients whose numbers one notification looks up, at most.
+const SMS_RECIPIENTS: usize = 64;
 
 #[derive(Debug, Default)]
 struct Cond {
@@ -136,6 +171,8 @@ struct Cond {
     member_of: Option<Vec<GroupRef>>,
     attribute: Vec<(String, regex::Regex)>,
     from_is_own: Option<bool>,
+    /// The rate in `RuleSet::limits`.
+    sender_limit: Option<usize>,
     /// Whether there are envelope conditions, and header or attachment
     /// ones: most rules have only one kind, and the other check is then
     /// not even called.
@@ -164,6 +201,7 @@ struct Shared {
     headers: HeaderSets,
     senders: AddressListsBuilder,
     recipients: AddressListsBuilder,
+    limits: Vec<Rate>,
 }
 
 /// Collects header regexes into per-name lists while rules compile.
@@ -223,8 +261,18 @@ impl RuleSet {
                 needs_groups |= c.member_of.is_some();
                 needs_body |= c.attachment_name.is_some() || c.attachment_type.is_some();
             }
-            for t in r.headers.iter().map(|h| &h.value).chain([&r.text]) {
+            let sms_text = r.sms.as_ref().map(|s| &s.text);
+            for t in r
+                .headers
+                .iter()
+                .map(|h| &h.value)
+                .chain([&r.text])
+                .chain(sms_text)
+            {
                 attributes.extend(t.attributes().map(str::to_ascii_lowercase));
+            }
+            if let Some(a) = r.sms.as_ref().and_then(|s| s.recipient_attribute.as_ref()) {
+                attributes.insert(a.clone());
             }
         }
         let dir = cfg.directory.as_ref();
@@ -267,20 +315,24 @@ impl RuleSet {
             header_hits_len,
             needs_body,
             attributes,
+            limits: shared.limits,
             address_attributes,
             local_by_directory: cfg.filter.recipients_in_directory_are_local,
         })
     }
 
     /// Runs the rules on one message, with the directory answers `known`
-    /// and those `dir` recalls. `Err` when a condition or template needs a
-    /// directory answer that neither has.
+    /// and those `dir` recalls, and puts in `notices` the text messages of
+    /// the rules that matched. `Err` when a condition or template needs a
+    /// directory answer or a count that neither has.
     pub fn evaluate(
         &self,
         qf: &QueueFile,
         known: &Known,
         dir: Option<&dyn Recall>,
+        notices: &mut Vec<Notice>,
     ) -> Result<Verdict, Missing> {
+        notices.clear();
         let env = &qf.envelope;
         let mut facts = Facts {
             sender: Address::new(env.sender.as_deref().unwrap_or_default()),
@@ -321,16 +373,13 @@ impl RuleSet {
                 m.mirror_to.extend(rule.mirror_to.iter().cloned());
                 m.add_route.extend(rule.add_route.iter().cloned());
             }
+            if let Some(sms) = &rule.sms {
+                notices.push(facts.notice(sms, rule)?);
+            }
             if !rule.stop {
                 continue;
             }
-            if facts.must_look_up(&rule.text) {
-                facts.look_up_person()?;
-            }
-            let text = rule
-                .text
-                .expand(|v| Some(facts.var(v, rule).unwrap_or("")))
-                .unwrap_or_default();
+            let text = facts.text(&rule.text, rule)?;
             return Ok(match rule.action {
                 Action::Accept => Verdict::Accept(m),
                 Action::Discard => Verdict::Discard,
@@ -374,13 +423,42 @@ fn compile_rule(
             .any(|h| h.value.attributes().next().is_some())
         || r.text
             .as_ref()
-            .is_some_and(|t| t.attributes().next().is_some());
+            .is_some_and(|t| t.attributes().next().is_some())
+        || r.sms
+            .as_ref()
+            .is_some_and(|s| s.text.attributes().next().is_some());
     if uses_directory && cfg.directory.is_none() {
         return Err(CompileError::new(
             key.to_string(),
             "uses directory facts but there is no [directory] table",
         ));
     }
+    if unless.as_ref().is_some_and(|u| u.sender_limit.is_some()) {
+        return Err(CompileError::new(
+            format!("{key}.unless.sender_limit"),
+            "a sender limit counts the message: it goes in `when`",
+        ));
+    }
+    if when.sender_limit.is_some() && !matches!(r.action, Action::Bounce | Action::Reject) {
+        return Err(CompileError::new(
+            format!("{key}.action"),
+            "a rule with sender_limit must bounce or reject",
+        ));
+    }
+    if r.when
+        .sender_limit
+        .is_some_and(|rate| rate.count > MAX_SENDER_LIMIT)
+    {
+        return Err(CompileError::new(
+            format!("{key}.when.sender_limit"),
+            format!("at most {MAX_SENDER_LIMIT} messages: the window keeps one entry per message"),
+        ));
+    }
+    let sms = r
+        .sms
+        .as_ref()
+        .map(|s| compile_sms(cfg, s, key))
+        .transpose()?;
     if cfg.filter.dialect == Dialect::V3 && !(r.mirror_to.is_empty() && r.add_route.is_empty()) {
         return Err(CompileError::new(
             format!("{key}.mirror_to"),
@@ -404,6 +482,40 @@ fn compile_rule(
         headers: r.add_header.clone(),
         mirror_to: r.mirror_to.iter().map(|a| a.0.clone()).collect(),
         add_route: r.add_route.iter().map(|a| a.0.clone()).collect(),
+        sms,
+    })
+}
+
+fn compile_sms(
+    cfg: &ConfigFile,
+    s: &crate::config::SmsRule,
+    key: &str,
+) -> Result<SmsAction, CompileError> {
+    if cfg.sms.is_none() {
+        return Err(CompileError::new(
+            format!("{key}.sms"),
+            "sends text messages but there is no [sms] table",
+        ));
+    }
+    if s.to.is_empty() && s.recipient_attribute.is_none() {
+        return Err(CompileError::new(
+            format!("{key}.sms"),
+            "needs `to` (numbers) or `recipient_attribute`",
+        ));
+    }
+    if s.recipient_attribute.is_some() && cfg.directory.is_none() {
+        return Err(CompileError::new(
+            format!("{key}.sms.recipient_attribute"),
+            "reads the directory but there is no [directory] table",
+        ));
+    }
+    Ok(SmsAction {
+        to: s.to.iter().map(|n| n.0.clone()).collect(),
+        recipient_attribute: s
+            .recipient_attribute
+            .as_ref()
+            .map(|a| a.to_ascii_lowercase()),
+        text: s.text.clone(),
     })
 }
 
@@ -455,6 +567,15 @@ fn compile_cond(c: &Conditions, key: &str, shared: &mut Shared) -> Result<Cond, 
             .map(|(a, r)| (a.to_ascii_lowercase(), r.0.clone()))
             .collect(),
         from_is_own: c.from_is_own,
+        sender_limit: c.sender_limit.map(|rate| {
+            match shared.limits.iter().position(|r| *r == rate) {
+                Some(i) => i,
+                None => {
+                    shared.limits.push(rate);
+                    shared.limits.len() - 1
+                }
+            }
+        }),
         ..Cond::default()
     };
     cond.has_envelope = cond.authenticated.is_some()
@@ -668,10 +789,62 @@ impl<'a> Facts<'a> {
         if !self.content_holds(c) {
             return Ok(false);
         }
-        if c.uses_directory() {
-            return self.directory_holds(c);
+        if c.uses_directory() && !self.directory_holds(c)? {
+            return Ok(false);
         }
-        Ok(true)
+        // Last: reaching it counts the message.
+        match c.sender_limit {
+            Some(limit) => self.over_limit(limit),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether the authenticated user has sent more than the rate
+    /// `limit` allows, this message included; false without a login.
+    fn over_limit(&self, limit: usize) -> Result<bool, Missing> {
+        let Some(user) = self.qf.envelope.auth_user().map(lower_case) else {
+            return Ok(false);
+        };
+        match self.known.counts.iter().find(|(l, _)| *l == limit) {
+            Some((_, n)) => Ok(*n > self.set.limits[limit].count),
+            None => Err(Missing::Count {
+                limit,
+                user: user.into_owned(),
+            }),
+        }
+    }
+
+    /// The text of `t` for `rule`, a placeholder without a value left
+    /// empty; the sender's entry looked up first if `t` reads it.
+    fn text(&mut self, t: &Template, rule: &Rule) -> Result<String, Missing> {
+        if self.must_look_up(t) {
+            self.look_up_person()?;
+        }
+        Ok(t.expand(|v| Some(self.var(v, rule).unwrap_or("")))
+            .unwrap_or_default())
+    }
+
+    /// The text message of a matching rule's `sms`.
+    fn notice(&mut self, sms: &SmsAction, rule: &Rule) -> Result<Notice, Missing> {
+        let text = self.text(&sms.text, rule)?;
+        let recipients = match &sms.recipient_attribute {
+            Some(_) => self
+                .recipients
+                .iter()
+                .filter(|r| r.lower.contains('@'))
+                .take(SMS_RECIPIENTS)
+                .map(|r| r.lower.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Notice {
+            rule: rule.name.clone(),
+            queue_id: self.qf.queue_id.clone(),
+            text,
+            to: sms.to.clone(),
+            attribute: sms.recipient_attribute.clone(),
+            recipients,
+        })
     }
 
     /// Whether the header and attachment conditions of `c` hold.
@@ -873,7 +1046,7 @@ text = "{user} may not send outside the organisation"
     async fn settle(set: &RuleSet, qf: &QueueFile, dir: &Fake) -> Result<Verdict, DirectoryError> {
         let mut known = Known::default();
         loop {
-            match set.evaluate(qf, &known, Some(dir)) {
+            match set.evaluate(qf, &known, Some(dir), &mut Vec::new()) {
                 Ok(v) => return Ok(v),
                 Err(missing) => known.ask(missing, dir).await?,
             }
@@ -894,7 +1067,7 @@ text = "{user} may not send outside the organisation"
         let mut m = alice_out();
         m.envelope = Envelope::parse(&env);
         let set = RuleSet::compile(&config(&cfg)).unwrap();
-        let first = set.evaluate(&m, &Known::default(), Some(&dir));
+        let first = set.evaluate(&m, &Known::default(), Some(&dir), &mut Vec::new());
         let Err(Missing::Recipients(asked)) = first else {
             panic!("{first:?}")
         };
@@ -1158,8 +1331,123 @@ add_header = ["X-PDF: yes"]
         assert_eq!(mods.headers, "X-PDF: yes");
     }
 
+    const SMS: &str = r#"
+[sms.cloudpbx]
+base_urls = ["http://127.0.0.1:1/"]
+api_key = "k"
+"#;
+
+    #[tokio::test]
+    async fn matching_rules_give_their_text_messages_whatever_the_reply() {
+        let cfg = format!(
+            r#"
+[[rule]]
+name = "notify"
+when = {{ sender = ["@example.test"] }}
+sms = {{ to = ["+48 600-100-200"], recipient_attribute = "Mobile", text = "{{sender}} ({{attr:departmentNumber}}) wrote, queue {{queue_id}}" }}
+[[rule]]
+name = "not matching"
+when = {{ size_over = 100000 }}
+sms = {{ to = ["600100201"], text = "never" }}
+[[rule]]
+name = "drop"
+action = "discard"
+sms = {{ to = ["600100202"], text = "dropped {{rule}}" }}
+{DIRECTORY}{SMS}"#
+        );
+        let set = RuleSet::compile(&config(&cfg)).unwrap();
+        assert!(set.attributes.contains("mobile"));
+        let dir = fake();
+        let mut known = Known::default();
+        let mut notices = Vec::new();
+        let verdict = loop {
+            match set.evaluate(&alice_out(), &known, Some(&dir), &mut notices) {
+                Ok(v) => break v,
+                Err(missing) => known.ask(missing, &dir).await.unwrap(),
+            }
+        };
+        assert_eq!(verdict, Verdict::Discard);
+        let number = |n: &str| GsmNumber::parse(n).unwrap();
+        assert_eq!(
+            notices,
+            [
+                Notice {
+                    rule: "notify".into(),
+                    queue_id: "42".into(),
+                    text: "alice@example.test (Research) wrote, queue 42".into(),
+                    to: vec![number("600100200")],
+                    attribute: Some("mobile".into()),
+                    recipients: vec!["bob@example.test".into(), "partner@elsewhere.test".into()],
+                },
+                Notice {
+                    rule: "drop".into(),
+                    queue_id: "42".into(),
+                    text: "dropped drop".into(),
+                    to: vec![number("600100202")],
+                    attribute: None,
+                    recipients: vec![],
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_limit_asks_for_the_count_once_and_decides_by_it() {
+        let cfg = r#"
+[[rule]]
+name = "limit"
+when = { sender_limit = "500 per 1h" }
+action = "reject"
+text = "{user} sent too much"
+[[rule]]
+name = "limit again"
+when = { sender_limit = "500 per 1h", size_over = 1 }
+action = "bounce"
+"#;
+        let set = RuleSet::compile(&config(cfg)).unwrap();
+        assert_eq!(
+            set.limits,
+            [Rate {
+                count: 500,
+                window: std::time::Duration::from_secs(3600)
+            }]
+        );
+        let dir = Fake::default();
+        let m = alice_out();
+        let mut known = Known::default();
+        let asked = set.evaluate(&m, &known, Some(&dir), &mut Vec::new());
+        assert_eq!(
+            asked,
+            Err(Missing::Count {
+                limit: 0,
+                user: "alice@example.test".into()
+            })
+        );
+        known.counted(0, 500);
+        assert_eq!(
+            set.evaluate(&m, &known, Some(&dir), &mut Vec::new()),
+            Ok(Verdict::pass())
+        );
+        let mut over = Known::default();
+        over.counted(0, 501);
+        assert_eq!(
+            set.evaluate(&m, &over, Some(&dir), &mut Vec::new()),
+            Ok(Verdict::Reject("alice@example.test sent too much".into()))
+        );
+        // Without a login nothing is counted.
+        let anon = message(&["S SMTP [192.0.2.1]", "P I x <a@x.test>"], "S: x\n\n");
+        assert_eq!(
+            set.evaluate(&anon, &Known::default(), Some(&dir), &mut Vec::new()),
+            Ok(Verdict::pass())
+        );
+    }
+
     #[test]
     fn configuration_errors_name_the_key() {
+        let no_to = format!("[[rule]]\nname = \"a\"\nsms = {{ text = \"x\" }}\n{SMS}");
+        let no_directory = format!(
+            "[[rule]]\nname = \"a\"\nsms = {{ recipient_attribute = \"mobile\", text = \"x\" }}\n{SMS}"
+        );
         let cases = [
             (
                 "[[rule]]\nname = \"a\"\nwhen = { member_of = [\"x\"] }\n",
@@ -1196,6 +1484,32 @@ add_header = ["X-PDF: yes"]
                 "directory.groups.lookup",
                 "member_of",
             ),
+            (
+                "[[rule]]\nname = \"a\"\nunless = { sender_limit = \"5 per 1m\" }\naction = \"reject\"\n",
+                "rule[0].unless.sender_limit",
+                "goes in `when`",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"5 per 1m\" }\n",
+                "rule[0].action",
+                "bounce or reject",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"10001 per 1h\" }\naction = \"reject\"\n",
+                "rule[0].when.sender_limit",
+                "at most 10000",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nsms = { to = [\"600100200\"], text = \"x\" }\n",
+                "rule[0].sms",
+                "no [sms]",
+            ),
+            (no_to.as_str(), "rule[0].sms", "needs `to`"),
+            (
+                no_directory.as_str(),
+                "rule[0].sms.recipient_attribute",
+                "no [directory]",
+            ),
         ];
         for (text, key, msg) in cases {
             let e = RuleSet::compile(&config(text)).unwrap_err();
@@ -1208,6 +1522,9 @@ add_header = ["X-PDF: yes"]
             "[[rule]]\nname = \"a\"\nadd_header = [\"Bad Name: x\"]\n",
             "[[rule]]\nname = \"a\"\ntext = \"{nope}\"\n",
             "[[rule]]\nname = \"a\"\nwhen = { colour = \"red\" }\n",
+            "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"500 an hour\" }\n",
+            "[[rule]]\nname = \"a\"\nwhen = { sender_limit = \"0 per 1h\" }\n",
+            "[[rule]]\nname = \"a\"\nsms = { to = [\"+49 600 100 200\"], text = \"x\" }\n",
         ] {
             assert!(toml::from_str::<ConfigFile>(bad).is_err(), "{bad}");
         }

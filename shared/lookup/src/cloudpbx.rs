@@ -41,6 +41,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use url::Url;
 
+pub mod sms;
+
 /// One `[[cloudpbx]]` table of a helper's configuration.
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -110,17 +112,7 @@ impl CloudPbxConfig {
         if self.name.is_empty() {
             return Err((key("name"), "must not be empty".into()));
         }
-        if self.base_urls.is_empty() {
-            return Err((key("base_urls"), "needs at least one URL".into()));
-        }
-        for (i, u) in self.base_urls.iter().enumerate() {
-            if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
-                return Err((
-                    format!("{at}.base_urls[{i}]"),
-                    "must be an http:// or https:// URL".into(),
-                ));
-            }
-        }
+        check_base_urls(&self.base_urls, at)?;
         if self.api_key.is_empty() {
             return Err((key("api_key"), "must not be empty".into()));
         }
@@ -152,6 +144,23 @@ impl CloudPbxConfig {
             Some(name) => TimeZone::get(name).map_err(|e| format!("unknown time zone: {e}")),
         }
     }
+}
+
+/// Checks `base_urls` of the table at `at`: at least one, each an
+/// http(s) URL that can take a path.
+fn check_base_urls(urls: &[Url], at: &str) -> Result<(), (String, String)> {
+    if urls.is_empty() {
+        return Err((format!("{at}.base_urls"), "needs at least one URL".into()));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
+            return Err((
+                format!("{at}.base_urls[{i}]"),
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The event stream's URL on `base`: `ws(s)://host/ws/pbx_<name>?pbxkey=<key>`.
@@ -312,27 +321,11 @@ impl Rest {
     }
 
     async fn get_one(&self, url: Url) -> Result<Vec<u8>, PbxError> {
-        let name = &self.config.name;
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(self.config.api_key.expose())
-            .send()
+        let c = &self.config;
+        let req = self.http.get(url).bearer_auth(c.api_key.expose());
+        exchange(req, &c.name, c.max_response_bytes)
             .await
-            .map_err(|e| http_error(name, e))?;
-        let status = resp.status();
-        if status.is_server_error() {
-            return Err(PbxError::Down(format!("{name} (HTTP {})", status.as_u16())));
-        }
-        if !status.is_success() {
-            return Err(PbxError::Refused(format!("HTTP {}", status.as_u16())));
-        }
-        http::read_body(resp, self.config.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                BodyError::Transport(e) => http_error(name, e),
-                e @ BodyError::TooLarge(_) => PbxError::Protocol(e.to_string()),
-            })
+            .map_err(|f| f.error)
     }
 
     /// Missed calls of the exchange's current day, per extension.
@@ -375,6 +368,48 @@ impl Rest {
             per_extension,
         })
     }
+}
+
+/// Why one HTTP exchange failed, and whether the request surely never
+/// reached the host (so that another host may be asked without doing the
+/// same thing twice).
+struct Failed {
+    error: PbxError,
+    unsent: bool,
+}
+
+/// Sends `req` (with its key) and reads the body up to `limit` bytes.
+/// `name` names the exchange in errors.
+async fn exchange(
+    req: reqwest::RequestBuilder,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<u8>, Failed> {
+    let resp = req.send().await.map_err(|e| Failed {
+        unsent: e.is_connect(),
+        error: http_error(name, e),
+    })?;
+    let status = resp.status();
+    let failed = |error| Failed {
+        error,
+        unsent: false,
+    };
+    if status.is_server_error() {
+        let e = PbxError::Down(format!("{name} (HTTP {})", status.as_u16()));
+        return Err(failed(e));
+    }
+    if !status.is_success() {
+        return Err(failed(PbxError::Refused(format!(
+            "HTTP {}",
+            status.as_u16()
+        ))));
+    }
+    http::read_body(resp, limit).await.map_err(|e| {
+        failed(match e {
+            BodyError::Transport(e) => http_error(name, e),
+            e @ BodyError::TooLarge(_) => PbxError::Protocol(e.to_string()),
+        })
+    })
 }
 
 /// A transport error in words, without the URL (it may hold the key).

@@ -34,6 +34,30 @@ pub enum Backend {
     Redis,
 }
 
+/// The `[store]` table of a helper: where its state lives.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The local sled directory; without it the local state lives in
+    /// memory only. What it holds with the Redis back end is the helper's
+    /// own affair (its page in docs/ says).
+    pub path: Option<PathBuf>,
+    /// `redis`: state shared by every member of a cluster.
+    pub backend: Backend,
+    pub redis: remote::RedisConfig,
+}
+
+impl StoreConfig {
+    /// Checks the Redis table when it is the back end; `key` is where the
+    /// table sits in the file (`store`).
+    pub fn validate(&self, key: &str) -> Result<(), remote::ConfigError> {
+        match self.backend {
+            Backend::Redis => self.redis.validate(&format!("{key}.redis")),
+            Backend::Sled => Ok(()),
+        }
+    }
+}
+
 /// What `open` had to do to give a store back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
@@ -83,6 +107,19 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A store in temporary files, removed when it is dropped: state kept
+    /// for the life of the process only. Its `path()` is empty.
+    pub fn temporary() -> sled::Result<Store> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()?;
+        Ok(Store {
+            db,
+            path: PathBuf::new(),
+        })
     }
 
     fn ready(db: sled::Db, path: &Path) -> Store {

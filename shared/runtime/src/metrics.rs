@@ -4,7 +4,7 @@
 //!
 //! The runtime counts requests, replies by kind and their latency; a
 //! helper counts what only it sees with [`count`]: cache hits, back-end
-//! errors, throttled requests. The text is made by `prometheus-client`;
+//! errors, throttled requests, dropped notifications. The text is made by `prometheus-client`;
 //! the file is replaced whole (a temporary file, then a rename), so the
 //! collector never reads half of it. It holds counts only, never a name
 //! or a request, and is made readable by all (0644) for the collector.
@@ -32,9 +32,12 @@ pub enum Event {
     BackendError,
     /// A request slowed down or refused by throttling.
     Throttled,
+    /// A notification (the filter's SMS) dropped: its queue was full or
+    /// its number's rate was reached.
+    NotificationDropped,
 }
 
-const EVENTS: [(Event, &str, &str); 3] = [
+const EVENTS: [(Event, &str, &str); 4] = [
     (
         Event::CacheHit,
         "cgp_helper_cache_hits",
@@ -50,11 +53,16 @@ const EVENTS: [(Event, &str, &str); 3] = [
         "cgp_helper_throttled_requests",
         "Requests slowed down or refused by throttling",
     ),
+    (
+        Event::NotificationDropped,
+        "cgp_helper_notifications_dropped",
+        "Notifications dropped (queue full or rate reached)",
+    ),
 ];
 
 /// One counter per [`Event`], for the whole process (one helper runs per
 /// process, and these are counted where no request context may be at hand).
-static COUNTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static COUNTS: [AtomicU64; EVENTS.len()] = [const { AtomicU64::new(0) }; EVENTS.len()];
 
 /// Counts one event for the metrics file.
 pub fn count(event: Event) {

@@ -252,6 +252,26 @@ end
 return 0
 ";
 
+/// The sliding window of [`RedisStore::count_in_window`]. KEYS: the
+/// window; ARGV: member, window (ms), limit.
+static WINDOW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return n end
+if n >= limit then return limit + 1 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], window)
+return n + 1
+",
+    )
+});
+
 impl RedisStore {
     /// Prepares a connection per URL without connecting (the first
     /// operation does); reads the password and CA files. Must be called
@@ -424,6 +444,30 @@ impl RedisStore {
             Ok(())
         })
         .await
+    }
+
+    /// Counts `member` in the sliding window `window` under `key` (a
+    /// sorted set scored by the server's clock, so members of a cluster
+    /// with skewed clocks count alike) and gives how many the window holds
+    /// with it; one round trip. A member already in the window is not
+    /// counted again (a retried message). When the window holds `limit`
+    /// already, `member` is not added and `limit + 1` comes back, so a
+    /// key never holds more than `limit` members.
+    pub async fn count_in_window(
+        &self,
+        key: &str,
+        member: &str,
+        window: Duration,
+        limit: u64,
+    ) -> Outcome<u64> {
+        let mut invocation = WINDOW.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(member)
+            .arg(window.as_millis().max(1) as u64)
+            .arg(limit);
+        self.call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
     }
 
     /// Removes `key`; one round trip.
