@@ -929,7 +929,7 @@ fn the_provision_subcommand_reads_profile_attributes_from_ldap() {
         "{LOOKUP}\n[provision]\nenabled = false\n[provision.profiles.people]\ndomains = [\"example.test\"]\n[[provision.profiles.people.steps]]\nstep = \"UPDATEACCOUNTPREFS\"\nprefs = {{ UserFrom = \"\\\"{{attr:cn}}\\\" <{{address}}>\" }}\n"
     );
     let path = dir.path().join("auth.toml");
-    std::fs::write(&path, config(dir.path(), &[slapd.uri()], "", &extra)).unwrap();
+    cgp_tests::write_config(&path, config(dir.path(), &[slapd.uri()], "", &extra)).unwrap();
     let o = Command::new(bin("cgp-auth"))
         .args(["provision", "--dry-run", "alice@example.test", "--config"])
         .arg(&path)

@@ -108,7 +108,7 @@ op_timeout = "1s"
         address = cli.address(),
     );
     let path = dir.join("auth.toml");
-    std::fs::write(&path, text).unwrap();
+    cgp_tests::write_config(&path, text).unwrap();
     path
 }
 
@@ -241,7 +241,7 @@ fn a_value_the_entry_lacks_sends_nothing() {
         "\n[provision]\n",
         &format!("\n[[directory.static.users]]\nname = \"room-9@{DOMAIN}\"\nattributes = {{ cn = [], roomSecret = [\"x\"], mail = [] }}\n[provision]\n"),
     );
-    std::fs::write(&path, text).unwrap();
+    cgp_tests::write_config(&path, text).unwrap();
     let mut h = Session::start(&bin("cgp-auth"), &path);
     assert_eq!(
         h.ask(&format!("NEW room-9@{DOMAIN}")),
@@ -346,7 +346,7 @@ fn check_config_names_file_line_and_key_of_a_bad_profile() {
     let config = write_config(dir.path(), &cli);
     let good = std::fs::read_to_string(&config).unwrap();
     let check = |text: &str| {
-        std::fs::write(&config, text).unwrap();
+        cgp_tests::write_config(&config, text).unwrap();
         let o = Command::new(bin("cgp-auth"))
             .arg("--check-config")
             .arg("--config")
@@ -453,7 +453,7 @@ fn without_profiles_an_alias_failure_is_a_failure_too() {
         PROFILE,
         "[provision]\nenabled = true\naliases_attribute = \"mail\"\n[provision.settings]\nRealName = \"cn\"\n",
     );
-    std::fs::write(&path, legacy).unwrap();
+    cgp_tests::write_config(&path, legacy).unwrap();
     let mut h = Session::start(&bin("cgp-auth"), &path);
     cli.fail_once("SETACCOUNTALIASES", 1, "500 cannot do it");
     assert_eq!(
