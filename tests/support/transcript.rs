@@ -32,6 +32,20 @@ pub struct Outcome {
 
 /// Runs `program` with `args` in `cwd`, feeding `input` and closing stdin.
 pub fn run(program: &Path, args: &[String], cwd: &Path, input: &[u8], limit: Duration) -> Outcome {
+    run_held(program, args, cwd, input, limit, &|_| {})
+}
+
+/// [`run`], calling `hold` with each line before it is fed: for what a
+/// transcript cannot say (a PBX event arrives between two requests, a text
+/// message a helper sends after its reply and drops at exit is sent).
+pub fn run_held(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    input: &[u8],
+    limit: Duration,
+    hold: &(dyn Fn(&[u8]) + Sync),
+) -> Outcome {
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -42,36 +56,42 @@ pub fn run(program: &Path, args: &[String], cwd: &Path, input: &[u8], limit: Dur
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
     let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
+    let (status, out, err) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for line in input.split_inclusive(|b| *b == b'\n') {
+                hold(line);
+                if stdin.write_all(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let out_reader = scope.spawn(move || {
+            let mut b = Vec::new();
+            let _ = stdout.read_to_end(&mut b);
+            b
+        });
+        let err_reader = scope.spawn(move || {
+            let mut b = Vec::new();
+            let _ = stderr.read_to_end(&mut b);
+            b
+        });
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s.code();
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let out = out_reader.join().unwrap_or_default();
+        let err = err_reader.join().unwrap_or_default();
+        (status, out, err)
     });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s.code();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = feeder.join();
-    let out = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
     let mut outcome = Outcome {
         stderr: String::from_utf8_lossy(&err).into(),
         status,
@@ -136,10 +156,6 @@ pub fn check_contract(o: &Outcome, input: &[u8]) -> Vec<String> {
 /// Runs one case of a helper's testdata directory, with `extra` before the
 /// case's own arguments; returns the problems found.
 pub fn run_case(program: &Path, extra: &[&str], dir: &Path, case: &str) -> Vec<String> {
-    let input = std::fs::read(dir.join(format!("{case}.in"))).expect("case input");
-    // Compared as lossy text on both sides: replies may carry 8-bit bytes.
-    let expected = std::fs::read(dir.join(format!("{case}.out"))).expect("case output");
-    let expected = String::from_utf8_lossy(&expected);
     let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
     if let Some(config) = [format!("{case}.toml"), "config.toml".to_string()]
         .into_iter()
@@ -147,7 +163,42 @@ pub fn run_case(program: &Path, extra: &[&str], dir: &Path, case: &str) -> Vec<S
     {
         args.extend(["--config".to_string(), config]);
     }
-    let o = run(program, &args, dir, &input, Duration::from_secs(60));
+    run_case_args(program, &args, dir, case, &|_| {})
+}
+
+/// Runs the case `testdata/<dir>/<case>` with `--config <config>`: a
+/// configuration the test wrote (an example pointed at a fake server), not
+/// one of the tree; `hold` as in [`run_held`]. Panics with the problems found.
+pub fn check_case_with_config(
+    program: &Path,
+    dir: &str,
+    case: &str,
+    config: &Path,
+    hold: &(dyn Fn(&[u8]) + Sync),
+) {
+    let args = ["--config".to_string(), config.display().to_string()];
+    let problems = run_case_args(program, &args, &crate::testdata(dir), case, hold);
+    assert!(
+        problems.is_empty(),
+        "{case}: {} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Runs one case with exactly `args`; returns the problems found.
+fn run_case_args(
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    case: &str,
+    hold: &(dyn Fn(&[u8]) + Sync),
+) -> Vec<String> {
+    let input = std::fs::read(dir.join(format!("{case}.in"))).expect("case input");
+    // Compared as lossy text on both sides: replies may carry 8-bit bytes.
+    let expected = std::fs::read(dir.join(format!("{case}.out"))).expect("case output");
+    let expected = String::from_utf8_lossy(&expected);
+    let o = run_held(program, args, dir, &input, Duration::from_secs(60), hold);
     let mut problems = check_contract(&o, &input);
     let mut want_replies = BTreeSet::new();
     for line in expected

@@ -8,6 +8,7 @@ use cgp_tests::bin;
 use cgp_tests::fake_cli::FakeCli;
 use cgp_tests::fake_mxproxy::{FakeMxProxy, Mode};
 use cgp_tests::session::Session;
+use cgp_tests::transcript::check_case_with_config;
 use std::time::{Duration, Instant};
 
 const CLIENT: &str = "client7664";
@@ -356,4 +357,22 @@ fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
     .unwrap();
     let (ok, err) = check(&bad);
     assert!(!ok && err.contains("other"), "{err}");
+}
+
+/// The example of `packaging/examples/`, pointed at the fake: its
+/// transcripts `testdata/mxproxy/vrfy` (OK, the one refusal for a wrong
+/// password and an unknown user) and `vrfy_down` (FAILURE on a 500).
+#[test]
+fn the_mx_proxy_example_answers_its_transcripts() {
+    let f = FakeMxProxy::start("cgp-helpers", "change-me");
+    f.add_user("peterh@xyzrd.com", "78561");
+    f.add_user("cgp-directory@example.com", "change-me-too");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth-mxproxy.toml");
+    let text = std::fs::read_to_string(cgp_tests::example("auth-mxproxy.toml")).unwrap();
+    cgp_tests::write_config(&path, text.replace("https://mx.example.com/", f.base_url())).unwrap();
+    let auth = bin("cgp-auth");
+    check_case_with_config(&auth, "mxproxy", "vrfy", &path, &|_| {});
+    f.set_mode(Mode::Error500);
+    check_case_with_config(&auth, "mxproxy", "vrfy_down", &path, &|_| {});
 }

@@ -6,6 +6,7 @@ use cgp_lookup::cloudpbx::{CloudPbx, CloudPbxConfig};
 use cgp_lookup::pbx::{ExtState, ExtensionId, Pbx, PbxBackend, PbxError, PbxEvent};
 use cgp_tests::banner::session;
 use cgp_tests::fake_cloudpbx::{EVENTS_FIXTURE, FakeCloudPbx, Mode};
+use cgp_tests::transcript::check_case_with_config;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
@@ -393,4 +394,58 @@ fn the_cloudpbx_example_passes_check_config_and_errors_name_their_key() {
         assert!(!out.status.success() && err.contains(key), "{key}: {err}");
         assert!(!err.contains("change-me"), "{err}");
     }
+}
+
+/// The example of `packaging/examples/`, pointed at the fake: the transcript
+/// `testdata/cloudpbx/banner` (the default banner for an unknown account,
+/// missed calls and phone state for alice once the stream told her state).
+#[test]
+fn the_cloudpbx_example_answers_its_transcript() {
+    let f = FakeCloudPbx::start(NAME, "change-me");
+    f.add_record("101", "09:12:30", "NO ANSWER");
+    f.add_record("101", "10:30:00", "BUSY");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("banner.log");
+    let path = dir.path().join("banner-cloudpbx.toml");
+    let text = std::fs::read_to_string(cgp_tests::example("banner-cloudpbx.toml")).unwrap();
+    cgp_tests::write_config(
+        &path,
+        text.replace(
+            "[\"https://api.cloudpbx.pl\", \"https://api2.cloudpbx.pl\"]",
+            &format!("[{:?}]", f.base_url()),
+        )
+        // The log tells when the stream's state has been taken.
+        .replace(
+            "journald = true\nlevel = \"info\"",
+            &format!("journald = false\nlevel = \"debug\"\nfile = {log:?}"),
+        ),
+    )
+    .unwrap();
+    let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what));
+    let wait = |what: &str| {
+        let start = std::time::Instant::now();
+        while !logged(what) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {what:?} logged"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    check_case_with_config(
+        &cgp_tests::bin("cgp-banner"),
+        "cloudpbx",
+        "banner",
+        &path,
+        &|line| {
+            if line.starts_with(b"3 ") {
+                wait("CloudPBX connected");
+                f.send_events(
+                1,
+                serde_json::json!({"subscriber": {"peer": "MojaCentrala-101", "statusValue": 2}}),
+            );
+                wait("CloudPBX extension state");
+            }
+        },
+    );
 }

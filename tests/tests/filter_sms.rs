@@ -7,6 +7,7 @@
 use cgp_tests::bin;
 use cgp_tests::fake_cloudpbx::{FakeCloudPbx, Mode};
 use cgp_tests::session::{LINE_WAIT, Session};
+use cgp_tests::transcript::check_case_with_config;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -237,4 +238,56 @@ fn each_number_gets_at_most_its_rate() {
     assert_eq!(s.wait_log("SMS sent", 2).len(), 2);
     assert_eq!(s.fake.sms().len(), 2);
     f.finish();
+}
+
+/// The example of `packaging/examples/`, its LDAP directory swapped for a
+/// static one, pointed at the fake: the transcript `testdata/filter-sms/sms`
+/// (the replies come at once), then the two text messages at the fake.
+#[test]
+fn the_sms_example_answers_its_transcript_and_the_gateway_gets_both_messages() {
+    let fake = FakeCloudPbx::start("Moja", KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cloudpbx.secret");
+    cgp_tests::write_config(&key, KEY).unwrap();
+    let text = std::fs::read_to_string(cgp_tests::example("filter-sms.toml")).unwrap();
+    let (head, rules) = text.split_at(text.find("[directory]").unwrap());
+    let rules = &rules[rules.find("[[rule]]").unwrap()..];
+    let config = format!(
+        "{head}[directory]\ntype = \"static\"\n[[directory.static.users]]\nname = \"alice@example.org\"\nattributes = {{ mobile = [\"+48 600-200-300\"] }}\n\n{rules}"
+    )
+    .replace("/var/log/cgp-helpers/filter.log", &dir.path().join("filter.log").display().to_string())
+    .replace("/etc/cgp-helpers/cloudpbx.secret", &key.display().to_string())
+    .replace("https://api.cloudpbx.pl/", fake.base_url());
+    let path = dir.path().join("filter-sms.toml");
+    cgp_tests::write_config(&path, config).unwrap();
+    // The example's text messages, in either order (the requests of a
+    // transcript run at once); the helper drops what is still queued at
+    // exit, so QUIT waits for them.
+    let mut expected = [
+        fields(&[
+            ("to", "600200300"),
+            ("body", "Urgent mail from bob@example.org (urgent)"),
+        ]),
+        fields(&[
+            ("to", "600100200"),
+            (
+                "body",
+                "executable: refused mail from eve@example.net (queue tool)",
+            ),
+        ]),
+    ];
+    check_case_with_config(&bin("cgp-filter"), "filter-sms", "sms", &path, &|line| {
+        if line.starts_with(b"5 QUIT") {
+            wait_for(|| (fake.sms().len() >= 2).then_some(()));
+        }
+    });
+    // Without the `test` field (false, as the example says).
+    let mut sent: Vec<Vec<(String, String)>> = fake
+        .sms()
+        .into_iter()
+        .map(|m| m.into_iter().filter(|(k, _)| k != "test").collect())
+        .collect();
+    sent.sort();
+    expected.sort();
+    assert_eq!(sent, expected);
 }
