@@ -50,6 +50,10 @@ pub fn run_held(
     let mut child = Command::new(program)
         .args(args)
         .current_dir(cwd)
+        // Times a helper shows (a banner's "missed since 08:12") are local
+        // times: a transcript pins the zone so its expected lines hold on
+        // any machine.
+        .env("TZ", "UTC")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
