@@ -7,10 +7,12 @@
 use cgp_tests::bin;
 use cgp_tests::fake_cli::{Account, FakeCli, Mailbox};
 use cgp_tests::session::Session;
+use cgp_tests::transcript::check_case_with_config;
 use cgp_wire::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const DOMAIN: &str = "confroom.resources.example.test";
 /// The secret each room's Password setting takes: never in a log.
@@ -225,6 +227,59 @@ fn a_failing_step_answers_failure_and_the_retry_completes_the_account() {
     }
     // The server's error text quoted the password back: masked.
     assert!(!log(dir.path()).contains(SECRET));
+}
+
+/// Polls `done` until it holds, for at most 10 s.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The transcript `testdata/auth-provision/provision`: each line's reply,
+/// a NEW repeated, a failing step and CGP's retry. Each NEW is fed once the
+/// one before has done its CLI work, so that the retry comes after the
+/// failure, as CGP's would.
+#[test]
+fn the_provisioning_transcript_shows_each_reply() {
+    let cli = FakeCli::start("postmaster", "clipw");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &cli);
+    let prefs_sent = |n: usize| {
+        cli.commands()
+            .iter()
+            .filter(|c| c.starts_with("UPDATEACCOUNTPREFS"))
+            .count()
+            >= n
+    };
+    let hold = |line: &[u8]| match line.split(|b| *b == b' ').next() {
+        Some(b"3") => wait_until("room-1 is provisioned", || prefs_sent(1)),
+        Some(b"4") => {
+            wait_until("room-1 is provisioned again", || prefs_sent(2));
+            cli.fail_once("CREATEMAILBOX", 1, "500 mailbox storage unavailable");
+        }
+        Some(b"5") => wait_until("the failure is logged", || {
+            log(dir.path()).contains("NEW: provisioning step failed")
+        }),
+        Some(b"6") => wait_until("room-2 is provisioned", || prefs_sent(3)),
+        _ => {}
+    };
+    check_case_with_config(
+        &bin("cgp-auth"),
+        "auth-provision",
+        "provision",
+        &config,
+        &hold,
+    );
+    assert_eq!(cli.account(&format!("room-1@{DOMAIN}")), Some(room(1)));
+    assert_eq!(cli.account(&format!("room-2@{DOMAIN}")), Some(room(2)));
+    assert!(cli.account("alice@example.test").is_some());
+    assert_logged(
+        dir.path(),
+        &["NEW: provisioning step failed", "command=CREATEMAILBOX"],
+    );
 }
 
 #[test]
