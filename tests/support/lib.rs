@@ -28,6 +28,16 @@ pub fn workspace() -> PathBuf {
 
 /// A binary built by this workspace (`cargo build --workspace
 /// --all-targets` builds them all; `cargo test` does too).
+/// Runs the binary `helper` with `--check-config --config <config>`.
+pub fn check_config(helper: &str, config: &Path) -> std::process::Output {
+    std::process::Command::new(bin(helper))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {helper}: {e}"))
+}
+
 pub fn bin(name: &str) -> PathBuf {
     // Tests run from target/<profile>/deps/.
     let exe = std::env::current_exe().expect("test executable path");

@@ -630,12 +630,7 @@ fn check_config_reports_errors_with_keys() {
     let run = |text: &str| {
         let p = dir.path().join("c.toml");
         cgp_tests::write_config(&p, text).unwrap();
-        let o = Command::new(bin("cgp-auth"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let o = cgp_tests::check_config("cgp-auth", &p);
         (
             o.status.success(),
             String::from_utf8_lossy(&o.stderr).into_owned(),

@@ -323,12 +323,7 @@ fn cgp_auth_answers_vrfy_from_mx_proxy() {
 fn the_mx_proxy_example_passes_check_config_and_errors_name_their_key() {
     let example = cgp_tests::example("auth-mxproxy.toml");
     let check = |path: &std::path::Path| {
-        let out = std::process::Command::new(bin("cgp-auth"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(path)
-            .output()
-            .unwrap();
+        let out = cgp_tests::check_config("cgp-auth", path);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).to_string(),

@@ -402,12 +402,7 @@ fn check_config_names_file_line_and_key_of_a_bad_profile() {
     let good = std::fs::read_to_string(&config).unwrap();
     let check = |text: &str| {
         cgp_tests::write_config(&config, text).unwrap();
-        let o = Command::new(bin("cgp-auth"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let o = cgp_tests::check_config("cgp-auth", &config);
         (o.status.success(), String::from_utf8(o.stderr).unwrap())
     };
     assert_eq!(check(&good), (true, String::new()));

@@ -175,12 +175,7 @@ fn redis_stopped_frozen_and_restarted_under_load() {
 #[test]
 fn the_cluster_example_validates_and_a_bad_store_names_its_key() {
     let check = |path: &Path| {
-        let out = std::process::Command::new(bin("cgp-auth"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(path)
-            .output()
-            .unwrap();
+        let out = cgp_tests::check_config("cgp-auth", path);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string()

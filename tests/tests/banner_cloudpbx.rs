@@ -351,12 +351,7 @@ default = "PBX unavailable"
 #[test]
 fn the_cloudpbx_example_passes_check_config_and_errors_name_their_key() {
     let example = cgp_tests::example("banner-cloudpbx.toml");
-    let out = std::process::Command::new(cgp_tests::bin("cgp-banner"))
-        .arg("--config")
-        .arg(&example)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = cgp_tests::check_config("cgp-banner", &example);
     assert!(
         out.status.success(),
         "{}",
@@ -383,12 +378,7 @@ fn the_cloudpbx_example_passes_check_config_and_errors_name_their_key() {
     ] {
         let bad = dir.path().join("bad.toml");
         cgp_tests::write_config(&bad, text.replace(from, to)).unwrap();
-        let out = std::process::Command::new(cgp_tests::bin("cgp-banner"))
-            .arg("--config")
-            .arg(&bad)
-            .arg("--check-config")
-            .output()
-            .unwrap();
+        let out = cgp_tests::check_config("cgp-banner", &bad);
         let err = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success() && err.contains(key), "{key}: {err}");

@@ -404,14 +404,7 @@ fn cgp_auth_verdicts_faults_and_recovery() {
 #[test]
 fn the_sql_example_passes_check_config_and_a_spliced_value_does_not() {
     let example = cgp_tests::example("auth-sql.toml");
-    let check = |path: &Path| {
-        std::process::Command::new(bin("cgp-auth"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(path)
-            .output()
-            .unwrap()
-    };
+    let check = |path: &Path| cgp_tests::check_config("cgp-auth", path);
     let out = check(&example);
     assert!(
         out.status.success(),

@@ -109,11 +109,7 @@ const REFUSED: &str = "is not allowed to send mail outside the organisation; ask
 
 #[test]
 fn example_configuration_is_valid() {
-    let out = std::process::Command::new(bin("cgp-filter"))
-        .args(["--check-config", "--config"])
-        .arg(cgp_tests::example("filter.toml"))
-        .output()
-        .expect("run cgp-filter");
+    let out = cgp_tests::check_config("cgp-filter", &cgp_tests::example("filter.toml"));
     assert!(
         out.status.success(),
         "{}",
@@ -466,11 +462,7 @@ fn a_rule_that_does_not_compile_is_reported_at_its_line() {
     let config = base.config(
         "[[rule]]\nname = \"first\"\nstop = true\n\n[[rule]]\nname = \"second\"\naction = \"bounce\"\nstop = false\n",
     );
-    let out = std::process::Command::new(bin("cgp-filter"))
-        .args(["--check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run cgp-filter");
+    let out = cgp_tests::check_config("cgp-filter", &config);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 5, key `rule[1].stop`"), "{err}");
