@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 const BAD: &str = r#"ERROR "invalid credentials""#;
 
 /// A member's configuration: the static user alice (password `alicepw`),
-/// throttling from `initial`, the Redis back end at `url`, the local store
-/// and the log in `dir`.
-fn member(dir: &Path, url: &str, initial: &str, max: &str) -> Session {
+/// throttling from `initial`, clean answers trusted for `recheck`, the
+/// Redis back end at `url`, the local store and the log in `dir`.
+fn member(dir: &Path, url: &str, initial: &str, max: &str, recheck: &str) -> Session {
     let config = format!(
         r#"[runtime]
 deadline = "3s"
@@ -29,6 +29,7 @@ negative_ttl = "0s"
 [throttle]
 initial_delay = "{initial}"
 max_delay = "{max}"
+shared_recheck = "{recheck}"
 trusted_networks = []
 
 [store]
@@ -62,8 +63,8 @@ fn attempt(h: &mut Session, ip: &str, pw: &str) -> (String, Duration) {
 fn two_members_see_each_others_failures() {
     let redis = Redis::start();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut one = member(d1.path(), &redis.url(), "400ms", "3200ms");
-    let mut two = member(d2.path(), &redis.url(), "400ms", "3200ms");
+    let mut one = member(d1.path(), &redis.url(), "400ms", "3200ms", "1s");
+    let mut two = member(d2.path(), &redis.url(), "400ms", "3200ms", "1s");
     // A failure on member one, from one address...
     let (r, _) = attempt(&mut one, "192.0.2.1", "guess-1");
     assert_eq!(r, BAD);
@@ -100,6 +101,48 @@ fn two_members_see_each_others_failures() {
     two.finish();
 }
 
+#[test]
+fn a_clean_answer_is_trusted_for_shared_recheck_and_no_longer() {
+    let redis = Redis::start();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut one = member(d1.path(), &redis.url(), "400ms", "3200ms", "1500ms");
+    let mut two = member(d2.path(), &redis.url(), "400ms", "3200ms", "1500ms");
+    // A good login finds the account and the address clean; the next one
+    // within the interval asks Redis nothing at all.
+    assert_eq!(attempt(&mut one, "192.0.2.7", "alicepw").0, "OK");
+    assert_eq!(redis.command("CONFIG RESETSTAT"), "+OK");
+    let clean_at = Instant::now();
+    assert_eq!(attempt(&mut one, "192.0.2.7", "alicepw").0, "OK");
+    let stats = redis.command("INFO commandstats");
+    assert!(!stats.contains("cmdstat_hget"), "{stats}");
+    // A failure on member two is not seen by member one within the
+    // interval: one attempt goes through there without delay...
+    assert_eq!(attempt(&mut two, "192.0.2.8", "guess-1").0, BAD);
+    let (r, d) = attempt(&mut one, "192.0.2.7", "guess-2");
+    assert!(
+        clean_at.elapsed() < Duration::from_millis(1500),
+        "too slow to test"
+    );
+    assert_eq!(r, BAD);
+    assert!(d < Duration::from_millis(400), "{d:?}");
+    // ...and member one's own failure ends the interval at once: two
+    // failures counted now, 800ms owed.
+    let (r, d) = attempt(&mut one, "192.0.2.7", "guess-3");
+    assert_eq!(r, BAD);
+    assert!(d >= Duration::from_millis(800), "{d:?}");
+    // A good login clears the account; past the interval, member one asks
+    // again and sees a failure counted on member two meanwhile.
+    assert_eq!(attempt(&mut one, "192.0.2.7", "alicepw").0, "OK");
+    assert_eq!(attempt(&mut one, "192.0.2.9", "alicepw").0, "OK");
+    assert_eq!(attempt(&mut two, "192.0.2.8", "guess-4").0, BAD);
+    std::thread::sleep(Duration::from_millis(1600));
+    let (r, d) = attempt(&mut one, "192.0.2.9", "alicepw");
+    assert_eq!(r, "OK");
+    assert!(d >= Duration::from_millis(400), "{d:?}");
+    one.finish();
+    two.finish();
+}
+
 /// Sends `n` logins, `in_flight` at a time, half of them wrong, from 50
 /// addresses: every one answered OK or refused, none failed or lost.
 fn load(h: &mut Session, n: usize) -> Duration {
@@ -123,7 +166,7 @@ fn log_count(dir: &Path, text: &str) -> usize {
 fn redis_stopped_frozen_and_restarted_under_load() {
     let mut redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut h = member(dir.path(), &redis.url(), "5ms", "20ms");
+    let mut h = member(dir.path(), &redis.url(), "5ms", "20ms", "1s");
     load(&mut h, 300);
     assert_ne!(redis.command("DBSIZE"), ":0");
     let lost = "shared store unavailable";
@@ -193,6 +236,10 @@ fn the_cluster_example_validates_and_a_bad_store_names_its_key() {
             "store.redis.urls",
         ),
         ("[store]\nbackend = \"memcached\"\n", "line 2"),
+        (
+            "[throttle]\nshared_recheck = \"5m\"\n",
+            "throttle.shared_recheck",
+        ),
     ] {
         cgp_tests::write_config(&bad, config).unwrap();
         let (ok, text) = check(&bad);

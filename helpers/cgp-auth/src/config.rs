@@ -74,7 +74,15 @@ pub struct ThrottleConfig {
     pub reset_after: Duration,
     /// Client networks never delayed.
     pub trusted_networks: Vec<IpNet>,
+    /// With the shared store (Redis): how long this member trusts the
+    /// store's answer that an account or client address has no failures
+    /// before asking again; 0: ask at every login.
+    #[serde(with = "humantime_serde")]
+    pub shared_recheck: Duration,
 }
+
+/// The longest `throttle.shared_recheck` accepted.
+const MAX_SHARED_RECHECK: Duration = Duration::from_secs(60);
 
 impl Default for ThrottleConfig {
     fn default() -> Self {
@@ -87,6 +95,7 @@ impl Default for ThrottleConfig {
                 "127.0.0.0/8".parse().expect("valid net"),
                 "::1/128".parse().expect("valid net"),
             ],
+            shared_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -135,6 +144,12 @@ impl HelperConfig for AuthConfig {
             return Err(KeyError::new(
                 "throttle.max_delay",
                 "needs 0 < initial_delay <= max_delay",
+            ));
+        }
+        if t.shared_recheck > MAX_SHARED_RECHECK {
+            return Err(KeyError::new(
+                "throttle.shared_recheck",
+                "at most 1m: for that long a member overlooks failures counted on the others",
             ));
         }
         self.store

@@ -60,7 +60,6 @@ pub fn throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<Vec<u8>> {
 
 /// The shared store's names for [`throttle_keys`], after the namespace.
 pub fn shared_throttle_keys(account: &str, ip: Option<IpAddr>) -> Vec<[String; 4]> {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut keys = vec![shared_account_key(account)];
     match ip {
         Some(IpAddr::V4(a)) => keys.push(shared(IPV4, hex(&a.octets()))),
@@ -85,7 +84,19 @@ fn shared(kind: u8, id: String) -> [String; 4] {
 
 /// A tag as the shared store keeps it.
 pub fn shared_tag(tag: &Tag) -> String {
-    tag.iter().map(|x| format!("{x:02x}")).collect()
+    hex(tag)
+}
+
+/// Lower-case hex, without an allocation per byte (this runs at every
+/// login on the shared store).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 pub fn account_key(account: &str) -> Vec<u8> {
@@ -207,5 +218,19 @@ mod tests {
         );
         assert_eq!(cache_stamp(&negative_key(&[0; 32]), &n.encode()), Some(42));
         assert_eq!(cache_stamp(b"zz", &n.encode()), None);
+    }
+
+    #[test]
+    fn shared_keys_name_the_account_and_the_address_in_hex() {
+        let v4 = shared_throttle_keys("a@x", Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(v4[0].join(":"), "auth:throttle:u:a@x");
+        assert_eq!(v4[1].join(":"), "auth:throttle:4:c000020a");
+        // An IPv6 client counts by its /64.
+        let v6 = shared_throttle_keys("a@x", Some("2001:db8:0:ff::1".parse().unwrap()));
+        assert_eq!(v6[1].join(":"), "auth:throttle:6:20010db8000000ff");
+        assert_eq!(
+            shared_tag(&[0, 1, 0xab, 0xff, 2, 3, 4, 5]),
+            "0001abff02030405"
+        );
     }
 }

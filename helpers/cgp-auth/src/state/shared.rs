@@ -43,7 +43,7 @@ impl State {
             return Owed::local(Duration::ZERO);
         }
         let keys = names(shared, records::shared_throttle_keys(account, ip));
-        match report(info, shared.counts(&keys).await) {
+        match report(info, shared.counts(&keys, cfg.shared_recheck).await) {
             Some(counts) => Owed {
                 // The account's key comes first.
                 clean: counts.first() == Some(&0),

@@ -12,9 +12,10 @@ use cgp_runtime::config::{Secret, SecretFile};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod hash;
@@ -229,6 +230,62 @@ pub struct RedisStore {
     /// When the next probe may start, while down.
     next_probe: Mutex<Instant>,
     bump: Script,
+    absent: Absent,
+}
+
+/// Keys this member found absent (see [`RedisStore::counts`]), each with
+/// the instant until which that answer is trusted.
+#[derive(Default)]
+struct Absent {
+    keys: Mutex<HashMap<String, Instant>>,
+    /// Moved on by every write of this member as it starts and as it ends:
+    /// a read that overlapped one records nothing, so that it cannot record
+    /// a key as absent after the write that created it.
+    writes: AtomicU64,
+}
+
+/// At most this many absent keys are remembered; beyond, the expired ones
+/// go, then all of them.
+const MAX_ABSENT: usize = 65_536;
+
+impl Absent {
+    /// Whether every key is known absent now.
+    fn all(&self, keys: &[String]) -> bool {
+        let now = Instant::now();
+        let known = cgp_runtime::sync::lock(&self.keys);
+        keys.iter()
+            .all(|k| known.get(k).is_some_and(|until| now < *until))
+    }
+
+    fn record(&self, keys: impl Iterator<Item = String>, writes: u64, trusted: Duration) {
+        let until = Instant::now() + trusted;
+        let mut known = cgp_runtime::sync::lock(&self.keys);
+        // Checked under the lock that `forget` takes too: a write that
+        // starts after this check removes what is recorded here.
+        if self.writes.load(Ordering::Acquire) != writes {
+            return;
+        }
+        for key in keys {
+            if known.len() >= MAX_ABSENT && !known.contains_key(&key) {
+                let now = Instant::now();
+                known.retain(|_, until| now < *until);
+                if known.len() >= MAX_ABSENT {
+                    known.clear();
+                }
+            }
+            known.insert(key, until);
+        }
+    }
+
+    /// Called as a write to `keys` starts and as it ends, whatever its
+    /// result.
+    fn forget<'a>(&self, keys: impl Iterator<Item = &'a String>) {
+        let mut known = cgp_runtime::sync::lock(&self.keys);
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            known.remove(key);
+        }
+    }
 }
 
 /// Counts a failure under each key unless its tag is among the key's recent
@@ -338,6 +395,7 @@ impl RedisStore {
             down: AtomicBool::new(false),
             next_probe: Mutex::new(Instant::now()),
             bump: Script::new(BUMP),
+            absent: Absent::default(),
         })
     }
 
@@ -408,17 +466,36 @@ impl RedisStore {
     }
 
     /// The counts under `keys` (0 for a key absent or expired), in one
-    /// round trip.
-    pub async fn counts(&self, keys: &[String]) -> Outcome<Vec<u32>> {
-        self.call(|mut c| async move {
-            let mut pipe = redis::pipe();
-            for k in keys {
-                pipe.hget(k, "n");
-            }
-            let got: Vec<Option<u32>> = pipe.query_async(&mut c).await?;
-            Ok(got.into_iter().map(Option::unwrap_or_default).collect())
-        })
-        .await
+    /// round trip, or none: a key found absent is taken as absent without
+    /// asking for `absent_for` after (0: always ask). Within that time a
+    /// write by another member is not seen here; a write by this member
+    /// (`bump`, `remove`) ends it at once for its keys. While the store is
+    /// down nothing is taken as known.
+    pub async fn counts(&self, keys: &[String], absent_for: Duration) -> Outcome<Vec<u32>> {
+        let remember = !absent_for.is_zero();
+        if remember && !self.down.load(Ordering::Acquire) && self.absent.all(keys) {
+            return Outcome {
+                result: Ok(vec![0; keys.len()]),
+                health: None,
+            };
+        }
+        let writes = self.absent.writes.load(Ordering::Acquire);
+        let outcome = self
+            .call(|mut c| async move {
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    pipe.hget(k, "n");
+                }
+                let got: Vec<Option<u32>> = pipe.query_async(&mut c).await?;
+                Ok(got.into_iter().map(Option::unwrap_or_default).collect())
+            })
+            .await;
+        if let (true, Ok(counts)) = (remember, &outcome.result) {
+            let absent = keys.iter().zip(counts).filter(|&(_, &n)| n == 0);
+            self.absent
+                .record(absent.map(|(k, _)| k.clone()), writes, absent_for);
+        }
+        outcome
     }
 
     /// Counts one event under each key unless `tag` is among the last
@@ -439,11 +516,15 @@ impl RedisStore {
             .arg(tag)
             .arg(ttl.as_millis().max(1) as u64)
             .arg(keep);
-        self.call(|mut c| async move {
-            let _: i64 = invocation.invoke_async(&mut c).await?;
-            Ok(())
-        })
-        .await
+        self.absent.forget(keys.iter());
+        let outcome = self
+            .call(|mut c| async move {
+                let _: i64 = invocation.invoke_async(&mut c).await?;
+                Ok(())
+            })
+            .await;
+        self.absent.forget(keys.iter());
+        outcome
     }
 
     /// Counts `member` in the sliding window `window` under `key` (a
@@ -472,11 +553,16 @@ impl RedisStore {
 
     /// Removes `key`; one round trip.
     pub async fn remove(&self, key: &str) -> Outcome<()> {
-        self.call(|mut c| async move {
-            let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await?;
-            Ok(())
-        })
-        .await
+        let keys = [key.to_string()];
+        self.absent.forget(keys.iter());
+        let outcome = self
+            .call(|mut c| async move {
+                let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await?;
+                Ok(())
+            })
+            .await;
+        self.absent.forget(keys.iter());
+        outcome
     }
 }
 
@@ -498,6 +584,52 @@ mod tests {
         let e = cfg.validate("store.redis").unwrap_err();
         assert_eq!(e.key, "store.redis.urls");
         assert!(!e.message.contains("s3cret"), "{e}");
+    }
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn absent_keys_are_trusted_until_they_expire_or_are_written() {
+        let absent = Absent::default();
+        let (a, ab) = (keys(&["a"]), keys(&["a", "b"]));
+        assert!(!absent.all(&a));
+        absent.record(a.iter().cloned(), 0, Duration::from_secs(60));
+        assert!(absent.all(&a));
+        // Every key must be known.
+        assert!(!absent.all(&ab));
+        // A write of this member ends it at once.
+        absent.forget(a.iter());
+        assert!(!absent.all(&a));
+        // And it ends by itself.
+        let w = absent.writes.load(Ordering::Acquire);
+        absent.record(ab.iter().cloned(), w, Duration::from_millis(30));
+        assert!(absent.all(&ab));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!absent.all(&ab));
+    }
+
+    #[test]
+    fn a_read_that_overlapped_a_write_records_nothing() {
+        let absent = Absent::default();
+        let a = keys(&["a"]);
+        // The read starts, a write to any key starts meanwhile, the read's
+        // answer (absent) arrives: it may predate the write.
+        let before = absent.writes.load(Ordering::Acquire);
+        absent.forget(keys(&["other"]).iter());
+        absent.record(a.iter().cloned(), before, Duration::from_secs(60));
+        assert!(!absent.all(&a));
+    }
+
+    #[test]
+    fn absent_keys_stay_bounded() {
+        let absent = Absent::default();
+        for i in 0..MAX_ABSENT + 10 {
+            absent.record(std::iter::once(format!("k{i}")), 0, Duration::from_secs(60));
+            assert!(cgp_runtime::sync::lock(&absent.keys).len() <= MAX_ABSENT);
+        }
+        assert!(absent.all(&keys(&["k65545"])));
     }
 
     #[test]
