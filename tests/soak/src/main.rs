@@ -54,13 +54,14 @@ const BACKEND: &str = "cgp";
 /// The helpers under test: the name in the report, the binary, its
 /// configuration (`config/<c>.toml`) and requests (`requests/<r>.txt`). The
 /// `-redis` ones keep their shared state in the soak's redis-server.
-const HELPERS: [(&str, &str, &str, &str); 6] = [
+const HELPERS: [(&str, &str, &str, &str); 7] = [
     ("cgp-auth", "cgp-auth", "auth", "auth"),
     ("cgp-filter", "cgp-filter", "filter", "filter"),
     ("cgp-banner", "cgp-banner", "banner", "banner"),
     ("cgp-balancer", "cgp-balancer", "balancer", "balancer"),
     ("cgp-auth-redis", "cgp-auth", "auth-redis", "auth"),
     ("cgp-banner-redis", "cgp-banner", "banner-redis", "banner"),
+    ("cgp-filter-redis", "cgp-filter", "filter-redis", "filter"),
 ];
 
 /// What one helper's rounds added up to.
