@@ -245,7 +245,7 @@ struct Absent {
 }
 
 /// At most this many absent keys are remembered; beyond, the expired ones
-/// go, then all of them.
+/// go, or all of them if that frees less than half the room.
 const MAX_ABSENT: usize = 65_536;
 
 impl Absent {
@@ -269,7 +269,10 @@ impl Absent {
             if known.len() >= MAX_ABSENT && !known.contains_key(&key) {
                 let now = Instant::now();
                 known.retain(|_, until| now < *until);
-                if known.len() >= MAX_ABSENT {
+                // At least half the room free after a sweep, so that a
+                // sweep (a pass over the map) comes at most once per
+                // MAX_ABSENT / 2 new keys, whatever the rate of logins.
+                if known.len() > MAX_ABSENT / 2 {
                     known.clear();
                 }
             }
@@ -629,7 +632,25 @@ mod tests {
             absent.record(std::iter::once(format!("k{i}")), 0, Duration::from_secs(60));
             assert!(cgp_runtime::sync::lock(&absent.keys).len() <= MAX_ABSENT);
         }
+        // All were still trusted: the map was emptied, then refilled.
         assert!(absent.all(&keys(&["k65545"])));
+        assert!(!absent.all(&keys(&["k0"])));
+        assert_eq!(cgp_runtime::sync::lock(&absent.keys).len(), 10);
+
+        // Mostly expired: only the expired ones go.
+        let absent = Absent::default();
+        let live = MAX_ABSENT / 4;
+        let names = |range: std::ops::Range<usize>| range.map(|i| format!("k{i}"));
+        absent.record(names(0..live), 0, Duration::from_secs(60));
+        absent.record(names(live..MAX_ABSENT), 0, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        absent.record(
+            names(MAX_ABSENT..MAX_ABSENT + 1),
+            0,
+            Duration::from_secs(60),
+        );
+        assert_eq!(cgp_runtime::sync::lock(&absent.keys).len(), live + 1);
+        assert!(absent.all(&keys(&["k0", "k65536"])));
     }
 
     #[test]
