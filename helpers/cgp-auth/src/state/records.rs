@@ -87,14 +87,13 @@ pub fn shared_tag(tag: &Tag) -> String {
     hex(tag)
 }
 
-/// Lower-case hex, without an allocation per byte (this runs at every
-/// login on the shared store).
+/// Lower-case hex into one string, not a string per byte (this runs at
+/// every login on the shared store).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
+        let _ = write!(s, "{b:02x}");
     }
     s
 }

@@ -282,11 +282,11 @@ impl Absent {
 
     /// Called as a write to `keys` starts and as it ends, whatever its
     /// result.
-    fn forget<'a>(&self, keys: impl Iterator<Item = &'a String>) {
+    fn forget<K: AsRef<str>>(&self, keys: &[K]) {
         let mut known = cgp_runtime::sync::lock(&self.keys);
         self.writes.fetch_add(1, Ordering::AcqRel);
         for key in keys {
-            known.remove(key);
+            known.remove(key.as_ref());
         }
     }
 }
@@ -468,6 +468,20 @@ impl RedisStore {
         Outcome { result, health }
     }
 
+    /// Runs a write to `keys` through `call`, ending the trust in their
+    /// absence as it starts and again once it is answered.
+    async fn write<K, T, F, Fut>(&self, keys: &[K], op: F) -> Outcome<T>
+    where
+        K: AsRef<str>,
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.absent.forget(keys);
+        let outcome = self.call(op).await;
+        self.absent.forget(keys);
+        outcome
+    }
+
     /// The counts under `keys` (0 for a key absent or expired), in one
     /// round trip, or none: a key found absent is taken as absent without
     /// asking for `absent_for` after (0: always ask). Within that time a
@@ -519,15 +533,11 @@ impl RedisStore {
             .arg(tag)
             .arg(ttl.as_millis().max(1) as u64)
             .arg(keep);
-        self.absent.forget(keys.iter());
-        let outcome = self
-            .call(|mut c| async move {
-                let _: i64 = invocation.invoke_async(&mut c).await?;
-                Ok(())
-            })
-            .await;
-        self.absent.forget(keys.iter());
-        outcome
+        self.write(keys, |mut c| async move {
+            let _: i64 = invocation.invoke_async(&mut c).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Counts `member` in the sliding window `window` under `key` (a
@@ -556,16 +566,11 @@ impl RedisStore {
 
     /// Removes `key`; one round trip.
     pub async fn remove(&self, key: &str) -> Outcome<()> {
-        let keys = [key.to_string()];
-        self.absent.forget(keys.iter());
-        let outcome = self
-            .call(|mut c| async move {
-                let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await?;
-                Ok(())
-            })
-            .await;
-        self.absent.forget(keys.iter());
-        outcome
+        self.write(&[key], |mut c| async move {
+            let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -603,7 +608,7 @@ mod tests {
         // Every key must be known.
         assert!(!absent.all(&ab));
         // A write of this member ends it at once.
-        absent.forget(a.iter());
+        absent.forget(&a);
         assert!(!absent.all(&a));
         // And it ends by itself.
         let w = absent.writes.load(Ordering::Acquire);
@@ -620,7 +625,7 @@ mod tests {
         // The read starts, a write to any key starts meanwhile, the read's
         // answer (absent) arrives: it may predate the write.
         let before = absent.writes.load(Ordering::Acquire);
-        absent.forget(keys(&["other"]).iter());
+        absent.forget(&["other"]);
         absent.record(a.iter().cloned(), before, Duration::from_secs(60));
         assert!(!absent.all(&a));
     }
